@@ -1,0 +1,40 @@
+"""Minibatch iteration over arrays that share a leading axis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+
+Array = jax.Array
+
+
+def minibatches(
+    arrays: Sequence[Array],
+    batch_size: int,
+    *,
+    key: Array | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[Array, ...]]:
+    """Yields tuples of aligned slices of `arrays`, `batch_size` rows at a time.
+
+    With a `key` the rows are shuffled (one permutation shared by all arrays); without, they
+    come in order. The last batch is smaller unless ``drop_last=True``.
+    """
+    arrays = tuple(arrays)
+    if not arrays:
+        raise ValueError("minibatches: no arrays given")
+    sizes = {len(a) for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"minibatches: arrays differ in length: {[tuple(np.shape(a)) for a in arrays]}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"minibatches: batch_size must be positive, got {batch_size}")
+    n = sizes.pop()
+    order = np.asarray(jax.random.permutation(key, n)) if key is not None else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield tuple(a[idx] for a in arrays)

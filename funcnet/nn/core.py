@@ -1,0 +1,320 @@
+"""The layer protocol and the combinators that compose layers.
+
+A layer is a pair of pure functions::
+
+    out_shape, params, state = layer.init(key, in_shape)
+    y, state = layer.apply(params, state, x, key=None, train=False)
+
+`params` (trained) and `state` (not trained, e.g. running statistics) are nested dicts of
+arrays. Combinators name their children ``{kind}_{index}`` so a model's params read like
+``{"dense_0": {"w": ..., "b": ...}, "relu_1": {}, "dense_2": {...}}``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Shape = tuple[int, ...]
+Params = dict[str, Any]
+State = dict[str, Any]
+
+
+class InitFn(Protocol):
+    def __call__(self, key: Array, in_shape: Any) -> tuple[Any, Params, State]: ...
+
+
+class ApplyFn(Protocol):
+    def __call__(
+        self, params: Params, state: State, x: Any, *, key: Array | None = None, train: bool = False
+    ) -> tuple[Any, State]: ...
+
+
+class Layer(NamedTuple):
+    """A layer: ``init(key, in_shape) -> (out_shape, params, state)`` and
+    ``apply(params, state, x, *, key=None, train=False) -> (y, state)``.
+
+    Shapes include the batch dimension. Both functions are pure, so a layer composes with
+    `jax.jit`, `jax.vmap`, `jax.grad` and `lax.scan` as it is.
+    """
+
+    init: InitFn
+    apply: ApplyFn
+
+
+class LayerError(ValueError):
+    """Bad input to a layer. The message starts with the layer's path in the model."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = "/".join(self.path) if self.path else self.kind
+        return f"{where}: {self.message}"
+
+
+@contextlib.contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Runs a child layer under `name`: a `jax.named_scope`, and a `LayerError` path entry."""
+    try:
+        with jax.named_scope(name):
+            yield
+    except LayerError as err:
+        err.path = (name, *err.path)
+        raise
+
+
+def layer_name(layer: Layer | Callable) -> str:
+    """The kind of a layer (``"dense"``, ``"relu"``): what combinators name its slot after."""
+    if isinstance(layer, Layer):
+        return getattr(layer.apply, "layer_name", "layer")
+    while isinstance(layer, functools.partial):
+        layer = layer.func
+    return getattr(layer, "__name__", "function")
+
+
+def named(kind: str, init: InitFn, apply: ApplyFn) -> Layer:
+    """Builds a `Layer` whose slot in a combinator is called ``{kind}_{index}``."""
+    apply.layer_name = kind  # type: ignore[attr-defined]
+    return Layer(init, apply)
+
+
+def as_layer(layer: Layer | Callable[[Array], Array]) -> Layer:
+    """A `Layer` as it is; a plain function ``x -> y`` as a parameter-free layer."""
+    if isinstance(layer, Layer):
+        return layer
+    if not callable(layer):
+        raise TypeError(f"expected a Layer or a function, got {type(layer).__name__}")
+    return from_function(layer)
+
+
+def from_function(fn: Callable[[Array], Array], name: str | None = None) -> Layer:
+    """A parameter-free layer computing ``y = fn(x)``; its output shape is traced abstractly."""
+    kind = name or layer_name(fn)
+
+    def init(key, in_shape):
+        del key
+        shapes = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.result_type(float)),
+            in_shape,
+            is_leaf=_is_shape,
+        )
+        out = jax.eval_shape(fn, shapes)
+        return jax.tree.map(lambda s: tuple(s.shape), out), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params, key, train
+        return fn(x), state
+
+    return named(kind, init, apply)
+
+
+def _is_shape(node: Any) -> bool:
+    return isinstance(node, tuple) and all(isinstance(d, int) for d in node)
+
+
+def _child_names(layers: Sequence[Layer]) -> list[str]:
+    return [f"{layer_name(layer)}_{i}" for i, layer in enumerate(layers)]
+
+
+def _child_key(key: Array | None, i: int) -> Array | None:
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def _lookup(tree: dict, name: str, what: str, kind: str) -> Any:
+    if not isinstance(tree, dict):
+        raise LayerError(kind, f"{what} must be a dict, got {type(tree).__name__}")
+    if name not in tree:
+        raise LayerError(
+            kind,
+            f"{what} has no entry {name!r} (it has {sorted(tree)}); "
+            f"were they made by another model's init?",
+        )
+    return tree[name]
+
+
+def _prune(state: State) -> State:
+    """Drops the empty entries, so a model without state has ``state == {}``."""
+    return {k: v for k, v in state.items() if not (isinstance(v, dict) and not v)}
+
+
+def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
+    """Composes layers in sequence: ``y = f_n(... f_1(f_0(x)))``.
+
+    Plain functions (``jax.nn.relu``, ``funcnet.nn.relu``) are accepted as parameter-free
+    layers. Children are named ``{kind}_{index}`` in `params` and `state`.
+    """
+    children = [as_layer(layer) for layer in layers]
+    names = _child_names(children)
+
+    def init(key, in_shape):
+        params, state, shape = {}, {}, in_shape
+        for i, (name, child) in enumerate(zip(names, children, strict=True)):
+            with scope(name):
+                shape, params[name], state[name] = child.init(jax.random.fold_in(key, i), shape)
+        return shape, params, _prune(state)
+
+    def apply(params, state, x, *, key=None, train=False):
+        new_state = {}
+        for i, (name, child) in enumerate(zip(names, children, strict=True)):
+            with scope(name):
+                child_params = _lookup(params, name, "params", "serial")
+                x, new_state[name] = child.apply(
+                    child_params, state.get(name, {}), x, key=_child_key(key, i), train=train
+                )
+        return x, _prune(new_state)
+
+    return named("serial", init, apply)
+
+
+def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
+    """Applies layer ``i`` to input ``i``: ``(x_0, ..., x_n) -> (f_0(x_0), ..., f_n(x_n))``.
+
+    The input is a tuple (or list) with one entry per layer, and so is `in_shape`.
+    """
+    children = [as_layer(layer) for layer in layers]
+    names = _child_names(children)
+
+    def check(xs, what):
+        if not isinstance(xs, (tuple, list)) or len(xs) != len(children):
+            got = len(xs) if isinstance(xs, (tuple, list)) else type(xs).__name__
+            raise LayerError(
+                "parallel",
+                f"expected {what} with {len(children)} entries, one per layer; got {got}",
+            )
+
+    def init(key, in_shape):
+        check(in_shape, "a tuple of input shapes")
+        params, state, shapes = {}, {}, []
+        for i, (name, child, shape) in enumerate(zip(names, children, in_shape, strict=True)):
+            with scope(name):
+                shape, params[name], state[name] = child.init(jax.random.fold_in(key, i), shape)
+            shapes.append(shape)
+        return tuple(shapes), params, _prune(state)
+
+    def apply(params, state, xs, *, key=None, train=False):
+        check(xs, "a tuple of inputs")
+        ys, new_state = [], {}
+        for i, (name, child, x) in enumerate(zip(names, children, xs, strict=True)):
+            with scope(name):
+                child_params = _lookup(params, name, "params", "parallel")
+                y, new_state[name] = child.apply(
+                    child_params, state.get(name, {}), x, key=_child_key(key, i), train=train
+                )
+            ys.append(y)
+        return tuple(ys), _prune(new_state)
+
+    return named("parallel", init, apply)
+
+
+def fanout(num: int) -> Layer:
+    """Copies its input `num` times: ``x -> (x, ..., x)``. Pair it with `parallel` and a fan-in."""
+    if num < 1:
+        raise ValueError(f"fanout: num must be at least 1, got {num}")
+
+    def init(key, in_shape):
+        del key
+        return (in_shape,) * num, {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params, key, train
+        return (x,) * num, state
+
+    return named("fanout", init, apply)
+
+
+def residual(*layers: Layer | Callable[[Array], Array]) -> Layer:
+    """A skip connection around `serial(*layers)`: ``y = x + f(x)``.
+
+    The branch must keep the shape of its input.
+    """
+    body = serial(*layers)
+
+    def init(key, in_shape):
+        out_shape, params, state = body.init(key, in_shape)
+        if tuple(out_shape) != tuple(in_shape):
+            raise LayerError(
+                "residual",
+                f"the branch maps shape {tuple(in_shape)} to {tuple(out_shape)}; "
+                "a residual branch must keep the shape",
+            )
+        return out_shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        y, state = body.apply(params, state, x, key=key, train=train)
+        if y.shape != x.shape:
+            raise LayerError(
+                "residual", f"the branch maps shape {x.shape} to {y.shape}; it must keep the shape"
+            )
+        return x + y, state
+
+    return named("residual", init, apply)
+
+
+def _check_fan_in(kind: str, shapes: Any) -> None:
+    if not isinstance(shapes, (tuple, list)) or not shapes or _is_shape(shapes):
+        raise LayerError(kind, f"expected a tuple of inputs, got {shapes!r}")
+
+
+def concat(axis: int = -1) -> Layer:
+    """Fan-in by concatenation along `axis`: ``(x_0, ..., x_n) -> [x_0, ..., x_n]``."""
+
+    def init(key, in_shape):
+        del key
+        _check_fan_in("concat", in_shape)
+        ranks = {len(s) for s in in_shape}
+        if len(ranks) != 1:
+            raise LayerError("concat", f"inputs must have one rank, got shapes {list(in_shape)}")
+        ax = axis % ranks.pop()
+        rest = {tuple(d for i, d in enumerate(s) if i != ax) for s in in_shape}
+        if len(rest) != 1:
+            raise LayerError(
+                "concat",
+                f"shapes {list(in_shape)} differ outside the concatenation axis {axis}",
+            )
+        out = list(in_shape[0])
+        out[ax] = builtins.sum(s[ax] for s in in_shape)
+        return tuple(out), {}, {}
+
+    def apply(params, state, xs, *, key=None, train=False):
+        del params, key, train
+        _check_fan_in("concat", tuple(xs))
+        return jnp.concatenate(xs, axis=axis), state
+
+    return named("concat", init, apply)
+
+
+def sum() -> Layer:
+    """Fan-in by elementwise sum: ``(x_0, ..., x_n) -> x_0 + ... + x_n``; shapes must match."""
+
+    def check(shapes):
+        _check_fan_in("sum", shapes)
+        if len({tuple(s) for s in shapes}) != 1:
+            raise LayerError("sum", f"inputs must have one shape, got {list(shapes)}")
+
+    def init(key, in_shape):
+        del key
+        check(in_shape)
+        return tuple(in_shape[0]), {}, {}
+
+    def apply(params, state, xs, *, key=None, train=False):
+        del params, key, train
+        check([x.shape for x in xs])
+        return functools.reduce(jnp.add, xs), state
+
+    return named("sum", init, apply)
+
+
+def param_count(params: Params) -> int:
+    """The number of scalars in a params pytree."""
+    return builtins.sum(leaf.size for leaf in jax.tree.leaves(params))

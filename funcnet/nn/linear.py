@@ -1,0 +1,56 @@
+"""Dense (fully connected) layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from funcnet.nn import initializers
+from funcnet.nn.core import Layer, LayerError, named
+
+
+def dense(
+    features: int,
+    *,
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "lecun_normal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+) -> Layer:
+    """Affine map ``y = x W + b`` on the last axis.
+
+    Params: ``w`` of shape ``(in_features, features)`` and ``b`` of shape ``(features,)``
+    (absent with ``use_bias=False``). Input: an array of shape ``(..., in_features)``;
+    output: ``(..., features)``. `w_init` and `b_init` are initializers or their names
+    (``"he_normal"``, ``"glorot_uniform"``, ...); `dtype` is the params' dtype (JAX's default
+    float when None).
+    """
+    if features < 1:
+        raise ValueError(f"dense: features must be positive, got {features}")
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) < 1:
+            raise LayerError("dense", f"expected an input of shape (..., features), got {in_shape}")
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (in_shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return (*in_shape[:-1], features), params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        w = params["w"]
+        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise LayerError(
+                "dense",
+                f"expected input with {w.shape[0]} features on the last axis, got shape "
+                f"{tuple(x.shape)} (kernel w has shape {tuple(w.shape)})",
+            )
+        y = jnp.matmul(x, w)
+        if "b" in params:
+            y = y + params["b"]
+        return y, state
+
+    return named("dense", init, apply)
