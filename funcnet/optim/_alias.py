@@ -1,0 +1,408 @@
+"""Named optimizers, each a short `chain` of building blocks.
+
+Each follows the formulas and defaults of the `torch.optim` class of the same name; `momentum`,
+`nesterov` and `lion` have no torch class and follow their papers. In the rules below `x` is a
+parameter, `g` its gradient, `α_t` the learning rate (a number or a schedule `step -> rate`),
+`t` the 1-based step, and an update `x ← x − α_t·d` is returned as the update `−α_t·d`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from jax.typing import DTypeLike
+
+from funcnet.optim._base import (
+    GradientTransformation,
+    Params,
+    PyTree,
+    ScalarOrSchedule,
+    chain,
+    identity,
+    is_zero,
+)
+from funcnet.optim._transforms import (
+    add_decayed_weights,
+    masked,
+    scale_by_adadelta,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_rms,
+    trace,
+)
+
+
+def _decay(weight_decay: float) -> GradientTransformation:
+    """`g ← g + λ·x`, or `identity()` when `λ` is the number 0."""
+    return identity() if is_zero(weight_decay) else add_decayed_weights(weight_decay)
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Stochastic gradient descent, as `torch.optim.SGD` (default `lr=1e-3`).
+
+    With `μ = momentum`, `τ = dampening`, `λ = weight_decay`::
+
+        g ← g + λ·x
+        b ← g  (t = 1),   b ← μ·b + (1 − τ)·g  (t > 1)     if μ ≠ 0
+        d ← g + μ·b  if nesterov  else  b                  (d = g if μ = 0)
+        x ← x − α_t·d
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      momentum: `μ`; 0 turns momentum off.
+      dampening: `τ`.
+      nesterov: use Nesterov momentum (needs `μ > 0` and `τ = 0`).
+      weight_decay: `λ`, the L2 penalty.
+      moment_dtype: dtype of the momentum buffer; `None` keeps each param's dtype.
+    """
+    if nesterov and is_zero(momentum):
+        raise ValueError("sgd with nesterov=True needs a non-zero momentum.")
+    return chain(
+        _decay(weight_decay),
+        identity()
+        if is_zero(momentum)
+        else trace(momentum, dampening=dampening, nesterov=nesterov, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def momentum(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    beta: float = 0.9,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Heavy-ball momentum (Polyak, 1964) in torch's form, `sgd(lr, momentum=β)`.
+
+    ::
+
+        v ← β·v + g        (v = 0 before step one)
+        x ← x − α_t·v
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      beta: `β`, the momentum factor.
+      moment_dtype: dtype of `v`; `None` keeps each param's dtype.
+    """
+    return chain(trace(beta, moment_dtype=moment_dtype), scale_by_learning_rate(learning_rate))
+
+
+def nesterov(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    beta: float = 0.9,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Nesterov momentum (Sutskever et al., 2013) in torch's form, `sgd(lr, β, nesterov=True)`.
+
+    ::
+
+        v ← β·v + g        (v = 0 before step one)
+        x ← x − α_t·(g + β·v)
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      beta: `β`, the momentum factor.
+      moment_dtype: dtype of `v`; `None` keeps each param's dtype.
+    """
+    return chain(
+        trace(beta, nesterov=True, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adagrad (Duchi et al., 2011), as `torch.optim.Adagrad`.
+
+    With `η = lr_decay`, `λ = weight_decay`::
+
+        g ← g + λ·x
+        G ← G + g²                     from G = initial_accumulator_value
+        x ← x − α_t / (1 + (t − 1)·η) · g / (√G + ε)
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      lr_decay: `η`, torch's inverse-time decay of the rate.
+      weight_decay: `λ`, the L2 penalty.
+      initial_accumulator_value: the starting value of `G`.
+      eps: `ε`, added to `√G`.
+      moment_dtype: dtype of `G`; `None` keeps each param's dtype.
+    """
+    rate = learning_rate
+    if not is_zero(lr_decay):
+        base = learning_rate if callable(learning_rate) else lambda count: learning_rate
+
+        def rate(count: jax.Array) -> jax.Array:
+            return base(count) / (1 + count * lr_decay)
+
+    return chain(
+        _decay(weight_decay),
+        scale_by_adagrad(initial_accumulator_value, eps, moment_dtype=moment_dtype),
+        scale_by_learning_rate(rate),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """RMSprop (Hinton, 2012), as `torch.optim.RMSprop`: `ε` outside the root.
+
+    With `α = decay` (torch's `alpha`), `μ = momentum`, `λ = weight_decay`::
+
+        g ← g + λ·x
+        v ← α·v + (1 − α)·g²
+        ḡ ← α·ḡ + (1 − α)·g;   v ← v − ḡ²            (centred only, v here a local)
+        d ← g / (√v + ε)
+        b ← μ·b + d;   d ← b                          (if μ ≠ 0, b = 0 before step one)
+        x ← x − α_t·d
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      decay: `α`, the smoothing constant.
+      eps: `ε`, added to the root.
+      weight_decay: `λ`, the L2 penalty.
+      momentum: `μ`; 0 turns momentum off.
+      centered: normalise by an estimate of the variance instead of the mean square.
+      moment_dtype: dtype of the buffers; `None` keeps each param's dtype.
+    """
+    return chain(
+        _decay(weight_decay),
+        scale_by_rms(decay, eps, centered=centered, moment_dtype=moment_dtype),
+        identity() if is_zero(momentum) else trace(momentum, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adadelta (Zeiler, 2012), as `torch.optim.Adadelta`.
+
+    With `λ = weight_decay`::
+
+        g ← g + λ·x
+        v ← ρ·v + (1 − ρ)·g²
+        δ ← √(w + ε) / √(v + ε) · g
+        w ← ρ·w + (1 − ρ)·δ²
+        x ← x − α_t·δ
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule; the paper's rule is `α_t = 1`.
+      rho: `ρ`, the decay of both averages.
+      eps: `ε`, added inside both roots.
+      weight_decay: `λ`, the L2 penalty.
+      moment_dtype: dtype of `v` and `w`; `None` keeps each param's dtype.
+    """
+    return chain(
+        _decay(weight_decay),
+        scale_by_adadelta(rho, eps, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adam (Kingma & Ba, 2015), as `torch.optim.Adam` (torch's `betas` are `(b1, b2)`).
+
+    With `λ = weight_decay`::
+
+        g ← g + λ·x
+        m ← β₁·m + (1 − β₁)·g
+        v ← β₂·v + (1 − β₂)·g²
+        v_max ← max(v_max, v);   v ← v_max            (amsgrad only, v here a local)
+        x ← x − α_t · [m / (1 − β₁ᵗ)] / (√(v / (1 − β₂ᵗ)) + ε)
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      b1: `β₁`, the decay of the first moment.
+      b2: `β₂`, the decay of the second moment.
+      eps: `ε`, added to the root.
+      weight_decay: `λ`, the L2 penalty (coupled; see `adamw` for the decoupled form).
+      amsgrad: keep the running maximum of `v` (Reddi et al., 2018), bias-corrected as torch.
+      moment_dtype: dtype of the moments; `None` keeps each param's dtype.
+    """
+    return chain(
+        _decay(weight_decay),
+        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    *,
+    mask: PyTree | Callable[[Params], PyTree] | None = None,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter, 2019), Adam with decoupled weight decay, as `torch.optim.AdamW`.
+
+    With `λ = weight_decay` and `d` Adam's direction (see `adam`, without its L2 term)::
+
+        x ← x − α_t·λ·x − α_t·d   =   x − α_t·(d + λ·x)
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      b1: `β₁`, the decay of the first moment.
+      b2: `β₂`, the decay of the second moment.
+      eps: `ε`, added to the root.
+      weight_decay: `λ`.
+      amsgrad: keep the running maximum of `v`, bias-corrected as torch.
+      mask: which params decay (see `masked`); `None` decays all, as torch.
+      moment_dtype: dtype of the moments; `None` keeps each param's dtype.
+    """
+    decay = add_decayed_weights(weight_decay)
+    return chain(
+        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
+        decay if mask is None else masked(decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """NAdam (Dozat, 2016), as `torch.optim.NAdam`, with its momentum schedule `μ_t`.
+
+    With `λ = weight_decay`, `ψ = momentum_decay` and `μ_t = β₁·(1 − ½·0.96^(tψ))`::
+
+        g ← g + λ·x
+        m ← β₁·m + (1 − β₁)·g
+        v ← β₂·v + (1 − β₂)·g²
+        x ← x − α_t · [(1 − μ_t)/(1 − Π_{i≤t} μ_i)·g + μ_{t+1}/(1 − Π_{i≤t+1} μ_i)·m]
+                     / (√(v / (1 − β₂ᵗ)) + ε)
+
+    optax's `nadam` has no `μ_t` schedule; it is this rule in the limit `ψ → ∞`.
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      b1: `β₁`, the decay of the first moment.
+      b2: `β₂`, the decay of the second moment.
+      eps: `ε`, added to the root.
+      weight_decay: `λ`, the L2 penalty.
+      momentum_decay: `ψ`.
+      moment_dtype: dtype of the moments; `None` keeps each param's dtype.
+    """
+    return chain(
+        _decay(weight_decay),
+        scale_by_nadam(b1, b2, eps, momentum_decay, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamax(
+    learning_rate: ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adamax (Kingma & Ba, 2015), Adam with the infinity norm, as `torch.optim.Adamax`.
+
+    With `λ = weight_decay`::
+
+        g ← g + λ·x
+        m ← β₁·m + (1 − β₁)·g
+        n ← max(β₂·n, |g| + ε)
+        x ← x − α_t / (1 − β₁ᵗ) · m / n
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      b1: `β₁`, the decay of the first moment.
+      b2: `β₂`, the decay of the infinity norm.
+      eps: `ε`, added to `|g|`.
+      weight_decay: `λ`, the L2 penalty.
+      moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
+    """
+    return chain(
+        _decay(weight_decay),
+        scale_by_adamax(b1, b2, eps, moment_dtype=moment_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion(
+    learning_rate: ScalarOrSchedule = 1e-4,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    weight_decay: float = 0.0,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Lion (Chen et al., 2023), the sign of an interpolated momentum, with decoupled decay.
+
+    With `λ = weight_decay`::
+
+        d ← sign(β₁·m + (1 − β₁)·g)
+        m ← β₂·m + (1 − β₂)·g
+        x ← x − α_t·(d + λ·x)
+
+    Its steps have unit size per coordinate, so its rate is usually 3–10 times smaller than
+    Adam's.
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule.
+      b1: `β₁`, the interpolation weight of the momentum.
+      b2: `β₂`, the decay of the momentum.
+      weight_decay: `λ`, decoupled as in AdamW.
+      moment_dtype: dtype of `m`; `None` keeps each param's dtype.
+    """
+    return chain(
+        scale_by_lion(b1, b2, moment_dtype=moment_dtype),
+        _decay(weight_decay),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,189 @@
+"""The gradient-transformation protocol, its combinators and the tree helpers shared by rules.
+
+A gradient transformation is a pair of pure functions::
+
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    params = apply_updates(params, updates)
+
+This is the protocol of optax, so the pieces of either library compose with the other's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+Params = PyTree
+Updates = PyTree
+OptState = PyTree
+Schedule = Callable[[jax.Array], jax.Array]
+ScalarOrSchedule = float | jax.Array | Schedule
+
+_INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+class TransformInitFn(Protocol):
+    """Builds the state of a transformation from the params it will update."""
+
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    """Maps incoming updates (gradients) and the state to outgoing updates and a new state."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pair of pure functions `(init, update)` that transforms a stream of gradients.
+
+    - `init(params) -> state`: `state` is a pytree of arrays (NamedTuples of arrays).
+    - `update(updates, state, params=None) -> (updates, state)`: `updates` has the tree
+      structure, shapes and dtypes of `params`.
+
+    Updates leave a transformation already signed: `apply_updates` adds them to the params.
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a transformation that keeps none."""
+
+
+def identity() -> GradientTransformation:
+    """The transformation that returns its updates unchanged: `u ← g`."""
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Applies `transforms` one after another; the state is the tuple of their states.
+
+    Any object with optax's `init` / `update` signature may appear in the chain, optax's own
+    transformations included.
+    """
+
+    def init_fn(params: Params) -> tuple[OptState, ...]:
+        return tuple(tx.init(params) for tx in transforms)
+
+    def update_fn(
+        updates: Updates, state: tuple[OptState, ...], params: Params | None = None
+    ) -> tuple[Updates, tuple[OptState, ...]]:
+        if len(state) != len(transforms):
+            raise ValueError(
+                f"chain of {len(transforms)} transformations got a state of {len(state)} "
+                "entries; build the state with this chain's `init`."
+            )
+        new_state = []
+        for tx, inner_state in zip(transforms, state, strict=True):
+            updates, inner_state = tx.update(updates, inner_state, params)
+            new_state.append(inner_state)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Returns `params + updates`, leaf by leaf, each leaf keeping the dtype of its param.
+
+    A bfloat16 param stays bfloat16 even when its update arrives in float32. `None` leaves
+    in `params` stay `None`.
+    """
+
+    def add(p: jax.Array | None, u: jax.Array) -> jax.Array | None:
+        if p is None:
+            return None
+        p = jnp.asarray(p)
+        return (p + u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+# Tree helpers shared by the rules.
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """`count + 1` for an int32 step counter, saturating at the largest int32."""
+    return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(jnp.int32)
+
+
+def zeros_like(tree: PyTree, dtype: jnp.dtype | None = None) -> PyTree:
+    """A tree of zeros shaped like `tree`, in each leaf's dtype or in `dtype` if given."""
+    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
+
+
+def update_moment(updates: Updates, moments: PyTree, decay: float, order: int) -> PyTree:
+    """Exponential moving average of `g ** order`: `m ← decay·m + (1 − decay)·g^order`.
+
+    `order` is 1 (mean) or 2 (mean square); the result keeps the dtype of `moments`.
+    """
+
+    if order not in (1, 2):
+        raise ValueError(f"update_moment tracks moments of order 1 or 2, got {order}.")
+
+    def ema(g: jax.Array, m: jax.Array) -> jax.Array:
+        g = g.astype(m.dtype)
+        power = g if order == 1 else jnp.square(g)
+        return (decay * m + (1 - decay) * power).astype(m.dtype)
+
+    return jax.tree.map(ema, updates, moments)
+
+
+def one_minus_power(decay: float | jax.Array, count: jax.Array) -> jax.Array:
+    """`1 − decay^count`, computed as `−expm1(count·log(decay))` to keep its digits.
+
+    With `decay` a Python float the logarithm is taken in double precision; the direct
+    form in float32 loses five digits for `decay = 0.999`.
+    """
+    if isinstance(decay, int | float):
+        if decay == 0:
+            return jnp.ones_like(count, dtype=jnp.result_type(float))
+        log_decay = math.log(decay)
+    else:
+        log_decay = jnp.log(decay)
+    return -jnp.expm1(count * log_decay)
+
+
+def bias_correction(moments: PyTree, decay: float | jax.Array, count: jax.Array) -> PyTree:
+    """Debiases a zero-initialised moving average after `count` updates: `m / (1 − decay^t)`."""
+    correction = one_minus_power(decay, count)
+    return jax.tree.map(lambda m: (m / correction.astype(m.dtype)).astype(m.dtype), moments)
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+    """The Euclidean norm of all leaves taken together: `√(Σ_leaves Σ x²)`.
+
+    Half-precision leaves are summed in float32. Returns a scalar.
+    """
+    squares = [
+        jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
+        for x in jax.tree.leaves(tree)
+    ]
+    if not squares:
+        return jnp.zeros([], jnp.result_type(float))
+    return jnp.sqrt(sum(squares))
+
+
+def is_zero(value: Any) -> bool:
+    """Whether `value` is a Python number equal to zero (traced values never are)."""
+    return isinstance(value, int | float) and value == 0

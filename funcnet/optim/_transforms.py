@@ -1,0 +1,731 @@
+"""Building blocks: small gradient transformations that named optimizers chain together.
+
+Each rule acts leaf by leaf on a pytree of updates `g` and returns a pytree of the same
+structure, shapes and dtypes. Per-parameter buffers (moments) live in the params' dtype unless
+`moment_dtype` says otherwise. Step counters are int32 scalars; `t` below is the 1-based step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from funcnet.optim._base import (
+    EmptyState,
+    GradientTransformation,
+    OptState,
+    Params,
+    PyTree,
+    ScalarOrSchedule,
+    Updates,
+    bias_correction,
+    global_norm,
+    increment,
+    is_zero,
+    one_minus_power,
+    update_moment,
+    zeros_like,
+)
+
+
+def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    """Casts each leaf of `tree` to the dtype of the matching leaf of `like`."""
+    return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+
+
+def _zero_count() -> jax.Array:
+    return jnp.zeros([], jnp.int32)
+
+
+def _check_decay(name: str, value: float | jax.Array, *, allow_one: bool = False) -> None:
+    """Raises unless a decay rate given as a Python number lies in [0, 1) (or [0, 1])."""
+    if isinstance(value, int | float) and not (0 <= value < 1 or (allow_one and value == 1)):
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must lie in {interval}, got {value}.")
+
+
+# Scaling.
+
+
+def scale(step_size: float | jax.Array) -> GradientTransformation:
+    """Multiplies every update by a constant: `u ← step_size · g`."""
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        updates = jax.tree.map(lambda g: (step_size * g).astype(g.dtype), updates)
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByLearningRateState(NamedTuple):
+    """`count`: int32 scalar, the number of updates made, fed to a schedule."""
+
+    count: jax.Array
+
+
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> GradientTransformation:
+    """Scales updates by the learning rate `α_t` and, by default, turns them into descent steps.
+
+    `u ← −α_t · g` (or `+α_t · g` with `flip_sign=False`), where `α_t = learning_rate` for a
+    number and `α_t = learning_rate(t − 1)` for a schedule `step -> rate` (steps count from 0).
+    This is the one place where funcnet turns a learning rate into a step.
+    """
+    sign = -1.0 if flip_sign else 1.0
+
+    def init_fn(params: Params) -> ScaleByLearningRateState:
+        del params
+        return ScaleByLearningRateState(count=_zero_count())
+
+    def update_fn(
+        updates: Updates, state: ScaleByLearningRateState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByLearningRateState]:
+        del params
+        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        step = sign * jnp.asarray(rate)
+        updates = jax.tree.map(lambda g: step.astype(g.dtype) * g, updates)
+        return updates, ScaleByLearningRateState(count=increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+# Momentum.
+
+
+class TraceState(NamedTuple):
+    """`count`: int32 scalar; `trace`: the momentum buffer `b`, one array per param."""
+
+    count: jax.Array
+    trace: Updates
+
+
+def trace(
+    decay: float,
+    *,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Momentum, as `torch.optim.SGD` keeps it.
+
+    With `μ = decay` and `τ = dampening`::
+
+        b ← g                        on the first step
+        b ← μ·b + (1 − τ)·g          afterwards
+        u ← g + μ·b  if nesterov  else  b
+
+    With `τ = 0` this is optax's `trace`: `b ← μ·b + g` from `b = 0`.
+
+    Args:
+      decay: the momentum factor `μ`.
+      dampening: `τ`, the share of the gradient held back from the buffer after step one.
+      nesterov: return the Nesterov look-ahead `g + μ·b` instead of `b`.
+      moment_dtype: dtype of the buffer; `None` keeps each param's dtype.
+    """
+    if nesterov and not is_zero(dampening):
+        raise ValueError(f"Nesterov momentum needs dampening=0, got dampening={dampening}.")
+    if isinstance(decay, int | float) and decay < 0:
+        raise ValueError(f"trace's decay must be non-negative, got {decay}.")
+
+    def init_fn(params: Params) -> TraceState:
+        return TraceState(count=_zero_count(), trace=zeros_like(params, moment_dtype))
+
+    def update_fn(
+        updates: Updates, state: TraceState, params: Params | None = None
+    ) -> tuple[Updates, TraceState]:
+        del params
+        gain = jnp.where(state.count == 0, 1.0, 1.0 - dampening)
+
+        def accumulate(g: jax.Array, b: jax.Array) -> jax.Array:
+            return (decay * b + gain.astype(b.dtype) * g.astype(b.dtype)).astype(b.dtype)
+
+        new_trace = jax.tree.map(accumulate, updates, state.trace)
+        if nesterov:
+            out = jax.tree.map(lambda g, b: g + decay * b.astype(g.dtype), updates, new_trace)
+        else:
+            out = new_trace
+        return _cast_like(out, updates), TraceState(increment(state.count), new_trace)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+# Adaptive scalings.
+
+
+class ScaleByAdamState(NamedTuple):
+    """`count`: int32 scalar; `mu`, `nu`: first and second moments; `nu_max`: the running
+    maximum of `nu` (AMSGrad), `None` when not used."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    nu_max: Updates | None
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    amsgrad: bool = False,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adam's rescaling (Kingma & Ba, 2015), with torch's AMSGrad variant.
+
+    ::
+
+        m ← β₁·m + (1 − β₁)·g
+        v ← β₂·v + (1 − β₂)·g²
+        v_max ← max(v_max, v)                         (amsgrad only)
+        u ← [m / (1 − β₁ᵗ)] / (√(v / (1 − β₂ᵗ)) + ε)  with v_max in place of v for amsgrad
+
+    As in `torch.optim.Adam`, AMSGrad keeps the maximum of the raw `v` and bias-corrects it;
+    optax's `scale_by_amsgrad` takes the maximum of the bias-corrected `v` instead.
+
+    Args:
+      b1: decay `β₁` of the first moment.
+      b2: decay `β₂` of the second moment.
+      eps: `ε`, added to the root of the second moment.
+      amsgrad: use the running maximum of the second moment.
+      moment_dtype: dtype of `m`, `v` (and `v_max`); `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_adam's b1", b1)
+    _check_decay("scale_by_adam's b2", b2)
+
+    def init_fn(params: Params) -> ScaleByAdamState:
+        return ScaleByAdamState(
+            count=_zero_count(),
+            mu=zeros_like(params, moment_dtype),
+            nu=zeros_like(params, moment_dtype),
+            nu_max=zeros_like(params, moment_dtype) if amsgrad else None,
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByAdamState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByAdamState]:
+        del params
+        count = increment(state.count)
+        mu = update_moment(updates, state.mu, b1, 1)
+        nu = update_moment(updates, state.nu, b2, 2)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+        mu_hat = bias_correction(mu, b1, count)
+        nu_hat = bias_correction(nu_max if amsgrad else nu, b2, count)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+        return _cast_like(out, updates), ScaleByAdamState(count, mu, nu, nu_max)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+    """`nu`: mean square of the gradients; `mu`: their mean (centred variant), else `None`."""
+
+    nu: Updates
+    mu: Updates | None
+
+
+def scale_by_rms(
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    *,
+    centered: bool = False,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """RMSprop's rescaling (Hinton, 2012), with `ε` outside the root as in `torch.optim.RMSprop`.
+
+    ::
+
+        v ← α·v + (1 − α)·g²
+        ḡ ← α·ḡ + (1 − α)·g                   (centred only)
+        u ← g / (√v + ε)     or, centred,  u ← g / (√(v − ḡ²) + ε)
+
+    optax's `scale_by_rms` defaults to `ε` inside the root (`eps_in_sqrt=True`); its
+    `eps_in_sqrt=False` is this rule.
+
+    Args:
+      decay: the smoothing constant `α` (torch's `alpha`).
+      eps: `ε`, added to the root.
+      centered: divide by an estimate of the standard deviation instead of the root mean square.
+      moment_dtype: dtype of `v` (and `ḡ`); `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_rms's decay", decay)
+
+    def init_fn(params: Params) -> ScaleByRmsState:
+        return ScaleByRmsState(
+            nu=zeros_like(params, moment_dtype),
+            mu=zeros_like(params, moment_dtype) if centered else None,
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByRmsState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByRmsState]:
+        del params
+        nu = update_moment(updates, state.nu, decay, 2)
+        if centered:
+            mu = update_moment(updates, state.mu, decay, 1)
+            # Rounding can push v − ḡ² a hair below zero when the gradients barely vary.
+            var = jax.tree.map(lambda v, m: jnp.maximum(v - jnp.square(m), 0), nu, mu)
+        else:
+            mu, var = None, nu
+        out = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, var)
+        return _cast_like(out, updates), ScaleByRmsState(nu, mu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdagradState(NamedTuple):
+    """`sum_of_squares`: the running sum `G` of squared gradients, one array per param."""
+
+    sum_of_squares: Updates
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """Adagrad's rescaling (Duchi et al., 2011), as in `torch.optim.Adagrad`.
+
+    ::
+
+        G ← G + g²          from G = initial_accumulator_value
+        u ← g / (√G + ε)
+
+    optax's `scale_by_rss` differs: `G` starts at 0.1 and `ε` sits inside the root.
+
+    Args:
+      initial_accumulator_value: the starting value of `G`.
+      eps: `ε`, added to the root.
+      moment_dtype: dtype of `G`; `None` keeps each param's dtype.
+    """
+
+    def init_fn(params: Params) -> ScaleByAdagradState:
+        sums = jax.tree.map(
+            lambda z: z + initial_accumulator_value, zeros_like(params, moment_dtype)
+        )
+        return ScaleByAdagradState(sum_of_squares=sums)
+
+    def update_fn(
+        updates: Updates, state: ScaleByAdagradState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByAdagradState]:
+        del params
+        sums = jax.tree.map(
+            lambda g, s: (s + jnp.square(g.astype(s.dtype))).astype(s.dtype),
+            updates,
+            state.sum_of_squares,
+        )
+        out = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, sums)
+        return _cast_like(out, updates), ScaleByAdagradState(sums)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdadeltaState(NamedTuple):
+    """`avg_sq_grad`: mean square `v` of the gradients; `avg_sq_delta`: mean square `w` of the
+    steps taken."""
+
+    avg_sq_grad: Updates
+    avg_sq_delta: Updates
+
+
+def scale_by_adadelta(
+    rho: float = 0.9, eps: float = 1e-6, *, moment_dtype: DTypeLike | None = None
+) -> GradientTransformation:
+    """Adadelta's rescaling (Zeiler, 2012), as in `torch.optim.Adadelta` and optax.
+
+    ::
+
+        v ← ρ·v + (1 − ρ)·g²
+        δ ← √(w + ε) / √(v + ε) · g
+        w ← ρ·w + (1 − ρ)·δ²
+        u ← δ
+
+    Args:
+      rho: the decay `ρ` of both averages.
+      eps: `ε`, added inside both roots.
+      moment_dtype: dtype of `v` and `w`; `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_adadelta's rho", rho, allow_one=True)
+
+    def init_fn(params: Params) -> ScaleByAdadeltaState:
+        return ScaleByAdadeltaState(
+            avg_sq_grad=zeros_like(params, moment_dtype),
+            avg_sq_delta=zeros_like(params, moment_dtype),
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByAdadeltaState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByAdadeltaState]:
+        del params
+        avg_sq_grad = update_moment(updates, state.avg_sq_grad, rho, 2)
+        delta = jax.tree.map(
+            lambda g, v, w: jnp.sqrt(w + eps) / jnp.sqrt(v + eps) * g.astype(v.dtype),
+            updates,
+            avg_sq_grad,
+            state.avg_sq_delta,
+        )
+        avg_sq_delta = update_moment(delta, state.avg_sq_delta, rho, 2)
+        return _cast_like(delta, updates), ScaleByAdadeltaState(avg_sq_grad, avg_sq_delta)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByNadamState(NamedTuple):
+    """`count`: int32 scalar; `mu_product`: `Π_{i≤t} μ_i`, a float scalar; `mu`, `nu`: first and
+    second moments."""
+
+    count: jax.Array
+    mu_product: jax.Array
+    mu: Updates
+    nu: Updates
+
+
+def scale_by_nadam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+    *,
+    moment_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """NAdam's rescaling (Dozat, 2016), as in `torch.optim.NAdam` with its momentum schedule.
+
+    With `ψ = momentum_decay` and `μ_t = β₁·(1 − ½·0.96^(tψ))`::
+
+        m ← β₁·m + (1 − β₁)·g
+        v ← β₂·v + (1 − β₂)·g²
+        u ← [(1 − μ_t)/(1 − Π_{i≤t} μ_i)·g + μ_{t+1}/(1 − Π_{i≤t+1} μ_i)·m]
+            / (√(v / (1 − β₂ᵗ)) + ε)
+
+    optax's `nadam` is the limit `ψ → ∞` of this rule (`μ_t = β₁` for all `t`).
+
+    Args:
+      b1: decay `β₁` of the first moment, and the scale of the momentum schedule.
+      b2: decay `β₂` of the second moment.
+      eps: `ε`, added to the root of the second moment.
+      momentum_decay: `ψ`, how fast `μ_t` rises from `β₁/2` towards `β₁`.
+      moment_dtype: dtype of `m` and `v`; `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_nadam's b1", b1)
+    _check_decay("scale_by_nadam's b2", b2)
+
+    def init_fn(params: Params) -> ScaleByNadamState:
+        return ScaleByNadamState(
+            count=_zero_count(),
+            mu_product=jnp.ones([], jnp.result_type(float)),
+            mu=zeros_like(params, moment_dtype),
+            nu=zeros_like(params, moment_dtype),
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByNadamState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByNadamState]:
+        del params
+        count = increment(state.count)
+        dtype = state.mu_product.dtype
+        t = count.astype(dtype)
+        mu_t = b1 * (1.0 - 0.5 * jnp.power(0.96, t * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * jnp.power(0.96, (t + 1.0) * momentum_decay))
+        mu_product = (state.mu_product * mu_t).astype(dtype)
+        grad_coef = (1.0 - mu_t) / (1.0 - mu_product)
+        moment_coef = mu_next / (1.0 - mu_product * mu_next)
+        mu = update_moment(updates, state.mu, b1, 1)
+        nu = update_moment(updates, state.nu, b2, 2)
+        nu_hat = bias_correction(nu, b2, count)
+
+        def rule(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
+            g = g.astype(m.dtype)
+            numerator = grad_coef.astype(m.dtype) * g + moment_coef.astype(m.dtype) * m
+            return numerator / (jnp.sqrt(v) + eps)
+
+        out = jax.tree.map(rule, updates, mu, nu_hat)
+        return _cast_like(out, updates), ScaleByNadamState(count, mu_product, mu, nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdamaxState(NamedTuple):
+    """`count`: int32 scalar; `mu`: first moment; `nu`: the decayed infinity norm `u`."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+
+
+def scale_by_adamax(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, moment_dtype: DTypeLike | None = None
+) -> GradientTransformation:
+    """Adamax's rescaling (Kingma & Ba, 2015, §7.1), as in `torch.optim.Adamax` and optax.
+
+    ::
+
+        m ← β₁·m + (1 − β₁)·g
+        n ← max(β₂·n, |g| + ε)
+        u ← m / ((1 − β₁ᵗ)·n)
+
+    Args:
+      b1: decay `β₁` of the first moment.
+      b2: decay `β₂` of the infinity norm.
+      eps: `ε`, added to `|g|` so that `n` never vanishes.
+      moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_adamax's b1", b1)
+    _check_decay("scale_by_adamax's b2", b2)
+
+    def init_fn(params: Params) -> ScaleByAdamaxState:
+        return ScaleByAdamaxState(
+            count=_zero_count(),
+            mu=zeros_like(params, moment_dtype),
+            nu=zeros_like(params, moment_dtype),
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByAdamaxState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByAdamaxState]:
+        del params
+        count = increment(state.count)
+        mu = update_moment(updates, state.mu, b1, 1)
+        nu = jax.tree.map(
+            lambda g, n: jnp.maximum(b2 * n, jnp.abs(g.astype(n.dtype)) + eps).astype(n.dtype),
+            updates,
+            state.nu,
+        )
+        correction = one_minus_power(b1, count)
+        out = jax.tree.map(lambda m, n: m / (correction.astype(m.dtype) * n), mu, nu)
+        return _cast_like(out, updates), ScaleByAdamaxState(count, mu, nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByLionState(NamedTuple):
+    """`mu`: the momentum `m`, one array per param."""
+
+    mu: Updates
+
+
+def scale_by_lion(
+    b1: float = 0.9, b2: float = 0.99, *, moment_dtype: DTypeLike | None = None
+) -> GradientTransformation:
+    """Lion's sign update (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
+
+    ::
+
+        u ← sign(β₁·m + (1 − β₁)·g)
+        m ← β₂·m + (1 − β₂)·g
+
+    Args:
+      b1: weight `β₁` of the momentum in the interpolation whose sign is the update.
+      b2: decay `β₂` of the momentum.
+      moment_dtype: dtype of `m`; `None` keeps each param's dtype.
+    """
+    _check_decay("scale_by_lion's b1", b1, allow_one=True)
+    _check_decay("scale_by_lion's b2", b2, allow_one=True)
+
+    def init_fn(params: Params) -> ScaleByLionState:
+        return ScaleByLionState(mu=zeros_like(params, moment_dtype))
+
+    def update_fn(
+        updates: Updates, state: ScaleByLionState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByLionState]:
+        del params
+        out = jax.tree.map(jnp.sign, update_moment(updates, state.mu, b1, 1))
+        mu = update_moment(updates, state.mu, b2, 1)
+        return _cast_like(out, updates), ScaleByLionState(mu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+# Weight decay and clipping.
+
+
+def add_decayed_weights(weight_decay: float | jax.Array) -> GradientTransformation:
+    """Adds the params, scaled, to the updates: `u ← g + λ·x`.
+
+    Placed before an adaptive rescaling this is an L2 penalty (torch's `weight_decay`);
+    placed after it, right before the learning rate, it is decoupled weight decay (AdamW).
+    Wrap it in `masked` to decay only some params.
+    """
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        if params is None:
+            raise ValueError("add_decayed_weights needs the params: call update(g, state, params).")
+        updates = jax.tree.map(
+            lambda g, x: (g + weight_decay * x.astype(g.dtype)).astype(g.dtype), updates, params
+        )
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def clip(max_delta: float | jax.Array) -> GradientTransformation:
+    """Clips every coordinate of the updates to `[−δ, δ]`: `u ← min(max(g, −δ), δ)`."""
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        updates = jax.tree.map(
+            lambda g: jnp.clip(g, -max_delta, max_delta).astype(g.dtype), updates
+        )
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
+    """Rescales the whole update tree so that its global norm is at most `c = max_norm`.
+
+    `u ← g · min(1, c / ‖g‖)`, where `‖g‖` is the norm of all leaves together
+    (see `global_norm`). Unlike `torch.nn.utils.clip_grad_norm_`, no `1e-6` joins `‖g‖`.
+    """
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        del params
+        norm = global_norm(updates)
+        factor = jnp.where(norm > max_norm, max_norm / norm, 1.0)
+        updates = jax.tree.map(lambda g: (g * factor.astype(g.dtype)).astype(g.dtype), updates)
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+# Wrappers.
+
+
+class MaskedNode(NamedTuple):
+    """Stands in, inside a masked transformation, for a leaf the mask leaves out.
+
+    It is an empty pytree node, so tree maps skip it.
+    """
+
+
+class MaskedState(NamedTuple):
+    """`inner_state`: the wrapped transformation's state, built on the masked-in leaves only."""
+
+    inner_state: OptState
+
+
+def masked(
+    inner: GradientTransformation, mask: PyTree | Callable[[Params], PyTree]
+) -> GradientTransformation:
+    """Applies `inner` to the leaves that `mask` selects and passes the others through unchanged.
+
+    Args:
+      inner: the transformation to apply to the selected leaves.
+      mask: a pytree of Python bools with the structure of the params (or a prefix of it, a
+        bool then covering a whole subtree), or a function `params -> such a tree`. `True`
+        selects a leaf. The function is called on the params in `init` and on the updates
+        (same structure) in `update`, and must return static bools.
+
+    The inner state holds buffers only for the selected leaves; the others appear in it as
+    `MaskedNode()`.
+    """
+
+    def mask_tree(tree: PyTree) -> PyTree:
+        return mask(tree) if callable(mask) else mask
+
+    def keep_selected(tree: PyTree, selected: PyTree) -> PyTree:
+        return jax.tree.map(lambda m, x: x if m else MaskedNode(), selected, tree)
+
+    def init_fn(params: Params) -> MaskedState:
+        selected = mask_tree(params)
+        return MaskedState(inner_state=inner.init(keep_selected(params, selected)))
+
+    def update_fn(
+        updates: Updates, state: MaskedState, params: Params | None = None
+    ) -> tuple[Updates, MaskedState]:
+        selected = mask_tree(updates)
+        inner_params = None if params is None else keep_selected(params, selected)
+        new_inner, inner_state = inner.update(
+            keep_selected(updates, selected), state.inner_state, inner_params
+        )
+        updates = jax.tree.map(lambda m, new, old: new if m else old, selected, new_inner, updates)
+        return updates, MaskedState(inner_state=inner_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ApplyIfFiniteState(NamedTuple):
+    """`notfinite_count`: int32, consecutive non-finite steps so far; `last_finite`: bool,
+    whether the last step was finite; `total_notfinite`: int32, all non-finite steps so far;
+    `inner_state`: the wrapped transformation's state."""
+
+    notfinite_count: jax.Array
+    last_finite: jax.Array
+    total_notfinite: jax.Array
+    inner_state: OptState
+
+
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int
+) -> GradientTransformation:
+    """Skips a step whose updates hold a NaN or an infinity, and counts such steps.
+
+    A skipped step returns zero updates and leaves the inner state as it was. After more than
+    `max_consecutive_errors` non-finite steps in a row the step is taken anyway, so a run
+    that keeps producing NaNs shows them instead of stalling silently.
+
+    Args:
+      inner: the transformation to guard.
+      max_consecutive_errors: how many non-finite steps in a row are skipped.
+    """
+
+    def init_fn(params: Params) -> ApplyIfFiniteState:
+        return ApplyIfFiniteState(
+            notfinite_count=_zero_count(),
+            last_finite=jnp.array(True),
+            total_notfinite=_zero_count(),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(
+        updates: Updates, state: ApplyIfFiniteState, params: Params | None = None
+    ) -> tuple[Updates, ApplyIfFiniteState]:
+        finite = jnp.array(True)
+        for g in jax.tree.leaves(updates):
+            finite = finite & jnp.all(jnp.isfinite(g))
+        notfinite_count = jnp.where(finite, 0, increment(state.notfinite_count))
+        total_notfinite = jnp.where(finite, state.total_notfinite, increment(state.total_notfinite))
+        take = finite | (notfinite_count > max_consecutive_errors)
+
+        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        new_updates = jax.tree.map(lambda u: jnp.where(take, u, jnp.zeros_like(u)), new_updates)
+        inner_state = jax.tree.map(
+            lambda new, old: jnp.where(take, new, old), new_inner, state.inner_state
+        )
+        return new_updates, ApplyIfFiniteState(
+            notfinite_count=notfinite_count.astype(jnp.int32),
+            last_finite=finite,
+            total_notfinite=total_notfinite.astype(jnp.int32),
+            inner_state=inner_state,
+        )
+
+    return GradientTransformation(init_fn, update_fn)
