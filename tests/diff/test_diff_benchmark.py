@@ -1,0 +1,48 @@
+"""Smoke runs of the second-order benchmark and the forward-vs-reverse example."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load(relative: str):
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_second_order_benchmark_rows():
+    bench = load("benchmarks/bench_second_order.py")
+    assert [bench.hidden_width(n) for n in (100, 1_000, 10_000)] == [3, 20, 87]
+    rows = bench.run([20], 1, min_time=0.0)
+    assert [r["params"] for r in rows] == [39]
+    for mode in bench.HVP_MODES:
+        assert rows[0][f"hvp_{mode}_us"] > 0
+        assert rows[0][f"hvp_{mode}_ratio"] > 0
+    assert rows[0]["hessian_ratio"] > 0
+    loss, params, batch = bench.problem(100)
+    assert "hessian" not in bench.contenders(loss, params, batch, dense=False)
+    table = bench.markdown(rows).splitlines()
+    assert len(table) == 3 and table[0].startswith("| params")
+
+
+def test_forward_vs_reverse_example(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    example = load("examples/forward_vs_reverse.py")
+    rows = example.main(["--out", str(tmp_path), "--sizes", "2", "32", "--repeats", "1"])
+    assert len(rows) == 4
+    assert (tmp_path / "forward_vs_reverse.png").stat().st_size > 0
+    by = {(r["n"], r["m"]): r for r in rows}
+    # 2 inputs and 32 outputs: forward mode needs 2 products, reverse mode 32.
+    assert by[(2, 32)]["auto"] == "fwd"
+    assert by[(32, 2)]["auto"] == "rev"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_matplotlib(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
