@@ -1,0 +1,86 @@
+"""Dropout and alpha dropout: random masks in training, the identity in evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from funcnet.nn.activations import _SELU_ALPHA, _SELU_SCALE
+from funcnet.nn.core import Layer, LayerError, named
+
+Array = jax.Array
+
+# The value SELU saturates to for large negative inputs, -λα: alpha dropout's "dropped" value.
+_SELU_FLOOR = -_SELU_SCALE * _SELU_ALPHA
+
+
+def _check_rate(kind: str, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(
+            f"{kind}: rate is the probability of dropping and must lie in [0, 1), got {rate}"
+        )
+
+
+def _keep_mask(kind: str, key: Array | None, rate: float, x: Array) -> Array:
+    if key is None:
+        raise LayerError(
+            kind,
+            "train=True draws a random mask and needs a key: apply(..., key=key, train=True); "
+            "pass train=False to evaluate",
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise LayerError(kind, f"expected a floating-point input, got dtype {x.dtype}")
+    return jax.random.bernoulli(key, 1.0 - rate, x.shape)
+
+
+def _shape_only(key, in_shape):
+    del key
+    return in_shape, {}, {}
+
+
+def dropout(rate: float) -> Layer:
+    """Inverted dropout (Srivastava et al., 2014); `rate` is the probability of dropping.
+
+    ``train=True``: ``y = x ⊙ m / (1 − rate)`` with ``m ~ Bernoulli(1 − rate)`` drawn per
+    element from `key`, so ``E[y] = x``. ``train=False``: ``y = x``. Any input shape; output
+    the same. No params. A key is required in training unless ``rate = 0``.
+    """
+    _check_rate("dropout", rate)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params
+        if not train or rate == 0.0:
+            return x, state
+        keep = _keep_mask("dropout", key, rate, x)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
+
+    return named("dropout", _shape_only, apply)
+
+
+def alpha_dropout(rate: float) -> Layer:
+    """Alpha dropout (Klambauer et al., 2017), the dropout for self-normalising SELU networks.
+
+    ``train=True``: dropped units are set to SELU's negative saturation ``α' = −λα ≈ −1.7581``
+    rather than 0, then an affine map restores zero mean and unit variance::
+
+        y = a·(x ⊙ m + α'·(1 − m)) + b,    m ~ Bernoulli(q),  q = 1 − rate,
+        a = (q + α'²·q·(1 − q))^(−1/2),    b = −a·α'·(1 − q)
+
+    so an input with mean 0 and variance 1 keeps them. ``train=False``: ``y = x``. Any input
+    shape; output the same. No params. A key is required in training unless ``rate = 0``.
+    """
+    _check_rate("alpha_dropout", rate)
+    q = 1.0 - rate
+    a = 1.0 / math.sqrt(q + _SELU_FLOOR**2 * q * (1.0 - q))
+    b = -a * _SELU_FLOOR * (1.0 - q)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params
+        if not train or rate == 0.0:
+            return x, state
+        keep = _keep_mask("alpha_dropout", key, rate, x)
+        return a * jnp.where(keep, x, jnp.full_like(x, _SELU_FLOOR)) + b, state
+
+    return named("alpha_dropout", _shape_only, apply)

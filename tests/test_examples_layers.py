@@ -1,0 +1,26 @@
+"""The CNN and char-RNN examples reach what their docstrings promise."""
+
+import importlib.util
+import pathlib
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cnn_with_batch_norm_reaches_98_percent_on_digits():
+    results = load("cnn_digits").main()
+    assert results["test_accuracy"] >= 0.98
+
+
+def test_char_rnn_beats_the_unigram_baseline_and_samples(capsys):
+    results = load("char_rnn").main(steps=150, hidden=128, sample_length=80)
+    assert results["test_loss"] < results["unigram_loss"] - 0.5
+    assert results["train_loss"] < results["unigram_loss"] - 0.5
+    assert len(results["sample"]) == len("And the Raven") + 80
+    assert "--- sample" in capsys.readouterr().out
