@@ -1,0 +1,62 @@
+"""Fixed-shape minibatches: every batch, the ragged last one included, has one shape.
+
+An epoch over ``n`` examples in batches of ``b`` runs ``B = ⌈n / b⌉`` steps. The last batch is
+filled up to ``b`` rows with examples from the start of the order, and those filler rows get
+weight 0, so one compiled step serves every batch and the weighted mean over a batch counts
+only its real rows. Filling with real examples (rather than zeros) keeps batch statistics,
+such as batch norm's, on the data's own scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """``⌈n / batch_size⌉``, the number of steps in an epoch over `n` examples."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if n < 1:
+        raise ValueError("the data set is empty")
+    return -(-n // batch_size)
+
+
+def batch_plan(n: int, batch_size: int, key: Array | None = None) -> tuple[Array, Array]:
+    """Row indices and weights of the batches of one epoch.
+
+    With a `key` the order is ``jax.random.permutation(key, n)``; without, ``0 … n−1``.
+    Returns ``indices`` (int32) and ``weights`` (float32, 1 for real rows, 0 for the filler
+    rows of the last batch), both of shape ``(B, batch_size)``.
+    """
+    steps = num_batches(n, batch_size)
+    order = jnp.arange(n) if key is None else jax.random.permutation(key, n)
+    slots = jnp.arange(steps * batch_size)
+    indices = order[slots % n].astype(jnp.int32)
+    weights = (slots < n).astype(jnp.float32)
+    return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+
+
+def data_size(data: tuple[PyTree, Array]) -> int:
+    """The number of examples in ``(x, y)``; every leaf of `x` and `y` must agree on it."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            f"data must be a pair (x, y) of inputs and labels, got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
+    if len(sizes) != 1 or None in sizes:
+        shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(data)]
+        raise ValueError(f"x and y must share a leading example axis, got shapes {shapes}")
+    return sizes.pop()
+
+
+def take(data: tuple[PyTree, Array], indices: Array, weights: Array) -> tuple[Any, Array, Array]:
+    """The batch ``(x[indices], y[indices], weights)`` of a data set ``(x, y)``."""
+    x, y = jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), tuple(data))
+    return x, y, weights

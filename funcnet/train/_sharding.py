@@ -1,0 +1,131 @@
+"""Data parallelism on JAX's own sharding: a ``data`` mesh axis, replicated state.
+
+With a mesh, `fit` places the train state replicated on every device (``P()``) and asks the
+compiled epoch to lay each minibatch's rows out over the mesh's ``data`` axis
+(``P("data")``). XLA then partitions the step: each device runs the model on its rows, and
+the gradient of the batch-mean loss, ``g = (1/B) Σ_d Σ_{i ∈ rows(d)} ∇ℓ_i``, is summed across
+devices by an all-reduce it inserts itself. The result is the single-device step up to the
+order of floating-point additions.
+
+Across processes (after `funcnet.launch.initialize`) the mesh spans every process's devices,
+and each process passes `fit` its own shard of the data: equal row counts, which
+`jax.make_array_from_process_local_data` joins into one global array along the example axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+PyTree = Any
+
+
+def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh named ``"data"`` over `devices`.
+
+    `devices`: None for every device of every process, an int for the first that many
+    devices, or a list of devices.
+    """
+    everything = jax.devices()
+    if devices is None:
+        chosen = everything
+    elif isinstance(devices, int):
+        if not 1 <= devices <= len(everything):
+            raise ValueError(f"data_mesh: asked for {devices} devices, {len(everything)} exist")
+        chosen = everything[:devices]
+    else:
+        chosen = list(devices)
+    return Mesh(np.array(chosen), (DATA_AXIS,))
+
+
+def check_mesh(mesh: Mesh, batch_size: int) -> None:
+    """Refuses a mesh without a ``data`` axis, or a batch its devices cannot share evenly."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh needs an axis named {DATA_AXIS!r}, got axes {mesh.axis_names}")
+    count = mesh.shape[DATA_AXIS]
+    if batch_size % count:
+        raise ValueError(
+            f"the global batch size {batch_size} does not divide by the {count} devices of the "
+            f"mesh's {DATA_AXIS!r} axis; use a multiple of {count}"
+        )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows over the ``data`` axis: the layout of every minibatch leaf."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Every leaf of `tree` copied whole onto every device of `mesh`.
+
+    In a multi-process run each process must pass the same values (as it does for a state
+    initialised from the same key).
+    """
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(put, tree)
+
+
+def place_data(data: PyTree, mesh: Mesh) -> PyTree:
+    """A data set ``(x, y)`` on the mesh.
+
+    In one process the whole set is replicated; each minibatch is then split over the devices
+    inside the compiled epoch. Across processes `data` is this process's shard, and the shards
+    are joined along the example axis into global arrays laid out over the ``data`` axis.
+    """
+    if jax.process_count() == 1:
+        return replicate(tuple(data), mesh)
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(data)}
+    if len(sizes) != 1:
+        raise ValueError(f"this process's x and y differ in length: {sorted(sizes)}")
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)),
+        tuple(data),
+    )
+
+
+def local_copy(tree: PyTree) -> PyTree:
+    """A replicated tree (such as `fit`'s result on a mesh) as plain single-device arrays.
+
+    Every process holds the whole of a replicated leaf, so each gets the same copy, ready for
+    evaluation or saving outside the mesh. Typed PRNG keys stay typed keys.
+    """
+
+    def get(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = get(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.device_put(np.asarray(leaf))
+
+    return jax.tree.map(get, tree)
+
+
+def process_share(data: PyTree) -> PyTree:
+    """This process's equal share of a data set's rows: the `process_index`-th of
+    `process_count` contiguous blocks (the last ``n mod process_count`` rows are left out).
+    In one process, the whole set."""
+    rank, count = jax.process_index(), jax.process_count()
+    if count == 1:
+        return data
+    rows = {np.shape(leaf)[0] for leaf in jax.tree.leaves(data)}
+    if len(rows) != 1:
+        raise ValueError(f"process_share: the leaves differ in length: {sorted(rows)}")
+    share = rows.pop() // count
+    return jax.tree.map(lambda leaf: leaf[rank * share : (rank + 1) * share], data)

@@ -1,0 +1,69 @@
+"""The train state: everything a training run carries from one step to the next."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnet.nn.core import Layer
+from funcnet.optim import GradientTransformation
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    """A pytree holding a model in training.
+
+    Attributes:
+      params: the trained parameters, a nested dict of arrays (see `funcnet.nn`).
+      model_state: the model's non-trained state (batch-norm running statistics), `{}` if none.
+      opt_state: the optimizer's state, a pytree of arrays.
+      step: int32 scalar, the number of optimizer steps taken so far.
+      key: a typed `jax.random.key`; each step splits it, so the state alone fixes every
+        random draw (dropout masks, shuffles) that follows.
+
+    Under an ensemble every leaf carries a leading member axis.
+    """
+
+    params: PyTree
+    model_state: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    key: jax.Array
+
+
+def typed_key(key: jax.Array) -> jax.Array:
+    """A `jax.random.key` typed key as it is; a legacy uint32 `PRNGKey` wrapped into one."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
+        raise TypeError(
+            f"expected a jax.random.key or a uint32 PRNGKey of shape (..., 2), got an array of "
+            f"dtype {key.dtype} and shape {key.shape}"
+        )
+    return jax.random.wrap_key_data(key)
+
+
+def init_train_state(
+    model: Layer,
+    optimizer: GradientTransformation,
+    key: jax.Array,
+    in_shape: tuple[int, ...],
+) -> TrainState:
+    """Initialises a model and its optimizer into a `TrainState` at step 0.
+
+    `key` is split in two: one half initialises the params, the other becomes the state's
+    key. `in_shape` is the input shape including the batch dimension, e.g. ``(128, 64)``.
+    """
+    init_key, state_key = jax.random.split(typed_key(key))
+    _, params, model_state = model.init(init_key, tuple(in_shape))
+    return TrainState(
+        params=params,
+        model_state=model_state,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros([], jnp.int32),
+        key=state_key,
+    )

@@ -1,0 +1,207 @@
+"""One training step and the evaluation of a data set, as pure functions and their jits.
+
+A batch is ``(x, y)`` or ``(x, y, w)``: inputs, labels and optionally per-example weights
+``w`` of shape ``(batch,)``. Without weights the loss is ``loss_fn(outputs, y)``. With weights
+the loss and metrics are the weighted means
+
+    L = Σᵢ wᵢ ℓ(outputs_i, y_i) / Σᵢ wᵢ,
+
+where ``ℓ(o, t) = loss_fn(o[None], t[None])`` is the loss of a batch of one example. This is
+how a padded batch (filler rows with ``w = 0``) gives the mean over its real rows; it needs a
+`loss_fn` that is a mean over examples, as every loss in `funcnet.losses` is by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from funcnet.losses import accuracy
+from funcnet.nn.core import Layer
+from funcnet.optim import GradientTransformation, apply_updates, global_norm
+from funcnet.train._batching import batch_plan, data_size, take
+from funcnet.train._state import TrainState
+
+Array = jax.Array
+PyTree = Any
+LossFn = Callable[[Array, Array], Array]
+MetricFn = Callable[[Array, Array], Array]
+Metrics = Mapping[str, MetricFn]
+Batch = tuple[Any, Array] | tuple[Any, Array, Array]
+
+
+def default_metrics(outputs: Array, labels: Array) -> dict[str, MetricFn]:
+    """``{"accuracy": accuracy}`` for class logits with integer labels, ``{}`` otherwise."""
+    classes = (
+        jnp.ndim(outputs) == jnp.ndim(labels) + 1
+        and jnp.ndim(outputs) >= 2
+        and jnp.issubdtype(jnp.result_type(labels), jnp.integer)
+    )
+    return {"accuracy": accuracy} if classes else {}
+
+
+def unpack(batch: Batch) -> tuple[Any, Array, Array | None]:
+    """``(x, y, w)`` of a batch, ``w = None`` when the batch carries no weights."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError(
+            "a batch must be (x, y) or (x, y, weights), got "
+            + (f"a sequence of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            + (type(batch).__name__ if not isinstance(batch, (tuple, list)) else "")
+        )
+    x, y, *rest = batch
+    return x, y, (rest[0] if rest else None)
+
+
+def batch_metrics(
+    loss_fn: LossFn, metrics: Metrics | None, outputs: Array, labels: Array, weights: Array | None
+) -> tuple[Array, dict[str, Array]]:
+    """The loss and the metrics of one batch, weighted by `weights` when given (module doc)."""
+    fns = default_metrics(outputs, labels) if metrics is None else dict(metrics)
+    if weights is None:
+        return loss_fn(outputs, labels), {name: fn(outputs, labels) for name, fn in fns.items()}
+
+    def weighted_mean(fn: Callable[[Array, Array], Array]) -> Array:
+        values = jax.vmap(lambda o, t: fn(o[None], t[None]))(outputs, labels)
+        w = weights.astype(values.dtype)
+        total = jnp.sum(w)
+        return jnp.sum(w * values) / jnp.where(total > 0, total, 1)
+
+    return weighted_mean(loss_fn), {name: weighted_mean(fn) for name, fn in fns.items()}
+
+
+def train_step(
+    model: Layer,
+    loss_fn: LossFn,
+    optimizer: GradientTransformation,
+    *,
+    metrics: Metrics | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there."""
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        x, y, w = unpack(batch)
+        key, model_key = jax.random.split(state.key)
+
+        def objective(params):
+            outputs, model_state = model.apply(
+                params, state.model_state, x, key=model_key, train=True
+            )
+            loss, values = batch_metrics(loss_fn, metrics, outputs, y, w)
+            return loss, (model_state, values)
+
+        (loss, (model_state, values)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            params=apply_updates(state.params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+            step=(state.step + 1).astype(jnp.int32),
+            key=key,
+        )
+        return new_state, {"loss": loss, **values, "grad_norm": global_norm(grads)}
+
+    return step
+
+
+def make_step(
+    model: Layer,
+    loss_fn: LossFn,
+    optimizer: GradientTransformation,
+    *,
+    metrics: Metrics | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+    """A jitted training step ``step(train_state, batch) -> (train_state, metrics)``.
+
+    One step of gradient descent on ``L(θ) = loss_fn(model(θ, x), y)``::
+
+        key, k  ← split(key)
+        outputs ← model.apply(θ, model_state, x, key=k, train=True)
+        g       ← ∇_θ L
+        u, s    ← optimizer.update(g, opt_state, θ);   θ ← θ + u;   step ← step + 1
+
+    Args:
+      model: a `funcnet.nn.Layer`.
+      loss_fn: ``loss_fn(outputs, labels) -> scalar``, a mean over the batch, e.g.
+        `funcnet.losses.softmax_cross_entropy`.
+      optimizer: a gradient transformation (`funcnet.optim` or optax).
+      metrics: ``{name: fn(outputs, labels) -> scalar}`` reported besides the loss; by default
+        ``accuracy`` for class logits with integer labels, nothing otherwise.
+
+    The batch is ``(x, y)`` or ``(x, y, w)`` with per-example weights ``w`` (module doc).
+    The metrics returned are ``{"loss", **metrics, "grad_norm"}``, scalars computed at the
+    params before the update; ``grad_norm`` is ``‖g‖₂`` over all leaves.
+    """
+    return jax.jit(train_step(model, loss_fn, optimizer, metrics=metrics))
+
+
+def eval_step(
+    model: Layer, loss_fn: LossFn, *, metrics: Metrics | None = None
+) -> Callable[[PyTree, PyTree, Batch], dict[str, Array]]:
+    """The pure evaluation of one batch, ``(params, model_state, batch) -> metrics``.
+
+    The model runs with ``train=False`` (deterministic); metrics are ``{"loss", **metrics}``.
+    """
+
+    def evaluate(params: PyTree, model_state: PyTree, batch: Batch) -> dict[str, Array]:
+        x, y, w = unpack(batch)
+        outputs, _ = model.apply(params, model_state, x, train=False)
+        loss, values = batch_metrics(loss_fn, metrics, outputs, y, w)
+        return {"loss": loss, **values}
+
+    return evaluate
+
+
+def evaluate_batches(
+    evaluate: Callable[[PyTree, PyTree, Batch], dict[str, Array]],
+    params: PyTree,
+    model_state: PyTree,
+    data: tuple[Any, Array],
+    batch_size: int | None,
+) -> dict[str, Array]:
+    """Means of `evaluate`'s metrics over a whole data set, scanned in fixed-shape batches.
+
+    Batch ``b`` holding ``n_b`` real rows counts with weight ``n_b / n``, so every metric is
+    the mean over the ``n`` examples.
+    """
+    n = data_size(data)
+    indices, weights = batch_plan(n, min(batch_size or n, n))
+
+    def body(total, plan):
+        idx, w = plan
+        values = evaluate(params, model_state, take(data, idx, w))
+        return jax.tree.map(lambda t, v: t + jnp.sum(w) * v, total, values), None
+
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(evaluate, params, model_state, take(data, indices[0], weights[0])),
+    )
+    total, _ = lax.scan(body, zeros, (indices, weights))
+    return jax.tree.map(lambda t: t / n, total)
+
+
+def make_eval(
+    model: Layer,
+    loss_fn: LossFn,
+    *,
+    metrics: Metrics | None = None,
+    batch_size: int | None = None,
+) -> Callable[[PyTree, PyTree, tuple[Any, Array]], dict[str, Array]]:
+    """A jitted ``evaluate(params, model_state, (x, y)) -> metrics`` over a whole data set.
+
+    The model runs with ``train=False``. The data set is cut into batches of `batch_size`
+    rows (all rows at once when None), the last one padded (see `funcnet.train.batch_plan`),
+    and scanned; each metric is the mean over all examples, ``{"loss", **metrics}``.
+    """
+    evaluate = eval_step(model, loss_fn, metrics=metrics)
+
+    @jax.jit
+    def evaluate_data(params, model_state, data):
+        return evaluate_batches(evaluate, params, model_state, tuple(data), batch_size)
+
+    return evaluate_data

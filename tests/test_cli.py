@@ -1,0 +1,152 @@
+"""The `funcnet` command, run in-process through `funcnet.cli.main`."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from funcnet import checkpoint, cli, losses
+
+TRAIN = [
+    "train",
+    "--dataset",
+    "moons",
+    "--hidden",
+    "12",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.02",
+    "--schedule",
+    "constant",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small run on moons: 2 epochs, then resumed to 3."""
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main([*TRAIN, "--epochs", "2", "--out", str(out)]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert (
+        cli.main(
+            [*TRAIN, "--epochs", "3", "--resume", str(out / "checkpoint.npz"), "--out", str(out)]
+        )
+        == 0
+    )
+    return out, first
+
+
+def written_out_logits(params, x):
+    """The run's MLP, ``relu(x W₀ + b₀) W₂ + b₂``, written out."""
+    h = jnp.maximum(x @ params["dense_0"]["w"] + params["dense_0"]["b"], 0)
+    return h @ params["dense_2"]["w"] + params["dense_2"]["b"]
+
+
+def test_train_writes_checkpoint_metrics_and_curves(run_dir):
+    out, first = run_dir
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.json"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert first["history"]["epoch"] == [0, 1]
+    assert metrics["history"]["epoch"] == [2]  # resumed: only the third epoch ran
+    assert metrics["config"]["dataset"] == "moons"
+    assert metrics["model"] == {
+        "name": "mlp",
+        "hidden": [12],
+        "classes": 2,
+        "activation": "relu",
+        "dropout": 0.0,
+        "batch_norm": False,
+    }
+    states = checkpoint.load(out / "checkpoint.npz")
+    assert int(states["last"].step) == 3 * 12  # 720 training examples in batches of 64
+    assert checkpoint.metadata(out / "checkpoint.npz")["test"] == metrics["test"]
+
+
+def test_eval_matches_a_written_out_forward_pass(run_dir, capsys):
+    out, _ = run_dir
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.npz"), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    data = cli.load_data("moons", val_fraction=0.1)
+    x, y = data.test
+    params = checkpoint.load(out / "checkpoint.npz")["best"].params
+    logits = np.asarray(written_out_logits(params, x))
+    assert reported["examples"] == len(y) == 200
+    np.testing.assert_allclose(reported["accuracy"], np.mean(np.argmax(logits, -1) == y), atol=1e-6)
+    expected_loss = losses.softmax_cross_entropy(jnp.asarray(logits), y)
+    np.testing.assert_allclose(reported["loss"], expected_loss, rtol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    np.testing.assert_allclose(reported["accuracy"], metrics["test"]["accuracy"])
+
+
+def test_hessian_top_eigenvalues_match_the_dense_hessian(run_dir, capsys, tmp_path):
+    out, _ = run_dir
+    args = ["hessian", "--checkpoint", str(out / "checkpoint.npz"), "--top-k", "3"]
+    args += ["--iters", "200", "--probes", "1", "--trace-samples", "8", "--examples", "100"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "top 3 eigenvalues" in printed and "trace" in printed
+    report = json.loads((tmp_path / "hessian.json").read_text())
+    assert (tmp_path / "hessian.png").exists()
+
+    params = checkpoint.load(out / "checkpoint.npz")["best"].params
+    x, y = cli.load_data("moons", val_fraction=0.1).train
+    flat, unravel = ravel_pytree(jax.tree.map(jnp.asarray, params))
+
+    def loss(theta):
+        return losses.softmax_cross_entropy(written_out_logits(unravel(theta), x[:100]), y[:100])
+
+    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))[::-1]
+    assert report["params"] == flat.size == 2 * 12 + 12 + 12 * 2 + 2
+    np.testing.assert_allclose(report["top_eigenvalues"], dense[:3], rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(report["trace"], dense.sum(), atol=6 * report["trace_stderr"] + 1e-4)
+
+
+def test_user_errors_are_reported_without_a_traceback(tmp_path, capsys):
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "nothing.npz")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "moons", "--model", "cnn", "--out", str(tmp_path)]) == 2
+    assert "needs images" in capsys.readouterr().err
+    assert cli.main([*TRAIN, "--optimizer", "lion", "--momentum", "0.9"]) == 2
+    assert "takes no momentum" in capsys.readouterr().err
+
+
+def test_bench_forwards_its_arguments_or_explains_its_absence(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli, "_benchmark_main", lambda: lambda argv: calls.append(argv) or 0)
+    assert cli.main(["bench", "--smoke", "--repeats", "1"]) == 0
+    assert cli.main(["bench", "--", "--help"]) == 0
+    assert calls == [["--smoke", "--repeats", "1"], ["--help"]]
+    monkeypatch.setattr(cli, "_benchmark_main", lambda: None)
+    assert cli.main(["bench"]) == 2
+    assert "benchmarks/run.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "hessian", "bench"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: funcnet {command}" in capsys.readouterr().out
+
+
+def test_console_script_help_runs_in_a_fresh_process():
+    script = pathlib.Path(sys.executable).with_name("funcnet")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "funcnet.cli"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0
+    for command in ("train", "eval", "hessian", "bench"):
+        assert command in done.stdout

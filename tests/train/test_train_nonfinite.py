@@ -1,0 +1,102 @@
+"""Non-finite losses: `fit` stops naming epoch and step with the last good state, or skips."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcnet import losses, train
+
+LOSS = losses.softmax_cross_entropy
+BATCH, BAD_ROW = 16, 17
+
+
+def poisoned(data):
+    x, y = data
+    return x.at[BAD_ROW].set(jnp.nan), y
+
+
+def batch_of_bad_row(state):
+    """The batch index holding `BAD_ROW` in the next epoch of `state`."""
+    _, shuffle_key = jax.random.split(state.key)
+    indices, weights = train.batch_plan(50, BATCH, shuffle_key)
+    rows, _ = np.nonzero((np.asarray(indices) == BAD_ROW) & (np.asarray(weights) > 0))
+    return int(rows[0])
+
+
+def test_nonfinite_loss_raises_with_epoch_step_and_the_last_good_state(
+    data, model, optimizer, reference
+):
+    kwargs = dict(loss_fn=LOSS, batch_size=BATCH, progress=False)
+    first = train.fit(model, optimizer, data[0], epochs=1, key=jax.random.key(0), **kwargs)
+    bad_batch = batch_of_bad_row(first.state)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.fit(model, optimizer, poisoned(data[0]), epochs=3, state=first.state, **kwargs)
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert (err.epoch, err.batch, err.step) == (1, bad_batch, 4 + bad_batch)
+    assert f"step {4 + bad_batch} (epoch 1, batch {bad_batch} of 4)" in str(err)
+    assert err.history["epoch"] == [1]
+
+    step = train.make_step(model, LOSS, optimizer)
+    key, shuffle_key = jax.random.split(first.state.key)
+    expected = first.state._replace(key=key)
+    x, y = poisoned(data[0])
+    indices, weights = train.batch_plan(50, BATCH, shuffle_key)
+    for b in range(bad_batch):
+        expected, _ = step(expected, (x[indices[b]], y[indices[b]], weights[b]))
+    assert int(err.state.step) == int(expected.step)
+    for a, b in zip(
+        jax.tree.leaves(err.state.params), jax.tree.leaves(expected.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert np.all(np.isfinite(a))
+
+
+def test_skip_mode_skips_only_the_nonfinite_steps(data, model, optimizer):
+    x, y = poisoned(data[0])
+    result = train.fit(
+        model,
+        optimizer,
+        (x, y),
+        loss_fn=LOSS,
+        epochs=2,
+        batch_size=BATCH,
+        key=jax.random.key(0),
+        on_nonfinite="skip",
+        progress=False,
+    )
+    assert result.history["skipped"] == [1, 1]
+    assert np.all(np.isfinite(result.history["loss"]))
+
+    # Reference: plain steps, where a step on the poisoned batch only advances step and key.
+    step = train.make_step(model, LOSS, optimizer)
+    state = train.init_train_state(model, optimizer, jax.random.key(0), (BATCH, 3))
+    for _ in range(2):
+        key, shuffle_key = jax.random.split(state.key)
+        state = state._replace(key=key)
+        indices, weights = train.batch_plan(50, BATCH, shuffle_key)
+        for idx, w in zip(indices, weights, strict=True):
+            new, metrics = step(state, (x[idx], y[idx], w))
+            good = bool(jnp.isfinite(metrics["loss"]))
+            state = new if good else state._replace(step=new.step, key=new.key)
+    for a, b in zip(
+        jax.tree.leaves(result.state.params), jax.tree.leaves(state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_skip_mode_raises_after_too_many_nonfinite_steps_in_a_row(data, model, optimizer):
+    with pytest.raises(train.NonFiniteLossError, match="epoch 0"):
+        train.fit(
+            model,
+            optimizer,
+            poisoned(data[0]),
+            loss_fn=LOSS,
+            epochs=1,
+            batch_size=BATCH,
+            key=jax.random.key(0),
+            on_nonfinite="skip",
+            max_consecutive_skips=0,
+            progress=False,
+        )
