@@ -1,0 +1,135 @@
+"""The CI smoke run of the benchmarks: tiny sizes, one repeat, funcnet and raw JAX only.
+
+Benchmarks are not tests; this only keeps their code working. It runs every section through
+`benchmarks.run.main`, as `funcnet bench --smoke` does, and checks what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import run, trainers, workload
+from benchmarks.settings import SMOKE
+
+ALWAYS = "funcnet,funcnet_scan,raw_jax"
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = run.main(
+        ["--smoke", "--out", str(out), "--contenders", ALWAYS, "--machine", "ci", "--quiet"]
+    )
+    return code, out
+
+
+def test_main_writes_json_and_markdown(smoke):
+    code, out = smoke
+    assert code == 0
+    results = json.loads((out / "ci.json").read_text())
+    assert results["smoke"] is True
+    assert results["machine"]["cores"] >= 1
+    assert results["versions"]["jax"]
+    assert set(results["sections"]) == set(run.SECTIONS)
+    text = (out / "RESULTS.md").read_text()
+    assert text.startswith("# funcnet benchmarks")
+    for heading in ("## Targets", "## 1. MLP", "## 2. Compile", "## 4. Per-example"):
+        assert heading in text
+    assert len(results["targets"]) == 7
+
+
+def test_timings_are_positive(smoke):
+    _, out = smoke
+    sections = json.loads((out / "ci.json").read_text())["sections"]
+    mlp = [r for r in sections["mlp"]["rows"] if r["status"] == "ok"]
+    assert {r["contender"] for r in mlp} >= {"raw_jax"}
+    for row in mlp:
+        assert _positive(row["us_per_step"]) and row["us_low"] <= row["us_high"]
+    assert all(r["mlp"] in ("small", "medium") for r in mlp)
+    assert any(_positive(r.get("ratio_to_raw_jax")) for r in mlp)
+    for row in sections["compile"]["rows"]:
+        if row["status"] == "ok":
+            assert _positive(row["first_call_s"])
+    for row in sections["per_example"]["rows"]:
+        assert all(_positive(row[k]) for k in ("vmap_us", "loop_us", "batched_us"))
+    for row in sections["ensemble"].get("rows", []):
+        assert all(_positive(v) for k, v in row.items() if k.endswith("_per_s"))
+    assert _positive(sections["peak"]["peak_gflops"])
+
+
+def test_missing_peer_is_a_row_not_a_crash(monkeypatch, tmp_path):
+    def missing(module):
+        raise trainers.Unavailable(f"{module} not installed")
+
+    monkeypatch.setattr(trainers, "_require", missing)
+    code = run.main(
+        [
+            "--smoke",
+            "--only",
+            "mlp",
+            "--contenders",
+            "raw_jax,flax_linen,torch",
+            "--out",
+            str(tmp_path),
+            "--machine",
+            "ci",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    rows = json.loads((tmp_path / "ci.json").read_text())["sections"]["mlp"]["rows"]
+    status = {(r["mlp"], r["contender"]): r["status"] for r in rows}
+    assert status[("small", "raw_jax")] == "ok"
+    assert status[("small", "torch")] == "torch not installed"
+    assert "not installed" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "contender",
+    # funcnet's scan-fused epoch shuffles, so its batches differ: test_scan_epoch_trains.
+    [c for c in trainers.CONTENDERS if c.key not in ("raw_jax", "funcnet_scan")],
+    ids=lambda c: c.key,
+)
+def test_contenders_do_the_same_arithmetic(contender):
+    """After three Adam steps on the same batches every contender holds raw JAX's weights."""
+    mlp = SMOKE.mlps["small"]
+    weights, data = workload.initial_weights(mlp), workload.batches(mlp, count=3)
+    reference = trainers.raw_jax(mlp, weights, data)
+    reference.run(3)
+    try:
+        runner = contender.make(mlp, weights, data, epoch_steps=3)
+    except trainers.Unavailable as err:
+        pytest.skip(str(err))
+    runner.run(1 if contender.epoch else 3)
+    for (w, b), (w_ref, b_ref) in zip(runner.weights(), reference.weights(), strict=True):
+        np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(reference.weights()[0][0], weights[0][0])
+
+
+def test_scan_epoch_trains():
+    mlp = SMOKE.mlps["small"]
+    weights, data = workload.initial_weights(mlp), workload.batches(mlp)
+    try:
+        runner = trainers.funcnet_scan(mlp, weights, data, epoch_steps=4)
+    except trainers.Unavailable as err:
+        pytest.skip(str(err))
+    runner.run(1)
+    after = runner.weights()
+    assert all(np.isfinite(w).all() for w, _ in after)
+    assert not np.allclose(after[0][0], weights[0][0])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nonsense"])
+    with pytest.raises(SystemExit):
+        run.main(["--contenders", "nonsense"])
