@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
+from funcnet import cli
 from funcnet.launch import launch
 from tests.train.dp_common import SETTINGS, global_data, model
 
@@ -102,3 +103,33 @@ def test_mesh_without_a_data_axis_is_refused():
 
 def test_launcher_reports_a_failing_process():
     assert launch([sys.executable, "-c", "import sys; sys.exit(3)"], 2, timeout_s=60) == 3
+
+
+def test_funcnet_train_distributed_matches_one_process(tmp_path):
+    """`funcnet train --distributed` in two processes trains what one process trains."""
+    args = ["train", "--dataset", "moons", "--hidden", "16", "--epochs", "2"]
+    args += ["--batch-size", "32", "--quiet"]
+    command = [sys.executable, "-m", "funcnet.cli", *args, "--distributed"]
+    env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    assert launch([*command, "--out", str(tmp_path / "two")], 2, timeout_s=300, env=env) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+
+    two = fn.checkpoint.load(tmp_path / "two" / "checkpoint.npz")
+    one = fn.checkpoint.load(tmp_path / "one" / "checkpoint.npz")
+    assert_close_trees(two["last"].params, one["last"].params)
+    assert fn.checkpoint.metadata(tmp_path / "two" / "checkpoint.npz")["data_parallel"] == {
+        "devices": 2,
+        "processes": 2,
+    }
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "checkpoint.npz",
+        "curves.png",
+        "metrics.json",
+    ]
+
+
+def test_funcnet_train_refuses_more_devices_than_exist(tmp_path, capsys):
+    too_many = str(len(jax.devices()) + 1)
+    args = ["train", "--dataset", "xor", "--devices", too_many, "--out", str(tmp_path)]
+    assert cli.main(args) == 2
+    assert f"asked for {too_many} devices" in capsys.readouterr().err
