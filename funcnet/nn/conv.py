@@ -195,13 +195,25 @@ def conv(
         ndim = w.ndim - 2
         _check_spatial("conv", tuple(x.shape), ndim)
         _check_floating("conv", x)
+        window, stride, dil, pads = settings(ndim)
+        bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
+        if (
+            tuple(w.shape[:-2]) != tuple(window)
+            or w.shape[-1] != features
+            or bias_shape != (features,)
+        ):
+            shapes = {k: tuple(v.shape) for k, v in params.items()}
+            raise LayerError(
+                "conv",
+                f"params of shapes {shapes} do not belong to a conv layer of {features} features "
+                f"and kernel {tuple(window)}; were they made by another model's init?",
+            )
         if x.shape[-1] != w.shape[-2] * groups:
             raise LayerError(
                 "conv",
                 f"expected {w.shape[-2] * groups} input channels on the last axis, got shape "
                 f"{tuple(x.shape)} (kernel w has shape {tuple(w.shape)}, groups={groups})",
             )
-        _, stride, dil, pads = settings(ndim)
         layout = "N" + _SPATIAL[ndim] + "C"
         dtype = jnp.result_type(x, w)
         y = lax.conv_general_dilated(

@@ -42,6 +42,15 @@ def dense(
     def apply(params, state, x, *, key=None, train=False):
         del key, train
         w = params["w"]
+        bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
+        if w.ndim != 2 or w.shape[1] != features or bias_shape != (features,):
+            shapes = {k: tuple(v.shape) for k, v in params.items()}
+            raise LayerError(
+                "dense",
+                f"params of shapes {shapes} do not belong to a dense layer of {features} "
+                f"features (w: (in, {features}), b: ({features},)); were they made by another "
+                "model's init?",
+            )
         if x.ndim < 1 or x.shape[-1] != w.shape[0]:
             raise LayerError(
                 "dense",

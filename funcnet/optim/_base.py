@@ -18,6 +18,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from funcnet._trees import check_same_shapes
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -107,8 +109,16 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """Returns `params + updates`, leaf by leaf, each leaf keeping the dtype of its param.
 
     A bfloat16 param stays bfloat16 even when its update arrives in float32. `None` leaves
-    in `params` stay `None`.
+    in `params` stay `None`. Updates of another tree (other names or shapes) are refused with
+    a ValueError naming each differing leaf.
     """
+    if all(p is not None for p in jax.tree.leaves(params, is_leaf=lambda x: x is None)):
+        check_same_shapes(
+            params,
+            updates,
+            what="apply_updates: the updates do not fit the params",
+            source="the updates",
+        )
 
     def add(p: jax.Array | None, u: jax.Array) -> jax.Array | None:
         if p is None:
@@ -132,6 +142,17 @@ def zeros_like(tree: PyTree, dtype: jnp.dtype | None = None) -> PyTree:
     return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
 
 
+def check_fits(updates: Updates, tree: PyTree) -> None:
+    """Refuses a per-parameter state tree (moments, traces) shaped unlike the gradients."""
+    check_same_shapes(
+        updates,
+        tree,
+        what="the optimizer state does not fit the gradients (was it built by `init` for "
+        "another params tree?)",
+        source="the state",
+    )
+
+
 def update_moment(updates: Updates, moments: PyTree, decay: float, order: int) -> PyTree:
     """Exponential moving average of `g ** order`: `m ← decay·m + (1 − decay)·g^order`.
 
@@ -140,6 +161,7 @@ def update_moment(updates: Updates, moments: PyTree, decay: float, order: int) -
 
     if order not in (1, 2):
         raise ValueError(f"update_moment tracks moments of order 1 or 2, got {order}.")
+    check_fits(updates, moments)
 
     def ema(g: jax.Array, m: jax.Array) -> jax.Array:
         g = g.astype(m.dtype)

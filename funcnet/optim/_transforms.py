@@ -23,6 +23,7 @@ from funcnet.optim._base import (
     ScalarOrSchedule,
     Updates,
     bias_correction,
+    check_fits,
     global_norm,
     increment,
     is_zero,
@@ -151,6 +152,7 @@ def trace(
         def accumulate(g: jax.Array, b: jax.Array) -> jax.Array:
             return (decay * b + gain.astype(b.dtype) * g.astype(b.dtype)).astype(b.dtype)
 
+        check_fits(updates, state.trace)
         new_trace = jax.tree.map(accumulate, updates, state.trace)
         if nesterov:
             out = jax.tree.map(lambda g, b: g + decay * b.astype(g.dtype), updates, new_trace)
@@ -321,6 +323,7 @@ def scale_by_adagrad(
         updates: Updates, state: ScaleByAdagradState, params: Params | None = None
     ) -> tuple[Updates, ScaleByAdagradState]:
         del params
+        check_fits(updates, state.sum_of_squares)
         sums = jax.tree.map(
             lambda g, s: (s + jnp.square(g.astype(s.dtype))).astype(s.dtype),
             updates,

@@ -13,6 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from funcnet._trees import path_name
 
 Array = jax.Array
 PyTree = Any
@@ -60,3 +63,26 @@ def take(data: tuple[PyTree, Array], indices: Array, weights: Array) -> tuple[An
     """The batch ``(x[indices], y[indices], weights)`` of a data set ``(x, y)``."""
     x, y = jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), tuple(data))
     return x, y, weights
+
+
+def check_finite(data: tuple[PyTree, Array], name: str) -> None:
+    """Refuses a data set ``(x, y)`` holding NaN or ±inf in a floating-point leaf, naming the
+    leaf and the first offending rows: such values would only surface later as a non-finite
+    loss, far from their cause."""
+    pairs, _ = jax.tree_util.tree_flatten_with_path(tuple(data))
+    for path, leaf in pairs:
+        if isinstance(leaf, jax.core.Tracer) or not jnp.issubdtype(
+            jnp.result_type(leaf), jnp.inexact
+        ):
+            continue
+        finite = jnp.isfinite(leaf)
+        if bool(jnp.all(finite)):
+            continue
+        bad = ~np.atleast_1d(np.asarray(finite))
+        rows = np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
+        where = ("x", "y")[path[0].idx] + (f"/{path_name(path[1:])}" if path[1:] else "")
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(
+            f"{name} {where} of shape {tuple(jnp.shape(leaf))} holds NaN or inf in "
+            f"{len(rows)} row(s): {shown}; remove or impute them before training"
+        )

@@ -23,10 +23,10 @@ from funcnet.optim import (
     chain,
     clip_by_global_norm,
 )
-from funcnet.train._batching import data_size, num_batches
+from funcnet.train._batching import check_finite, data_size, num_batches
 from funcnet.train._epoch import EpochOutput, epoch_fn, select
 from funcnet.train._sharding import batch_sharding, check_mesh, place_data, replicate
-from funcnet.train._state import TrainState, init_train_state, typed_key
+from funcnet.train._state import TrainState, check_train_state, init_train_state, typed_key
 from funcnet.train._step import LossFn, Metrics
 
 Array = jax.Array
@@ -180,6 +180,9 @@ def fit(
       `FitResult(state, best, history, best_epoch)`.
     """
     _check_settings(epochs, batch_size, patience, eval_data)
+    check_finite(train_data, "train_data")
+    if eval_data is not None:
+        check_finite(eval_data, "eval_data")
     if mesh is not None:
         check_mesh(mesh, batch_size)
     build, run_epoch = _compiled_epoch(
@@ -200,6 +203,12 @@ def fit(
         if key is None:
             raise ValueError("fit needs a key to initialise the model, or a state to continue")
         state = init_train_state(model, build(), key, _input_shape(train_data, batch_size))
+    else:
+        in_shape = _input_shape(train_data, batch_size)
+        template = jax.eval_shape(
+            lambda: init_train_state(model, build(), jax.random.key(0), in_shape)
+        )
+        check_train_state(template, state, where="fit")
     if mesh is not None:
         state = replicate(state, mesh)
     return _loop(
@@ -262,6 +271,9 @@ def fit_ensemble(
       `best_epoch` lists with one entry per member.
     """
     _check_settings(epochs, batch_size, patience, eval_data)
+    check_finite(train_data, "train_data")
+    if eval_data is not None:
+        check_finite(eval_data, "eval_data")
     if mesh is not None:
         raise NotImplementedError("fit_ensemble: data-parallel ensembles are not supported yet")
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
@@ -299,6 +311,13 @@ def fit_ensemble(
         state = jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape))(
             keys, hparams
         )
+    else:
+        in_shape = _input_shape(train_data, batch_size)
+        keys = jax.random.split(jax.random.key(0), k)
+        template = jax.eval_shape(
+            jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape)), keys, hparams
+        )
+        check_train_state(template, state, where="fit_ensemble")
     return _loop(
         lambda state, active: run_epoch(state, hparams, train_data, eval_data, active),
         state,

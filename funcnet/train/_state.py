@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
 
@@ -66,4 +67,33 @@ def init_train_state(
         opt_state=optimizer.init(params),
         step=jnp.zeros([], jnp.int32),
         key=state_key,
+    )
+
+
+def _shape_structs(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf), leaf.dtype), tree)
+
+
+def check_opt_state(optimizer: GradientTransformation, params: PyTree, opt_state: PyTree) -> None:
+    """Refuses an optimizer state that `optimizer.init(params)` would not have built: one made
+    for another params tree or by another optimizer. Costs nothing at run time under jit."""
+    expected = jax.eval_shape(optimizer.init, _shape_structs(params))
+    check_same_shapes(
+        expected,
+        opt_state,
+        what="the optimizer state does not fit the params (was it built for another params "
+        "tree, or by another optimizer?)",
+        source="the state",
+    )
+
+
+def check_train_state(template: TrainState, state: TrainState, *, where: str) -> None:
+    """Refuses a train state whose leaves differ from `template`'s (a `jax.eval_shape` of the
+    state `init_train_state` builds for this model, optimizer and input shape)."""
+    check_same_shapes(
+        template,
+        state,
+        what=f"{where}: the given state does not fit this model and optimizer (was it made "
+        "for another model, or by another optimizer?)",
+        source="the state",
     )

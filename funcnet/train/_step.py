@@ -24,7 +24,7 @@ from funcnet.losses import accuracy
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation, apply_updates, global_norm
 from funcnet.train._batching import batch_plan, data_size, take
-from funcnet.train._state import TrainState
+from funcnet.train._state import TrainState, check_opt_state
 
 Array = jax.Array
 PyTree = Any
@@ -83,6 +83,7 @@ def train_step(
     """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there."""
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        check_opt_state(optimizer, state.params, state.opt_state)  # at trace time only
         x, y, w = unpack(batch)
         key, model_key = jax.random.split(state.key)
 

@@ -1,4 +1,9 @@
-"""Non-finite losses: `fit` stops naming epoch and step with the last good state, or skips."""
+"""Non-finite losses: `fit` stops naming epoch and step with the last good state, or skips.
+
+NaN gradients are injected mid-training through the loss: one training row carries the label
+`POISON`, which no class has, and `LOSS` is NaN in value and gradient on any batch that holds
+it. (NaN in the input data itself is refused by `fit` before training starts.)
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,13 +12,21 @@ import pytest
 
 from funcnet import losses, train
 
-LOSS = losses.softmax_cross_entropy
-BATCH, BAD_ROW = 16, 17
+BATCH, BAD_ROW, POISON = 16, 17, 3
+
+
+def nan_on_poison(outputs, labels):
+    """Softmax cross-entropy, NaN (value and gradient) on a batch holding a `POISON` label."""
+    clean = losses.softmax_cross_entropy(outputs, jnp.where(labels == POISON, 0, labels), "none")
+    return jnp.mean(jnp.where(labels == POISON, jnp.nan, 1.0) * clean)
+
+
+LOSS = nan_on_poison
 
 
 def poisoned(data):
     x, y = data
-    return x.at[BAD_ROW].set(jnp.nan), y
+    return x, y.at[BAD_ROW].set(POISON)
 
 
 def batch_of_bad_row(state):
