@@ -116,3 +116,29 @@ def test_losses_under_jit_and_vmap(batch):
     np.testing.assert_allclose(jitted, losses.softmax_cross_entropy(logits, labels), rtol=1e-6)
     per = jax.vmap(lambda z, y: losses.softmax_cross_entropy(z[None], y[None]))(logits, labels)
     np.testing.assert_allclose(per, losses.softmax_cross_entropy(logits, labels, "none"), rtol=1e-6)
+
+
+LOW_PRECISION_CASES = {
+    "softmax_cross_entropy": lambda z: losses.softmax_cross_entropy(z, jnp.array([1, 0])),
+    "binary_cross_entropy": lambda z: losses.binary_cross_entropy(z, jnp.eye(2, 3, dtype=z.dtype)),
+    "nll": lambda z: losses.nll(jax.nn.log_softmax(z.astype(jnp.float32)), jnp.array([2, 0])),
+    "hinge": lambda z: losses.hinge(z, 2 * jnp.eye(2, 3, dtype=z.dtype) - 1),
+    "multiclass_hinge": lambda z: losses.multiclass_hinge(z, jnp.array([1, 2])),
+    "mse": lambda z: losses.mse(z, jnp.zeros_like(z)),
+    "mae": lambda z: losses.mae(z, jnp.ones_like(z)),
+    "huber": lambda z: losses.huber(z, jnp.zeros_like(z), reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("name", sorted(LOW_PRECISION_CASES))
+def test_losses_stay_finite_at_logits_of_1e4_in_every_float_dtype(name, dtype):
+    # (1e4)² overflows float16; the loss is computed and returned in float32 instead.
+    logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0]], dtype)
+    value, grad = jax.value_and_grad(LOW_PRECISION_CASES[name])(logits)
+    assert value.dtype == jnp.float32
+    assert grad.dtype == dtype
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(np.asarray(grad, np.float32)))
+    reference = LOW_PRECISION_CASES[name](logits.astype(jnp.float32))
+    np.testing.assert_allclose(float(value), float(reference), rtol=1e-6)

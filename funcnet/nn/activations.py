@@ -50,16 +50,24 @@ def selu(x: Array) -> Array:
     return _SELU_SCALE * elu(x, _SELU_ALPHA)
 
 
+def _widened(x: Array) -> Array:
+    """`x` in at least float32: products such as ``x · σ(x)`` and their gradients overflow
+    float16 long before the result does, so half-precision inputs are computed wider and the
+    result cast back."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def gelu(x: Array, approximate: bool = False) -> Array:
     """Gaussian error linear unit ``x · Φ(x) = x/2 · (1 + erf(x/√2))``.
 
     With ``approximate=True``: ``x/2 · (1 + tanh(√(2/π)(x + 0.044715 x³)))``. The exact form is
     the default, as in PyTorch.
     """
+    wide = _widened(x)
     if approximate:
-        inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-        return 0.5 * x * (1 + jnp.tanh(inner))
-    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+        inner = math.sqrt(2 / math.pi) * (wide + 0.044715 * wide**3)
+        return (0.5 * wide * (1 + jnp.tanh(inner))).astype(x.dtype)
+    return (0.5 * wide * (1 + erf(wide / math.sqrt(2)))).astype(x.dtype)
 
 
 def softplus(x: Array) -> Array:
@@ -74,7 +82,8 @@ def softsign(x: Array) -> Array:
 
 def swish(x: Array, beta: float = 1.0) -> Array:
     """``x · σ(βx)``; with ``β = 1`` this is SiLU."""
-    return x * sigmoid(beta * x)
+    wide = _widened(x)
+    return (wide * sigmoid(beta * wide)).astype(x.dtype)
 
 
 def silu(x: Array) -> Array:
@@ -84,7 +93,8 @@ def silu(x: Array) -> Array:
 
 def mish(x: Array) -> Array:
     """``x · tanh(softplus(x))``."""
-    return x * jnp.tanh(softplus(x))
+    wide = _widened(x)
+    return (wide * jnp.tanh(softplus(wide))).astype(x.dtype)
 
 
 def log_sigmoid(x: Array) -> Array:
@@ -111,8 +121,11 @@ def step(x: Array, value_at_zero: float = 0.0) -> Array:
 
 
 def sine(x: Array, omega_0: float = 30.0) -> Array:
-    """SIREN's periodic activation ``sin(ω₀ x)``."""
-    return jnp.sin(omega_0 * x)
+    """SIREN's periodic activation ``sin(ω₀ x)``.
+
+    The product ``ω₀ x`` is formed in at least float32, where half precision would overflow.
+    """
+    return jnp.sin(omega_0 * _widened(x)).astype(x.dtype)
 
 
 def hard_tanh(x: Array, min_val: float = -1.0, max_val: float = 1.0) -> Array:
