@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import jax
@@ -226,3 +227,45 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     # The stray temporary file stays; a later save is unaffected by it.
     checkpoint.save(path, {"a": np.zeros(3)})
     np.testing.assert_array_equal(checkpoint.load(path)["a"], np.zeros(3))
+
+
+LOOPING_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from funcnet import checkpoint
+    path, version = sys.argv[1], int(sys.argv[2])
+    while True:
+        tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
+        checkpoint.save(path, tree, {"version": version})
+        print(version, flush=True)
+        version += 1
+    """
+)
+KILLS = 10
+
+
+def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_path):
+    """SIGKILL a process that saves in a loop, at a random moment, `KILLS` times over: the
+    file at the path is always a whole checkpoint, one of the versions written."""
+    path = tmp_path / "ckpt.npz"
+    rng = np.random.default_rng(0)
+    version = 0
+    for _ in range(KILLS):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", LOOPING_WRITER, str(path), str(version)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            writer.stdout.readline()  # one whole save done: now kill it mid-stream
+            time.sleep(rng.uniform(0, 0.05))
+        finally:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+        loaded = checkpoint.load(path)
+        stored = int(loaded["version"])
+        assert stored >= version
+        assert checkpoint.metadata(path) == {"version": stored}
+        np.testing.assert_array_equal(loaded["a"], np.full(300_000, float(stored)))
+        version = stored + 1
