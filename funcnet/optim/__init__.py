@@ -39,6 +39,7 @@ from funcnet.optim._base import (
     chain,
     global_norm,
     identity,
+    stateless,
     update_moment,
 )
 from funcnet.optim._schedules import (
@@ -94,6 +95,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "apply_updates",
     "chain",
     "identity",
+    "stateless",
     # Tree helpers the rules share.
     "bias_correction",
     "global_norm",

@@ -62,8 +62,8 @@ class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
 
-def identity() -> GradientTransformation:
-    """The transformation that returns its updates unchanged: `u ← g`."""
+def stateless(rule: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation that keeps no state: `u ← rule(g, x)` (`x` the params, or None)."""
 
     def init_fn(params: Params) -> EmptyState:
         del params
@@ -72,10 +72,14 @@ def identity() -> GradientTransformation:
     def update_fn(
         updates: Updates, state: EmptyState, params: Params | None = None
     ) -> tuple[Updates, EmptyState]:
-        del params
-        return updates, state
+        return rule(updates, params), state
 
     return GradientTransformation(init_fn, update_fn)
+
+
+def identity() -> GradientTransformation:
+    """The transformation that returns its updates unchanged: `u ← g`."""
+    return stateless(lambda updates, params: updates)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from funcnet.optim._base import (
-    EmptyState,
     GradientTransformation,
     OptState,
     Params,
@@ -28,6 +27,7 @@ from funcnet.optim._base import (
     increment,
     is_zero,
     one_minus_power,
+    stateless,
     update_moment,
     zeros_like,
 )
@@ -55,18 +55,10 @@ def _check_decay(name: str, value: float | jax.Array, *, allow_one: bool = False
 def scale(step_size: float | jax.Array) -> GradientTransformation:
     """Multiplies every update by a constant: `u ← step_size · g`."""
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
+    def rule(updates: Updates, params: Params | None) -> Updates:
+        return jax.tree.map(lambda g: (step_size * g).astype(g.dtype), updates)
 
-    def update_fn(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        updates = jax.tree.map(lambda g: (step_size * g).astype(g.dtype), updates)
-        return updates, state
-
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(rule)
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -561,40 +553,23 @@ def add_decayed_weights(weight_decay: float | jax.Array) -> GradientTransformati
     Wrap it in `masked` to decay only some params.
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update_fn(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
+    def rule(updates: Updates, params: Params | None) -> Updates:
         if params is None:
             raise ValueError("add_decayed_weights needs the params: call update(g, state, params).")
-        updates = jax.tree.map(
+        return jax.tree.map(
             lambda g, x: (g + weight_decay * x.astype(g.dtype)).astype(g.dtype), updates, params
         )
-        return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(rule)
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
     """Clips every coordinate of the updates to `[−δ, δ]`: `u ← min(max(g, −δ), δ)`."""
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
+    def rule(updates: Updates, params: Params | None) -> Updates:
+        return jax.tree.map(lambda g: jnp.clip(g, -max_delta, max_delta).astype(g.dtype), updates)
 
-    def update_fn(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        updates = jax.tree.map(
-            lambda g: jnp.clip(g, -max_delta, max_delta).astype(g.dtype), updates
-        )
-        return updates, state
-
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(rule)
 
 
 def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
@@ -604,20 +579,12 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     (see `global_norm`). Unlike `torch.nn.utils.clip_grad_norm_`, no `1e-6` joins `‖g‖`.
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update_fn(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
-        del params
+    def rule(updates: Updates, params: Params | None) -> Updates:
         norm = global_norm(updates)
         factor = jnp.where(norm > max_norm, max_norm / norm, 1.0)
-        updates = jax.tree.map(lambda g: (g * factor.astype(g.dtype)).astype(g.dtype), updates)
-        return updates, state
+        return jax.tree.map(lambda g: (g * factor.astype(g.dtype)).astype(g.dtype), updates)
 
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(rule)
 
 
 # Wrappers.

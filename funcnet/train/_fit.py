@@ -111,6 +111,19 @@ def _check_settings(epochs: int, batch_size: int, patience: int | None, eval_dat
             raise ValueError("early stopping (patience) needs eval_data to watch")
 
 
+def _initial_state(
+    init: Callable[[Array], TrainState], key: Array | None, state: TrainState | None, *, where: str
+) -> TrainState:
+    """``init(key)`` when no state is given; else `state`, once checked against the shapes
+    `init` would give it (a state of another model or optimizer is refused)."""
+    if state is None:
+        if key is None:
+            raise ValueError(f"{where} needs a key to initialise the model, or a state to continue")
+        return init(typed_key(key))
+    check_train_state(jax.eval_shape(init, jax.random.key(0)), state, where=where)
+    return state
+
+
 def _place(data: Any, mesh: Mesh | None) -> Any:
     """Puts a data set on the device, or on the mesh for data-parallel training."""
     if data is None:
@@ -199,16 +212,10 @@ def fit(
         mesh=mesh,
     )
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
-    if state is None:
-        if key is None:
-            raise ValueError("fit needs a key to initialise the model, or a state to continue")
-        state = init_train_state(model, build(), key, _input_shape(train_data, batch_size))
-    else:
-        in_shape = _input_shape(train_data, batch_size)
-        template = jax.eval_shape(
-            lambda: init_train_state(model, build(), jax.random.key(0), in_shape)
-        )
-        check_train_state(template, state, where="fit")
+    in_shape = _input_shape(train_data, batch_size)
+    state = _initial_state(
+        lambda key: init_train_state(model, build(), key, in_shape), key, state, where="fit"
+    )
     if mesh is not None:
         state = replicate(state, mesh)
     return _loop(
@@ -303,21 +310,13 @@ def fit_ensemble(
         max_consecutive_skips=max_consecutive_skips,
     )
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
-    if state is None:
-        if key is None:
-            raise ValueError("fit_ensemble needs a key to initialise the models, or a state")
-        in_shape = _input_shape(train_data, batch_size)
-        keys = jax.random.split(typed_key(key), k)
-        state = jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape))(
-            keys, hparams
-        )
-    else:
-        in_shape = _input_shape(train_data, batch_size)
-        keys = jax.random.split(jax.random.key(0), k)
-        template = jax.eval_shape(
-            jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape)), keys, hparams
-        )
-        check_train_state(template, state, where="fit_ensemble")
+    in_shape = _input_shape(train_data, batch_size)
+
+    def init_members(key):
+        init = jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape))
+        return init(jax.random.split(key, k), hparams)
+
+    state = _initial_state(init_members, key, state, where="fit_ensemble")
     return _loop(
         lambda state, active: run_epoch(state, hparams, train_data, eval_data, active),
         state,

@@ -27,6 +27,14 @@ def test_identity_returns_its_input_and_an_empty_state():
     assert updates is grads and state == fo.EmptyState()
 
 
+def test_stateless_applies_its_rule_to_updates_and_params():
+    params, grads = random_tree(0), random_tree(1)
+    tx = fo.stateless(lambda g, x: jax.tree.map(lambda a, b: a * b, g, x))
+    updates, state = tx.update(grads, tx.init(params), params)
+    assert state == fo.EmptyState()
+    np.testing.assert_allclose(flat(updates), flat(grads) * flat(params), rtol=1e-6)
+
+
 def test_chain_applies_in_order_and_stacks_states():
     tx = fo.chain(fo.scale(2.0), fo.clip(1.0), fo.scale_by_learning_rate(0.5))
     state = tx.init({"x": jnp.zeros(3)})
