@@ -4,7 +4,9 @@ Each configuration runs in a fresh Python process, because the number of forced 
 devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is fixed when JAX starts,
 and the two-process configuration is two processes joined by `funcnet.launch`. Every one
 times the scan-fused epoch of `funcnet.train.fit` on the same global batches; the figure is
-µs per optimizer step and its ratio to ``fit`` without a mesh in one process.
+µs per optimizer step and its ratio to ``fit`` without a mesh in one process. Beside it, in
+the same process, a hand-written raw JAX step jitted with the same shardings (one-process
+configurations only).
 
 On a CPU, forced host devices share the machine's cores: this measures the cost of
 partitioning the step and of its gradient all-reduce, not a speed-up. On a machine with N
@@ -115,14 +117,22 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
         mlp, workload.initial_weights(mlp), workload.batches(mlp), steps, mesh=mesh
     )
     timing = measure(runner.run, repeats=settings.repeats, min_time=settings.min_time)
+    result = {
+        "step_us": timing.median / runner.steps_per_call * 1e6,
+        "low_us": timing.low / runner.steps_per_call * 1e6,
+        "high_us": timing.high / runner.steps_per_call * 1e6,
+        "mesh_devices": 1 if mesh is None else int(mesh.devices.size),
+        "local_devices": jax.local_device_count(),
+    }
+    if not distributed:  # the hand-written baseline on the same devices, in the same process
+        weights, data = workload.initial_weights(mlp), workload.batches(mlp)
+        if mesh is None:
+            raw = trainers.raw_jax(mlp, weights, data)
+        else:
+            raw = trainers.raw_jax_sharded(mlp, weights, data, mesh)
+        raw_timing = measure(raw.run, repeats=settings.repeats, min_time=settings.min_time)
+        result["raw_jax_step_us"] = raw_timing.median * 1e6
     if jax.process_index() == 0:
-        result = {
-            "step_us": timing.median / runner.steps_per_call * 1e6,
-            "low_us": timing.low / runner.steps_per_call * 1e6,
-            "high_us": timing.high / runner.steps_per_call * 1e6,
-            "mesh_devices": 1 if mesh is None else int(mesh.devices.size),
-            "local_devices": jax.local_device_count(),
-        }
         out.write_text(json.dumps(result), encoding="utf-8")
     if distributed:
         jax.distributed.shutdown()

@@ -71,16 +71,23 @@ def _require(module: str):
         raise Unavailable(f"{module} not installed") from err
 
 
-def _device_batches(data: Batches) -> tuple[list[jax.Array], list[jax.Array]]:
+def _device_batches(data: Batches, sharding=None) -> tuple[list[jax.Array], list[jax.Array]]:
+    if sharding is not None:
+        return [jax.device_put(x, sharding) for x in data.x], [
+            jax.device_put(y, sharding) for y in data.y
+        ]
     return [jnp.asarray(x) for x in data.x], [jnp.asarray(y) for y in data.y]
 
 
-def _jax_loop(step, carry, data: Batches, weights_of_carry, pair: bool = False) -> Runner:
+def _jax_loop(
+    step, carry, data: Batches, weights_of_carry, pair: bool = False, sharding=None
+) -> Runner:
     """A per-step loop over `data` of ``carry, out = step(carry, x, y)``.
 
-    With `pair`, the step takes the batch as one argument: ``step(carry, (x, y))``.
+    With `pair`, the step takes the batch as one argument: ``step(carry, (x, y))``. With a
+    `sharding`, the batches are placed with it before the loop.
     """
-    xs, ys = _device_batches(data)
+    xs, ys = _device_batches(data, sharding)
     batches = list(zip(xs, ys, strict=True)) if pair else None
     state = [carry]
 
@@ -232,6 +239,22 @@ def raw_jax(mlp: MLP, weights: Weights, data: Batches, donate: bool = True) -> R
     step, carry = _raw_step(weights)
     step = jax.jit(step, donate_argnums=0 if donate else ())
     return _jax_loop(step, carry, data, lambda c: c[0])
+
+
+def raw_jax_sharded(mlp: MLP, weights: Weights, data: Batches, mesh) -> Runner:
+    """The hand-written step, data parallel by hand: each batch's rows split over the mesh's
+    ``data`` axis, params and Adam state replicated, jitted with those shardings (one process).
+    """
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    del mlp
+    step, carry = _raw_step(weights)
+    replicated = NamedSharding(mesh, P())
+    carry = jax.device_put(carry, replicated)
+    step = jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+    rows = NamedSharding(mesh, P("data"))
+    return _jax_loop(step, carry, data, lambda c: c[0], sharding=rows)
 
 
 def raw_jax_scan(mlp: MLP, weights: Weights, data: Batches, epoch_steps: int = 256) -> Runner:
