@@ -251,7 +251,6 @@ def fit_ensemble(
     max_consecutive_skips: int = 10,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
-    mesh: Any = None,
 ) -> FitResult:
     """Trains K models at once: `fit` under `vmap` over seeds and hyperparameters.
 
@@ -281,8 +280,6 @@ def fit_ensemble(
     check_finite(train_data, "train_data")
     if eval_data is not None:
         check_finite(eval_data, "eval_data")
-    if mesh is not None:
-        raise NotImplementedError("fit_ensemble: data-parallel ensembles are not supported yet")
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
     sizes = {name: values.shape for name, values in hparams.items()}
     if any(len(shape) != 1 for shape in sizes.values()):
@@ -309,7 +306,7 @@ def fit_ensemble(
         on_nonfinite=on_nonfinite,
         max_consecutive_skips=max_consecutive_skips,
     )
-    train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
+    train_data, eval_data = _place(train_data, None), _place(eval_data, None)
     in_shape = _input_shape(train_data, batch_size)
 
     def init_members(key):
