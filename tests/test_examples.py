@@ -1,18 +1,12 @@
 """The examples run and reach what their docstrings promise."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_module
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"examples/{name}.py")
 
 
 def test_xor_needs_a_hidden_layer_or_the_product_feature():

@@ -1,16 +1,10 @@
 """The CNN and char-RNN examples reach what their docstrings promise."""
 
-import importlib.util
-import pathlib
-
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+from tests.helpers import load_module
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"examples/{name}.py")
 
 
 def test_cnn_with_batch_norm_reaches_98_percent_on_digits():

@@ -1,20 +1,9 @@
 """Smoke runs of the second-order benchmark and the forward-vs-reverse example."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load(relative: str):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_module as load
 
 
 def test_second_order_benchmark_rows():

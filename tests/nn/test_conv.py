@@ -11,6 +11,7 @@ from scipy import signal
 
 import funcnet as fn
 from funcnet import nn
+from tests.helpers import check_jit_vmap_grad
 
 
 def _key(seed=0):
@@ -205,16 +206,8 @@ def _cnn():
 def test_cnn_under_jit_vmap_and_grad():
     model = _cnn()
     out_shape, params, state = model.init(_key(0), (3, 8, 8, 2))
-    x = _normal(3, 8, 8, 2)
-    y, _ = model.apply(params, state, x)
+    y = check_jit_vmap_grad(model, params, state, _normal(3, 8, 8, 2))
     assert y.shape == out_shape == (3, 2)
-    y_jit, _ = jax.jit(model.apply)(params, state, x)
-    np.testing.assert_allclose(y_jit, y, rtol=1e-5, atol=1e-6)
-    per_example = jax.vmap(lambda xi: model.apply(params, state, xi[None])[0][0])(x)
-    np.testing.assert_allclose(per_example, y, rtol=1e-5, atol=1e-6)
-    grads = jax.grad(lambda p: jnp.sum(model.apply(p, state, x)[0] ** 2))(params)
-    assert jax.tree.structure(grads) == jax.tree.structure(params)
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
 @pytest.mark.parametrize(

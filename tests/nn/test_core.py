@@ -8,6 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from funcnet import nn
+from tests.helpers import check_jit_vmap_grad
 
 
 def _init(layer, in_shape, seed=0):
@@ -91,16 +92,7 @@ def test_serial_accepts_partial_functions_and_names_them():
 def test_model_under_jit_vmap_and_grad():
     model = _mlp()
     _, params, state = _init(model, (8, 4))
-    x = jax.random.normal(jax.random.key(2), (8, 4))
-    y, _ = model.apply(params, state, x)
-    y_jit, _ = jax.jit(model.apply)(params, state, x)
-    np.testing.assert_allclose(y_jit, y, rtol=1e-5, atol=1e-6)
-    per_example = jax.vmap(lambda xi: model.apply(params, state, xi[None])[0][0])(x)
-    np.testing.assert_allclose(per_example, y, rtol=1e-5, atol=1e-6)
-
-    grads = jax.grad(lambda p: jnp.sum(model.apply(p, state, x)[0] ** 2))(params)
-    assert jax.tree.structure(grads) == jax.tree.structure(params)
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    check_jit_vmap_grad(model, params, state, jax.random.normal(jax.random.key(2), (8, 4)))
 
 
 def test_model_gradients_match_finite_differences_in_float64(x64):
