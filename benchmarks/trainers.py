@@ -294,9 +294,27 @@ def _optax_loss(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+def _optax_loop(apply, params, data: Batches, weights_of_params) -> Runner:
+    """The per-step loop of a library whose model is ``apply(params, x) -> logits``: a
+    `jax.jit` step of `optax.adam` on softmax cross-entropy, as Flax Linen's and Haiku's
+    users write it."""
+    optax = _require("optax")
+    tx = optax.adam(LEARNING_RATE)
+
+    @jax.jit
+    def step(carry, x, y):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(lambda p: _optax_loss(apply(p, x), y))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return _jax_loop(
+        step, (params, tx.init(params)), data, lambda carry: weights_of_params(carry[0])
+    )
+
+
 def flax_linen(mlp: MLP, weights: Weights, data: Batches) -> Runner:
     nn = _require("flax.linen")
-    optax = _require("optax")
 
     class Net(nn.Module):
         sizes: tuple[int, ...]
@@ -314,21 +332,13 @@ def flax_linen(mlp: MLP, weights: Weights, data: Batches) -> Runner:
             for i, (w, b) in enumerate(weights)
         }
     }
-    tx = optax.adam(LEARNING_RATE)
 
-    @jax.jit
-    def step(carry, x, y):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(lambda p: _optax_loss(net.apply(p, x), y))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    def weights_of_carry(carry):
-        layers = carry[0]["params"]
+    def weights_of_params(layers):
+        layers = layers["params"]
         return [(layers[f"Dense_{i}"]["kernel"], layers[f"Dense_{i}"]["bias"]) for i in range(n)]
 
     n = len(weights)
-    return _jax_loop(step, (params, tx.init(params)), data, weights_of_carry)
+    return _optax_loop(net.apply, params, data, weights_of_params)
 
 
 def _nnx_model(mlp: MLP, weights: Weights):
@@ -451,7 +461,6 @@ def equinox(mlp: MLP, weights: Weights, data: Batches) -> Runner:
 
 def haiku(mlp: MLP, weights: Weights, data: Batches) -> Runner:
     hk = _require("haiku")
-    optax = _require("optax")
     net = hk.without_apply_rng(
         hk.transform(lambda x: hk.nets.MLP(mlp.sizes[1:], activation=jax.nn.relu)(x))
     )
@@ -461,20 +470,8 @@ def haiku(mlp: MLP, weights: Weights, data: Batches) -> Runner:
         name: {"w": jnp.asarray(w), "b": jnp.asarray(b)}
         for name, (w, b) in zip(names, weights, strict=True)
     }
-    tx = optax.adam(LEARNING_RATE)
-
-    @jax.jit
-    def step(carry, x, y):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(lambda p: _optax_loss(net.apply(p, x), y))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    return _jax_loop(
-        step,
-        (params, tx.init(params)),
-        data,
-        lambda carry: [(carry[0][k]["w"], carry[0][k]["b"]) for k in names],
+    return _optax_loop(
+        net.apply, params, data, lambda layers: [(layers[k]["w"], layers[k]["b"]) for k in names]
     )
 
 
