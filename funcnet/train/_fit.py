@@ -99,7 +99,10 @@ def build_optimizer(
     return optimizer
 
 
-def _check_settings(epochs: int, batch_size: int, patience: int | None, eval_data: Any) -> None:
+def _check_inputs(
+    epochs: int, batch_size: int, patience: int | None, train_data: Any, eval_data: Any
+) -> None:
+    """Refuses bad settings, and data sets holding NaN or ±inf (see `check_finite`)."""
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     if batch_size < 1:
@@ -109,6 +112,9 @@ def _check_settings(epochs: int, batch_size: int, patience: int | None, eval_dat
             raise ValueError(f"patience must be at least 1, got {patience}")
         if eval_data is None:
             raise ValueError("early stopping (patience) needs eval_data to watch")
+    check_finite(train_data, "train_data")
+    if eval_data is not None:
+        check_finite(eval_data, "eval_data")
 
 
 def _initial_state(
@@ -192,10 +198,7 @@ def fit(
     Returns:
       `FitResult(state, best, history, best_epoch)`.
     """
-    _check_settings(epochs, batch_size, patience, eval_data)
-    check_finite(train_data, "train_data")
-    if eval_data is not None:
-        check_finite(eval_data, "eval_data")
+    _check_inputs(epochs, batch_size, patience, train_data, eval_data)
     if mesh is not None:
         check_mesh(mesh, batch_size)
     build, run_epoch = _compiled_epoch(
@@ -276,10 +279,7 @@ def fit_ensemble(
       `FitResult` with a leading member axis on `state` and `best`, and `history` and
       `best_epoch` lists with one entry per member.
     """
-    _check_settings(epochs, batch_size, patience, eval_data)
-    check_finite(train_data, "train_data")
-    if eval_data is not None:
-        check_finite(eval_data, "eval_data")
+    _check_inputs(epochs, batch_size, patience, train_data, eval_data)
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
     sizes = {name: values.shape for name, values in hparams.items()}
     if any(len(shape) != 1 for shape in sizes.values()):
