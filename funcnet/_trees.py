@@ -13,17 +13,17 @@ import jax
 PyTree = Any
 
 
+def entry_name(entry: Any) -> str:
+    """One step of a key path as text: a dict key, an attribute name or a sequence index."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def path_name(key_path: tuple[Any, ...]) -> str:
     """A leaf's path as ``dense_0/w`` or ``opt_state/1/mu/dense_0/w``."""
-    names = []
-    for entry in key_path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                names.append(str(getattr(entry, attr)))
-                break
-        else:
-            names.append(str(entry))
-    return "/".join(names) or "(the root)"
+    return "/".join(entry_name(entry) for entry in key_path) or "(the root)"
 
 
 def shapes_of(tree: PyTree) -> dict[str, tuple[int, ...]]:

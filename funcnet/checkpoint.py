@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._trees import entry_name
+
 PyTree = Any
 PathLike = str | os.PathLike
 
@@ -74,13 +76,6 @@ def _is_key(leaf: Any) -> bool:
     )
 
 
-def _entry_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _check_name(name: str, where: str) -> str:
     if not name or "/" in name:
         raise ValueError(
@@ -95,7 +90,7 @@ def _leaf_paths(tree: PyTree) -> tuple[list[str], list[Any]]:
     pairs, _ = jax.tree_util.tree_flatten_with_path(tree)
     paths = []
     for key_path, _ in pairs:
-        names = [_entry_name(entry) for entry in key_path]
+        names = [entry_name(entry) for entry in key_path]
         for i, name in enumerate(names):
             _check_name(name, "/".join(names[:i]))
         paths.append("/".join(names))
@@ -129,7 +124,7 @@ def _describe(tree: PyTree, prefix: str, index: dict[str, int]) -> Any:
     children, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is not tree)
     return {
         "node": type(tree).__name__,
-        "children": {_entry_name(p[0]): child(_entry_name(p[0]), node) for p, node in children},
+        "children": {entry_name(p[0]): child(entry_name(p[0]), node) for p, node in children},
     }
 
 
