@@ -73,13 +73,9 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
 
-    def put(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            data = put(jax.random.key_data(leaf))
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
-
-    return jax.tree.map(put, tree)
+    return _map_arrays(
+        lambda array: jax.make_array_from_process_local_data(sharding, np.asarray(array)), tree
+    )
 
 
 def place_data(data: PyTree, mesh: Mesh) -> PyTree:
@@ -108,13 +104,20 @@ def local_copy(tree: PyTree) -> PyTree:
     evaluation or saving outside the mesh. Typed PRNG keys stay typed keys.
     """
 
-    def get(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            data = get(jax.random.key_data(leaf))
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        return jax.device_put(np.asarray(leaf))
+    return _map_arrays(lambda array: jax.device_put(np.asarray(array)), tree)
 
-    return jax.tree.map(get, tree)
+
+def _map_arrays(fn, tree: PyTree) -> PyTree:
+    """`fn` on every leaf's array; a typed PRNG key goes through as its key data (which
+    numpy and the process-local constructors accept) and comes back a key of its kind."""
+
+    def apply(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = fn(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return fn(leaf)
+
+    return jax.tree.map(apply, tree)
 
 
 def process_share(data: PyTree) -> PyTree:
