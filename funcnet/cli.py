@@ -270,12 +270,11 @@ def _widths(text: str) -> list[int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from funcnet import __version__, checkpoint, losses, plots, train
+    from funcnet.launch import initialize, is_leader
 
     if args.distributed:
-        from funcnet.launch import initialize
-
         initialize()  # before anything touches JAX's devices
-    leader = jax.process_index() == 0
+    leader = is_leader()
     started = time.perf_counter()
     cnn = args.model == "cnn"
     data = load_data(args.dataset, val_fraction=args.val_fraction, seed=args.data_seed, images=cnn)
