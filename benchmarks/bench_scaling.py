@@ -113,9 +113,8 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
     mlp = settings.mlps[settings.scaling_mlp]
     steps = settings.scaling_epoch_steps
     mesh = fn.train.data_mesh() if use_mesh else None
-    runner = trainers.funcnet_scan(
-        mlp, workload.initial_weights(mlp), workload.batches(mlp), steps, mesh=mesh
-    )
+    weights, data = workload.initial_weights(mlp), workload.batches(mlp)
+    runner = trainers.funcnet_scan(mlp, weights, data, steps, mesh=mesh)
     timing = measure(runner.run, repeats=settings.repeats, min_time=settings.min_time)
     result = {
         "step_us": timing.median / runner.steps_per_call * 1e6,
@@ -125,7 +124,6 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
         "local_devices": jax.local_device_count(),
     }
     if not distributed:  # the hand-written baseline on the same devices, in the same process
-        weights, data = workload.initial_weights(mlp), workload.batches(mlp)
         if mesh is None:
             raw = trainers.raw_jax(mlp, weights, data)
         else:
