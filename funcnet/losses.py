@@ -16,17 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._precision import at_least_float32
 from funcnet.nn.activations import log_softmax, softplus
 
 Array = jax.Array
-
-
-def _wide(x: Array) -> Array:
-    """`x` in at least float32 (half precision widened; integers and wider floats kept)."""
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        return x.astype(jnp.float32)
-    return x
 
 
 def _reduce(values: Array, reduction: str) -> Array:
@@ -55,7 +48,7 @@ def _per_example(values: Array) -> Array:
 def mse(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
     """Mean squared error ``mean_i (ŷ_i − y_i)²`` over all elements (per example for "none")."""
     _check_same_shape("mse", predictions, targets)
-    predictions, targets = _wide(predictions), _wide(targets)
+    predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     sq = jnp.square(predictions - targets)
     if reduction == "none":
         return jnp.mean(sq.reshape(sq.shape[0], -1), axis=1) if sq.ndim > 1 else sq
@@ -65,7 +58,7 @@ def mse(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
 def mae(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
     """Mean absolute error ``mean_i |ŷ_i − y_i|`` over all elements (per example for "none")."""
     _check_same_shape("mae", predictions, targets)
-    predictions, targets = _wide(predictions), _wide(targets)
+    predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     err = jnp.abs(predictions - targets)
     if reduction == "none":
         return jnp.mean(err.reshape(err.shape[0], -1), axis=1) if err.ndim > 1 else err
@@ -75,7 +68,7 @@ def mae(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
 def huber(predictions: Array, targets: Array, delta: float = 1.0, reduction: str = "mean") -> Array:
     """Huber loss: ``½r²`` for ``|r| ≤ δ``, ``δ(|r| − ½δ)`` beyond, with ``r = ŷ − y``."""
     _check_same_shape("huber", predictions, targets)
-    predictions, targets = _wide(predictions), _wide(targets)
+    predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     r = jnp.abs(predictions - targets)
     quadratic = jnp.minimum(r, delta)
     values = 0.5 * quadratic**2 + delta * (r - quadratic)
@@ -91,7 +84,7 @@ def binary_cross_entropy(logits: Array, labels: Array, reduction: str = "mean") 
     probabilities) of the logits' shape; per-example values sum over non-batch axes.
     """
     _check_same_shape("binary_cross_entropy", logits, labels)
-    logits, labels = _wide(logits), _wide(labels)
+    logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
     return _reduce(_per_example(softplus(logits) - labels * logits), reduction)
 
@@ -134,21 +127,21 @@ def softmax_cross_entropy(logits: Array, labels: Array, reduction: str = "mean")
     log-sum-exp shift, so any finite logits give a finite loss.
     """
     _check_labels("softmax_cross_entropy", logits, labels)
-    logits, labels = _wide(logits), _wide(labels)
+    logits, labels = at_least_float32(logits), at_least_float32(labels)
     return _reduce(-_log_probs_of_labels(log_softmax(logits), labels), reduction)
 
 
 def nll(log_probs: Array, labels: Array, reduction: str = "mean") -> Array:
     """Negative log-likelihood ``−log p_y`` of log-probabilities (e.g. from `log_softmax`)."""
     _check_labels("nll", log_probs, labels)
-    log_probs, labels = _wide(log_probs), _wide(labels)
+    log_probs, labels = at_least_float32(log_probs), at_least_float32(labels)
     return _reduce(-_log_probs_of_labels(log_probs, labels), reduction)
 
 
 def hinge(scores: Array, labels: Array, reduction: str = "mean") -> Array:
     """Binary hinge loss ``max(0, 1 − y·s)`` with labels ``y ∈ {−1, +1}``."""
     _check_same_shape("hinge", scores, labels)
-    scores, labels = _wide(scores), _wide(labels)
+    scores, labels = at_least_float32(scores), at_least_float32(labels)
     values = jnp.maximum(0.0, 1.0 - labels.astype(scores.dtype) * scores)
     return _reduce(_per_example(values), reduction)
 
@@ -161,7 +154,7 @@ def multiclass_hinge(
     `scores`: shape ``(batch, classes)``; `labels`: integer classes of shape ``(batch,)``.
     """
     _check_labels("multiclass_hinge", scores, labels)
-    scores, labels = _wide(scores), _wide(labels)
+    scores, labels = at_least_float32(scores), at_least_float32(labels)
     true = jnp.take_along_axis(scores, labels[..., None], axis=-1)
     margins = jnp.maximum(0.0, margin - true + scores)
     margins = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, margins)

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
+from funcnet._precision import half_in_float32
+
 Array = jax.Array
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -50,24 +52,17 @@ def selu(x: Array) -> Array:
     return _SELU_SCALE * elu(x, _SELU_ALPHA)
 
 
-def _widened(x: Array) -> Array:
-    """`x` in at least float32: products such as ``x · σ(x)`` and their gradients overflow
-    float16 long before the result does, so half-precision inputs are computed wider and the
-    result cast back."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
+@half_in_float32
 def gelu(x: Array, approximate: bool = False) -> Array:
     """Gaussian error linear unit ``x · Φ(x) = x/2 · (1 + erf(x/√2))``.
 
     With ``approximate=True``: ``x/2 · (1 + tanh(√(2/π)(x + 0.044715 x³)))``. The exact form is
-    the default, as in PyTorch.
+    the default, as in PyTorch. Half-precision inputs are computed in float32.
     """
-    wide = _widened(x)
     if approximate:
-        inner = math.sqrt(2 / math.pi) * (wide + 0.044715 * wide**3)
-        return (0.5 * wide * (1 + jnp.tanh(inner))).astype(x.dtype)
-    return (0.5 * wide * (1 + erf(wide / math.sqrt(2)))).astype(x.dtype)
+        inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+        return 0.5 * x * (1 + jnp.tanh(inner))
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
 def softplus(x: Array) -> Array:
@@ -80,10 +75,11 @@ def softsign(x: Array) -> Array:
     return x / (1 + jnp.abs(x))
 
 
+@half_in_float32
 def swish(x: Array, beta: float = 1.0) -> Array:
-    """``x · σ(βx)``; with ``β = 1`` this is SiLU."""
-    wide = _widened(x)
-    return (wide * sigmoid(beta * wide)).astype(x.dtype)
+    """``x · σ(βx)``; with ``β = 1`` this is SiLU. Half-precision inputs are computed in
+    float32."""
+    return x * sigmoid(beta * x)
 
 
 def silu(x: Array) -> Array:
@@ -91,10 +87,10 @@ def silu(x: Array) -> Array:
     return swish(x)
 
 
+@half_in_float32
 def mish(x: Array) -> Array:
-    """``x · tanh(softplus(x))``."""
-    wide = _widened(x)
-    return (wide * jnp.tanh(softplus(wide))).astype(x.dtype)
+    """``x · tanh(softplus(x))``. Half-precision inputs are computed in float32."""
+    return x * jnp.tanh(softplus(x))
 
 
 def log_sigmoid(x: Array) -> Array:
@@ -120,12 +116,11 @@ def step(x: Array, value_at_zero: float = 0.0) -> Array:
     return jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, value_at_zero)).astype(x.dtype)
 
 
+@half_in_float32
 def sine(x: Array, omega_0: float = 30.0) -> Array:
-    """SIREN's periodic activation ``sin(ω₀ x)``.
-
-    The product ``ω₀ x`` is formed in at least float32, where half precision would overflow.
-    """
-    return jnp.sin(omega_0 * _widened(x)).astype(x.dtype)
+    """SIREN's periodic activation ``sin(ω₀ x)``. Half-precision inputs are computed in
+    float32, where the product ``ω₀ x`` would overflow."""
+    return jnp.sin(omega_0 * x)
 
 
 def hard_tanh(x: Array, min_val: float = -1.0, max_val: float = 1.0) -> Array:
