@@ -1,19 +1,21 @@
 """Fixed-shape minibatches: every batch, the ragged last one included, has one shape.
 
-An epoch over ``n`` examples in batches of ``b`` runs ``B = ⌈n / b⌉`` steps. The last batch is
-filled up to ``b`` rows with examples from the start of the order, and those filler rows get
-weight 0, so one compiled step serves every batch and the weighted mean over a batch counts
-only its real rows. Filling with real examples (rather than zeros) keeps batch statistics,
-such as batch norm's, on the data's own scale.
+An epoch over ``n`` examples in batches of ``b`` runs ``B = ⌈n / b⌉`` steps. The data set is
+put in the epoch's order once (one gather), and the ``⌊n / b⌋`` full batches are contiguous
+slices of it. A ragged last batch is filled up to ``b`` rows with examples from the start of
+the order, and those filler rows get weight 0, so the weighted mean over it counts only its
+real rows. Filling with real examples (rather than zeros) keeps batch statistics, such as
+batch norm's, on the data's own scale.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from funcnet._trees import path_name
 
@@ -30,15 +32,26 @@ def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def shuffle(key: Array, n: int) -> Array:
+    """A uniformly random order of ``0 … n−1`` (int32, shape ``(n,)``).
+
+    The rows are sorted by 64 random bits each, drawn from `key` as two uint32 sort keys: one
+    stable sort, where `jax.random.permutation` sorts once per round of 32 bits. Two rows tie
+    with probability below ``n² / 2⁶⁵``, and then keep their order.
+    """
+    high, low = jax.random.bits(key, (2, n), jnp.uint32)
+    return lax.sort((high, low, jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
+
+
 def batch_plan(n: int, batch_size: int, key: Array | None = None) -> tuple[Array, Array]:
     """Row indices and weights of the batches of one epoch.
 
-    With a `key` the order is ``jax.random.permutation(key, n)``; without, ``0 … n−1``.
-    Returns ``indices`` (int32) and ``weights`` (float32, 1 for real rows, 0 for the filler
-    rows of the last batch), both of shape ``(B, batch_size)``.
+    With a `key` the order is ``shuffle(key, n)``; without, ``0 … n−1``. Returns ``indices``
+    (int32) and ``weights`` (float32, 1 for real rows, 0 for the filler rows of the last
+    batch), both of shape ``(B, batch_size)``.
     """
     steps = num_batches(n, batch_size)
-    order = jnp.arange(n) if key is None else jax.random.permutation(key, n)
+    order = jnp.arange(n) if key is None else shuffle(key, n)
     slots = jnp.arange(steps * batch_size)
     indices = order[slots % n].astype(jnp.int32)
     weights = (slots < n).astype(jnp.float32)
@@ -57,6 +70,44 @@ def data_size(data: tuple[PyTree, Array]) -> int:
         shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(data)]
         raise ValueError(f"x and y must share a leading example axis, got shapes {shapes}")
     return sizes.pop()
+
+
+class EpochBatches(NamedTuple):
+    """The batches of one epoch in their order.
+
+    Attributes:
+      full: ``(x, y)`` whose leaves stack the ``⌊n / b⌋`` full batches, shape
+        ``(⌊n / b⌋, b, ...)``; None when ``n < b``.
+      ragged: the last batch ``(x, y, w)`` when ``b`` does not divide ``n``, its filler
+        rows weighted 0; None otherwise.
+    """
+
+    full: tuple[Any, Array] | None
+    ragged: tuple[Any, Array, Array] | None
+
+
+def epoch_batches(data: tuple[PyTree, Array], batch_size: int, order: Array) -> EpochBatches:
+    """The batches of `batch_plan` for the row order `order`, with one gather of the data.
+
+    The data set is gathered into `order` once; the full batches are then contiguous slices
+    of it (no gather per step), and only a ragged last batch carries weights.
+    """
+    n = data_size(data)
+    count, ragged = divmod(n, batch_size)
+    full = None
+    if count:
+        rows = order[: count * batch_size]
+        full = jax.tree.map(
+            lambda leaf: jnp.take(leaf, rows, axis=0).reshape(
+                count, batch_size, *jnp.shape(leaf)[1:]
+            ),
+            tuple(data),
+        )
+    last = None
+    if ragged:
+        slots = jnp.arange(count * batch_size, (count + 1) * batch_size)
+        last = take(data, order[slots % n], (slots < n).astype(jnp.float32))
+    return EpochBatches(full, last)
 
 
 def take(data: tuple[PyTree, Array], indices: Array, weights: Array) -> tuple[Any, Array, Array]:

@@ -1,14 +1,20 @@
 """One epoch as one compiled function: shuffle, a `lax.scan` of training steps, evaluation.
 
-The epoch draws its shuffle from the train state's key (``key, k = split(key)``;
-``order = permutation(k, n)``), then scans the training step over ``B = ⌈n / b⌉`` batches of
-one shape (see `funcnet.train.batch_plan`). Everything it needs is in the train state, so
-the same state always continues the same way: a run resumed from a checkpoint repeats the
-uninterrupted one.
+The epoch draws its shuffle from the train state (``order = shuffle(shuffle_key(state), n)``),
+puts the data set in that order with one gather, and scans the training step over the
+``⌊n / b⌋`` full batches, contiguous slices of the ordered data; a ragged last batch follows
+as one weighted step (see `funcnet.train.epoch_batches`). Everything it needs is in the train
+state, so the same state always continues the same way: a run resumed from a checkpoint
+repeats the uninterrupted one.
 
-A step whose loss or gradient norm is not finite is detected inside the scan. The scan
-carries the index of the first such step; from it on no step is applied, so the state that
-comes out is the last good one, and the caller raises.
+Non-finite steps cost nothing per step until they happen. The plain epoch only records
+whether any loss was non-finite, and whether the params and optimizer state it ends with
+are; if so it reports ``bad_batch = UNCHECKED`` and the caller runs the same epoch again
+from the same state with ``checked=True``. The checked epoch tests each step's loss and
+gradient norm, applies no step from the first non-finite one on, and reports that step's
+batch index, so the state that comes out is the last good one. A non-finite gradient always
+shows in the plain epoch too: it makes the params it updates non-finite, and with them every
+later loss.
 """
 
 from __future__ import annotations
@@ -19,28 +25,35 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import Mesh
 
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
-from funcnet.train._batching import batch_plan, data_size, take
-from funcnet.train._state import TrainState
+from funcnet.train._batching import data_size, epoch_batches, shuffle
+from funcnet.train._sharding import batch_sharding, stacked_batch_sharding
+from funcnet.train._state import TrainState, shuffle_key
 from funcnet.train._step import LossFn, Metrics, eval_step, evaluate_batches, train_step
 
 Array = jax.Array
 PyTree = Any
+
+UNCHECKED = -2
+"""`EpochOutput.bad_batch` of a plain epoch that met a non-finite value: run it checked."""
 
 
 class EpochOutput(NamedTuple):
     """What one compiled epoch returns.
 
     Attributes:
-      state: the train state after the epoch, or the last good one if a step was non-finite.
-      train: epoch means of the step metrics (``loss``, ``accuracy``, ..., ``grad_norm``) over
-        the steps applied, weighted by their real rows; with skipping, ``skipped`` counts
-        the steps skipped.
+      state: the train state after the epoch; in a checked epoch that met a non-finite step,
+        the state before that step.
+      train: epoch means of the step metrics (``loss``, ``accuracy``, ...) over the steps
+        applied, weighted by their real rows; with skipping, ``skipped`` counts the steps
+        skipped.
       eval: the metrics on the held-out data at the end of the epoch (``{}`` without it).
-      bad_batch: int32, the batch index of the first non-finite step that was not skipped,
-        −1 if there was none.
+      bad_batch: int32, −1 if every step was finite (or skipped); in a checked epoch the
+        batch index of the first non-finite step that was not skipped; in a plain epoch
+        `UNCHECKED` if some value was not finite, and the epoch's results are not to be used.
     """
 
     state: TrainState
@@ -64,6 +77,16 @@ def select(mask: Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(pick, new, old)
 
 
+def all_finite(tree: PyTree) -> Array:
+    """Whether every floating-point leaf of `tree` is free of NaN and ±inf (a bool scalar)."""
+    checks = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
 def epoch_fn(
     model: Layer,
     loss_fn: LossFn,
@@ -71,8 +94,10 @@ def epoch_fn(
     *,
     batch_size: int,
     metrics: Metrics | None = None,
+    grad_norm: bool = False,
     skip_nonfinite: int | None = None,
-    batch_sharding: jax.sharding.Sharding | None = None,
+    checked: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Mapping[str, Array], Any, Any], EpochOutput]:
     """The pure epoch ``run(state, hparams, train_data, eval_data) -> EpochOutput``.
 
@@ -80,59 +105,86 @@ def epoch_fn(
     may be traced arrays (one per ensemble member under `vmap`). With `skip_nonfinite` set
     to ``m``, the optimizer built must be ``apply_if_finite(..., m)`` outermost: a skipped
     step leaves the model state as it was too, and only a non-finite step that it lets
-    through (after ``m`` in a row) stops the epoch. With `batch_sharding` every minibatch is
-    laid out that way (rows over a mesh's ``data`` axis, for data-parallel training).
+    through (after ``m`` in a row) is fatal. `checked` selects the checked epoch (module
+    doc). `grad_norm` adds ``‖g‖₂`` to the step metrics. With a `mesh` every minibatch's rows
+    are laid out over its ``data`` axis, for data-parallel training.
     """
+    track_norm = grad_norm or (checked and skip_nonfinite is None)
 
-    def batch(train_data, idx, w):
-        rows = take(train_data, idx, w)
-        if batch_sharding is None:
-            return rows
-        return lax.with_sharding_constraint(rows, batch_sharding)
+    def layout(batches):
+        if mesh is None:
+            return batches
+        full, ragged = batches
+        if full is not None:
+            full = lax.with_sharding_constraint(full, stacked_batch_sharding(mesh))
+        if ragged is not None:
+            ragged = lax.with_sharding_constraint(ragged, batch_sharding(mesh))
+        return batches._replace(full=full, ragged=ragged)
 
     def run(
         state: TrainState, hparams: Mapping[str, Array], train_data: Any, eval_data: Any
     ) -> EpochOutput:
-        step = train_step(model, loss_fn, make_optimizer(**hparams), metrics=metrics)
-        key, shuffle_key = jax.random.split(state.key)
-        indices, weights = batch_plan(data_size(train_data), batch_size, shuffle_key)
-        state = state._replace(key=key)
+        step = train_step(
+            model, loss_fn, make_optimizer(**hparams), metrics=metrics, grad_norm=track_norm
+        )
+        n = data_size(train_data)
+        batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
 
-        def body(carry, plan):
+        def body(carry, index, batch):
             state, bad_batch, totals = carry
-            i, idx, w = plan
-            new, values = step(state, batch(train_data, idx, w))
-            finite = jnp.isfinite(values["loss"]) & jnp.isfinite(values["grad_norm"])
-            if skip_nonfinite is None:
-                fatal = ~finite
-            else:
+            new, values = step(state, batch)
+            finite = jnp.isfinite(values["loss"])
+            if skip_nonfinite is not None:
+                finite &= new.opt_state.last_finite
                 fatal = ~finite & (new.opt_state.notfinite_count > skip_nonfinite)
                 new = new._replace(model_state=select(finite, new.model_state, state.model_state))
-            ok = (bad_batch < 0) & ~fatal
-            rows = jnp.where(ok & finite, jnp.sum(w), 0.0)
+            else:
+                if checked:
+                    finite &= jnp.isfinite(values["grad_norm"])
+                fatal = ~finite
+            if checked:
+                ok = (bad_batch < 0) & ~fatal
+                new = select(ok, new, state)
+                bad_batch = jnp.where((bad_batch < 0) & fatal, index, bad_batch)
+            else:
+                ok = jnp.array(True)
+                bad_batch = jnp.where(fatal, UNCHECKED, bad_batch)
+            counted = ok & finite if checked or skip_nonfinite is not None else ok
+            rows = jnp.sum(batch[2]) if len(batch) == 3 else jnp.float32(batch_size)
+            rows = jnp.where(counted, rows, 0.0)
             totals = {
                 "rows": totals["rows"] + rows,
                 "skipped": totals["skipped"] + (ok & ~finite).astype(jnp.int32),
                 **{
-                    name: totals[name] + rows * jnp.where(ok & finite, v, 0.0)
+                    name: totals[name] + rows * jnp.where(counted, v, 0.0)
                     for name, v in values.items()
                 },
             }
-            bad_batch = jnp.where((bad_batch < 0) & fatal, i, bad_batch)
-            return (select(ok, new, state), bad_batch, totals), None
+            return (new, bad_batch, totals), None
 
-        shapes = jax.eval_shape(step, state, batch(train_data, indices[0], weights[0]))[1]
+        example = batches.ragged or jax.tree.map(lambda leaf: leaf[0], batches.full)
+        shapes = jax.eval_shape(step, state, example)[1]
         totals = {
             "rows": jnp.zeros([]),
             "skipped": jnp.zeros([], jnp.int32),
             **{name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()},
         }
-        plan = (jnp.arange(indices.shape[0], dtype=jnp.int32), indices, weights)
         carry = (state, jnp.array(-1, jnp.int32), totals)
-        (state, bad_batch, totals), _ = lax.scan(body, carry, plan)
+        count = n // batch_size
+        if batches.full is not None:
+            indices = jnp.arange(count, dtype=jnp.int32)
+            carry, _ = lax.scan(lambda c, p: body(c, p[0], p[1]), carry, (indices, batches.full))
+        if batches.ragged is not None:
+            carry, _ = body(carry, jnp.int32(count), batches.ragged)
+        state, bad_batch, totals = carry
+        if not checked:
+            clean = all_finite((state.params, state.opt_state))
+            bad_batch = jnp.where(clean, bad_batch, UNCHECKED)
 
         rows = totals.pop("rows")
         skipped = totals.pop("skipped")
+        if track_norm and not grad_norm:
+            totals.pop("grad_norm")
         train = {name: t / jnp.where(rows > 0, rows, 1.0) for name, t in totals.items()}
         if skip_nonfinite is not None:
             train["skipped"] = skipped

@@ -24,8 +24,8 @@ from funcnet.optim import (
     clip_by_global_norm,
 )
 from funcnet.train._batching import check_finite, data_size, num_batches
-from funcnet.train._epoch import EpochOutput, epoch_fn, select
-from funcnet.train._sharding import batch_sharding, check_mesh, place_data, replicate
+from funcnet.train._epoch import UNCHECKED, EpochOutput, epoch_fn, select
+from funcnet.train._sharding import check_mesh, place_data, replicate
 from funcnet.train._state import TrainState, check_train_state, init_train_state, typed_key
 from funcnet.train._step import LossFn, Metrics
 
@@ -152,6 +152,7 @@ def fit(
     eval_data: tuple[Any, Array] | None = None,
     patience: int | None = None,
     metrics: Metrics | None = None,
+    grad_norm: bool = False,
     clip_norm: float | None = None,
     on_nonfinite: str = "raise",
     max_consecutive_skips: int = 10,
@@ -162,8 +163,9 @@ def fit(
     """Trains `model` by minibatch descent, each epoch one compiled `lax.scan`.
 
     Every epoch: shuffle on device from the state's key, run ``⌈n / batch_size⌉`` steps of
-    `make_step`'s rule in one `lax.scan` (the ragged last batch padded, its filler rows
-    weighted 0, so nothing recompiles), then evaluate on `eval_data`.
+    `make_step`'s rule in one `lax.scan` over contiguous slices of the shuffled data (a
+    ragged last batch padded, its filler rows weighted 0), then evaluate on `eval_data`.
+    The state passed in is not consumed.
 
     Args:
       model: a `funcnet.nn.Layer`.
@@ -182,6 +184,8 @@ def fit(
         `best` holds the best state. Needs `eval_data`.
       metrics: ``{name: fn(outputs, labels) -> scalar}``; by default ``accuracy`` for class
         logits with integer labels.
+      grad_norm: also record ``grad_norm``, the epoch mean of ``‖g‖₂`` (off by default: it
+        costs a reduction over every gradient leaf in every step).
       clip_norm: clip the gradient to this global norm before the optimizer.
       on_nonfinite: ``"raise"``: a non-finite loss or gradient stops training with
         `NonFiniteLossError`, naming epoch and step and holding the last good state.
@@ -209,6 +213,7 @@ def fit(
         ensemble=False,
         batch_size=batch_size,
         metrics=metrics,
+        grad_norm=grad_norm,
         clip_norm=clip_norm,
         on_nonfinite=on_nonfinite,
         max_consecutive_skips=max_consecutive_skips,
@@ -222,7 +227,9 @@ def fit(
     if mesh is not None:
         state = replicate(state, mesh)
     return _loop(
-        lambda state, active: run_epoch(state, {}, train_data, eval_data, active),
+        lambda state, active, checked: run_epoch(
+            state, {}, train_data, eval_data, active, checked=checked
+        ),
         state,
         members=None,
         epochs=epochs,
@@ -249,6 +256,7 @@ def fit_ensemble(
     eval_data: tuple[Any, Array] | None = None,
     patience: int | None = None,
     metrics: Metrics | None = None,
+    grad_norm: bool = False,
     clip_norm: float | None = None,
     on_nonfinite: str = "raise",
     max_consecutive_skips: int = 10,
@@ -302,6 +310,7 @@ def fit_ensemble(
         ensemble=True,
         batch_size=batch_size,
         metrics=metrics,
+        grad_norm=grad_norm,
         clip_norm=clip_norm,
         on_nonfinite=on_nonfinite,
         max_consecutive_skips=max_consecutive_skips,
@@ -315,7 +324,9 @@ def fit_ensemble(
 
     state = _initial_state(init_members, key, state, where="fit_ensemble")
     return _loop(
-        lambda state, active: run_epoch(state, hparams, train_data, eval_data, active),
+        lambda state, active, checked: run_epoch(
+            state, hparams, train_data, eval_data, active, checked=checked
+        ),
         state,
         members=k,
         epochs=epochs,
@@ -336,12 +347,15 @@ def _compiled_epoch(
     ensemble: bool,
     batch_size: int,
     metrics: Metrics | None,
+    grad_norm: bool,
     clip_norm: float | None,
     on_nonfinite: str,
     max_consecutive_skips: int,
     mesh: Mesh | None = None,
 ) -> tuple[Callable[..., GradientTransformation], Callable[..., EpochOutput]]:
-    """The optimizer builder and the jitted epoch ``(state, hparams, train, eval, active)``.
+    """The optimizer builder and the epoch ``(state, hparams, train, eval, active, *,
+    checked)``, jitted once per value of `checked` (the checked one compiles only when a
+    plain epoch meets a non-finite value, see `funcnet.train.epoch_fn`).
 
     Compiled epochs are cached on the identity of the model, loss, optimizer and settings,
     so a later `fit` with the same objects and data shapes (a resumed run, a rerun) does not
@@ -355,6 +369,7 @@ def _compiled_epoch(
         ensemble,
         batch_size,
         None if metrics is None else tuple(metrics.items()),
+        grad_norm,
         clip_norm,
         on_nonfinite,
         max_consecutive_skips,
@@ -375,6 +390,7 @@ def _epoch_cache(
     ensemble,
     batch_size,
     metrics,
+    grad_norm,
     clip_norm,
     on_nonfinite,
     max_consecutive_skips,
@@ -388,29 +404,39 @@ def _epoch_cache(
             max_consecutive_skips=max_consecutive_skips,
         )
 
-    run = epoch_fn(
-        model,
-        loss_fn,
-        build,
-        batch_size=batch_size,
-        metrics=None if metrics is None else dict(metrics),
-        skip_nonfinite=max_consecutive_skips if on_nonfinite == "skip" else None,
-        batch_sharding=None if mesh is None else batch_sharding(mesh),
-    )
-    if ensemble:
+    def compile_epoch(checked: bool) -> Callable[..., EpochOutput]:
+        run = epoch_fn(
+            model,
+            loss_fn,
+            build,
+            batch_size=batch_size,
+            metrics=None if metrics is None else dict(metrics),
+            grad_norm=grad_norm,
+            skip_nonfinite=max_consecutive_skips if on_nonfinite == "skip" else None,
+            checked=checked,
+            mesh=mesh,
+        )
+        if not ensemble:
+
+            def single(state, hparams, train_data, eval_data, active):
+                del active
+                return run(state, hparams, train_data, eval_data)
+
+            return jax.jit(single)
         members = jax.vmap(run, in_axes=(0, 0, None, None))
 
         def epoch(state, hparams, train_data, eval_data, active):
             out = members(state, hparams, train_data, eval_data)
             return out._replace(state=select(active, out.state, state))
 
-    else:
+        return jax.jit(epoch)
 
-        def epoch(state, hparams, train_data, eval_data, active):
-            del active
-            return run(state, hparams, train_data, eval_data)
+    epochs = {False: compile_epoch(False), True: compile_epoch(True)}
 
-    return build, jax.jit(epoch)
+    def epoch(state, hparams, train_data, eval_data, active, *, checked=False):
+        return epochs[checked](state, hparams, train_data, eval_data, active)
+
+    return build, epoch
 
 
 def _input_shape(data: tuple[Any, Array], batch_size: int) -> Any:
@@ -419,7 +445,7 @@ def _input_shape(data: tuple[Any, Array], batch_size: int) -> Any:
 
 
 def _loop(
-    run_epoch: Callable[[TrainState, Array], EpochOutput],
+    run_epoch: Callable[[TrainState, Array, bool], EpochOutput],
     state: TrainState,
     *,
     members: int | None,
@@ -430,7 +456,11 @@ def _loop(
     progress: bool,
     on_epoch_end: EpochCallback | None,
 ) -> FitResult:
-    """The host side of `fit` (``members=None``) and `fit_ensemble` (``members=K``)."""
+    """The host side of `fit` (``members=None``) and `fit_ensemble` (``members=K``).
+
+    ``run_epoch(state, active, checked)`` runs one compiled epoch. A plain epoch that met a
+    non-finite value is run again, checked, from the same state (`funcnet.train.epoch_fn`).
+    """
     from tqdm.auto import tqdm
 
     k = 1 if members is None else members
@@ -453,7 +483,11 @@ def _loop(
     )
     try:
         for epoch in bar:
-            out = run_epoch(state, jnp.asarray(active if members is not None else True))
+            live = jnp.asarray(active if members is not None else True)
+            out = run_epoch(state, live, False)
+            bad = np.asarray(jax.device_get(out.bad_batch)).reshape(-1)
+            if np.any(active & (bad == UNCHECKED)):
+                out = run_epoch(state, live, True)
             train, evaluated, bad = jax.device_get((out.train, out.eval, out.bad_batch))
             values = {name: np.asarray(v, float).reshape(-1) for name, v in train.items()}
             values.update(

@@ -63,6 +63,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A stack of minibatches, ``(steps, batch, ...)``: each batch's rows over ``data``."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every leaf of `tree` copied whole onto every device of `mesh`.
 

@@ -22,8 +22,10 @@ class TrainState(NamedTuple):
       model_state: the model's non-trained state (batch-norm running statistics), `{}` if none.
       opt_state: the optimizer's state, a pytree of arrays.
       step: int32 scalar, the number of optimizer steps taken so far.
-      key: a typed `jax.random.key`; each step splits it, so the state alone fixes every
-        random draw (dropout masks, shuffles) that follows.
+      key: a typed `jax.random.key`, the run's root key. It never changes: every random
+        draw is derived from it and `step` (`step_key`, `shuffle_key`), so the state alone
+        fixes every draw (dropout masks, shuffles) that follows, and a step whose model
+        draws nothing costs no random numbers at all.
 
     Under an ensemble every leaf carries a leading member axis.
     """
@@ -46,6 +48,23 @@ def typed_key(key: jax.Array) -> jax.Array:
             f"dtype {key.dtype} and shape {key.shape}"
         )
     return jax.random.wrap_key_data(key)
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key of the model in the step `state.step` takes: ``fold_in(key, 2·step)``.
+
+    A pure function of the state, so XLA drops it from a compiled step whose model draws
+    no random numbers.
+    """
+    return jax.random.fold_in(state.key, 2 * state.step.astype(jnp.uint32))
+
+
+def shuffle_key(state: TrainState) -> jax.Array:
+    """The key of the shuffle of an epoch starting at `state.step`: ``fold_in(key, 2·step + 1)``.
+
+    Odd where `step_key` is even, so no shuffle shares a key with a step.
+    """
+    return jax.random.fold_in(state.key, 2 * state.step.astype(jnp.uint32) + 1)
 
 
 def init_train_state(

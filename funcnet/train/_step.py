@@ -24,7 +24,7 @@ from funcnet.losses import accuracy
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation, apply_updates, global_norm
 from funcnet.train._batching import batch_plan, data_size, take
-from funcnet.train._state import TrainState, check_opt_state
+from funcnet.train._state import TrainState, check_opt_state, step_key
 
 Array = jax.Array
 PyTree = Any
@@ -79,17 +79,17 @@ def train_step(
     optimizer: GradientTransformation,
     *,
     metrics: Metrics | None = None,
+    grad_norm: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there."""
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         check_opt_state(optimizer, state.params, state.opt_state)  # at trace time only
         x, y, w = unpack(batch)
-        key, model_key = jax.random.split(state.key)
 
         def objective(params):
             outputs, model_state = model.apply(
-                params, state.model_state, x, key=model_key, train=True
+                params, state.model_state, x, key=step_key(state), train=True
             )
             loss, values = batch_metrics(loss_fn, metrics, outputs, y, w)
             return loss, (model_state, values)
@@ -103,9 +103,12 @@ def train_step(
             model_state=model_state,
             opt_state=opt_state,
             step=(state.step + 1).astype(jnp.int32),
-            key=key,
+            key=state.key,
         )
-        return new_state, {"loss": loss, **values, "grad_norm": global_norm(grads)}
+        values = {"loss": loss, **values}
+        if grad_norm:
+            values["grad_norm"] = global_norm(grads)
+        return new_state, values
 
     return step
 
@@ -116,29 +119,41 @@ def make_step(
     optimizer: GradientTransformation,
     *,
     metrics: Metrics | None = None,
+    grad_norm: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """A jitted training step ``step(train_state, batch) -> (train_state, metrics)``.
 
     One step of gradient descent on ``L(θ) = loss_fn(model(θ, x), y)``::
 
-        key, k  ← split(key)
+        k       ← fold_in(key, 2·step)                    (`step_key`; the key itself is kept)
         outputs ← model.apply(θ, model_state, x, key=k, train=True)
         g       ← ∇_θ L
         u, s    ← optimizer.update(g, opt_state, θ);   θ ← θ + u;   step ← step + 1
+
+    The train state is donated: its buffers are reused for the new state, so the state
+    passed in is consumed (reading it afterwards raises), as with any donated `jax.jit`.
+    Keep ``state = step(state, batch)[0]``; to keep the old state too, pass a copy
+    (``jax.tree.map(jnp.copy, state)``).
 
     Args:
       model: a `funcnet.nn.Layer`.
       loss_fn: ``loss_fn(outputs, labels) -> scalar``, a mean over the batch, e.g.
         `funcnet.losses.softmax_cross_entropy`.
       optimizer: a gradient transformation (`funcnet.optim` or optax).
-      metrics: ``{name: fn(outputs, labels) -> scalar}`` reported besides the loss; by default
-        ``accuracy`` for class logits with integer labels, nothing otherwise.
+      metrics: ``{name: fn(outputs, labels) -> scalar}`` reported besides the loss, computed
+        from the outputs of the forward pass the gradient uses; by default ``accuracy`` for
+        class logits with integer labels, nothing otherwise.
+      grad_norm: also report ``grad_norm = ‖g‖₂`` over all leaves (a reduction over every
+        gradient leaf, so off by default).
 
     The batch is ``(x, y)`` or ``(x, y, w)`` with per-example weights ``w`` (module doc).
-    The metrics returned are ``{"loss", **metrics, "grad_norm"}``, scalars computed at the
-    params before the update; ``grad_norm`` is ``‖g‖₂`` over all leaves.
+    The metrics returned are ``{"loss", **metrics}`` (and ``"grad_norm"`` if asked for),
+    scalars computed at the params before the update.
     """
-    return jax.jit(train_step(model, loss_fn, optimizer, metrics=metrics))
+    return jax.jit(
+        train_step(model, loss_fn, optimizer, metrics=metrics, grad_norm=grad_norm),
+        donate_argnums=0,
+    )
 
 
 def eval_step(

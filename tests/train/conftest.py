@@ -37,18 +37,20 @@ def optimizer():
 def python_epochs(model, optimizer, state, data, epochs, batch_size=BATCH):
     """The reference: a Python loop of `make_step`'s jitted steps, in `fit`'s order and keys.
 
+    Each epoch's order is `batch_plan` with the key `shuffle_key(state)` of the state it
+    starts from; full batches go in unweighted, a ragged last one with its weights.
     Returns the state and the per-epoch mean loss over the examples.
     """
     step = train.make_step(model, losses.softmax_cross_entropy, optimizer)
+    state = jax.tree.map(jnp.copy, state)  # the step consumes the state it is given
     x, y = data
     history = []
     for _ in range(epochs):
-        key, shuffle_key = jax.random.split(state.key)
-        state = state._replace(key=key)
-        indices, weights = train.batch_plan(len(y), batch_size, shuffle_key)
+        indices, weights = train.batch_plan(len(y), batch_size, train.shuffle_key(state))
         rows = losses_sum = 0.0
         for idx, w in zip(indices, weights, strict=True):
-            state, metrics = step(state, (x[idx], y[idx], w))
+            batch = (x[idx], y[idx]) if bool(jnp.all(w == 1)) else (x[idx], y[idx], w)
+            state, metrics = step(state, batch)
             rows += float(jnp.sum(w))
             losses_sum += float(jnp.sum(w)) * float(metrics["loss"])
         history.append(losses_sum / rows)
