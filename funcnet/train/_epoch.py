@@ -8,13 +8,12 @@ state, so the same state always continues the same way: a run resumed from a che
 repeats the uninterrupted one.
 
 Non-finite steps cost nothing per step until they happen. The plain epoch only records
-whether any loss was non-finite, and whether the params and optimizer state it ends with
-are; if so it reports ``bad_batch = UNCHECKED`` and the caller runs the same epoch again
-from the same state with ``checked=True``. The checked epoch tests each step's loss and
-gradient norm, applies no step from the first non-finite one on, and reports that step's
-batch index, so the state that comes out is the last good one. A non-finite gradient always
-shows in the plain epoch too: it makes the params it updates non-finite, and with them every
-later loss.
+whether any loss was non-finite, and whether the params it ends with are; if so it reports
+``bad_batch = UNCHECKED`` and the caller runs the same epoch again from the same state with
+``checked=True``. The checked epoch tests each step's loss and gradient norm, applies no step
+from the first non-finite one on, and reports that step's batch index, so the state that
+comes out is the last good one. A non-finite gradient always shows in the plain epoch too:
+it makes the params it updates non-finite, and with them every later loss.
 """
 
 from __future__ import annotations
@@ -131,7 +130,7 @@ def epoch_fn(
         batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
 
         def body(carry, index, batch):
-            state, bad_batch, totals = carry
+            state, bad_batch = carry
             new, values = step(state, batch)
             finite = jnp.isfinite(values["loss"])
             if skip_nonfinite is not None:
@@ -152,33 +151,27 @@ def epoch_fn(
             counted = ok & finite if checked or skip_nonfinite is not None else ok
             rows = jnp.sum(batch[2]) if len(batch) == 3 else jnp.float32(batch_size)
             rows = jnp.where(counted, rows, 0.0)
-            totals = {
-                "rows": totals["rows"] + rows,
-                "skipped": totals["skipped"] + (ok & ~finite).astype(jnp.int32),
-                **{
-                    name: totals[name] + rows * jnp.where(counted, v, 0.0)
-                    for name, v in values.items()
-                },
-            }
-            return (new, bad_batch, totals), None
+            # Each step's row count and row-weighted metrics; the epoch sums them at the end.
+            record = {name: rows * jnp.where(counted, v, 0.0) for name, v in values.items()}
+            record |= {"rows": rows, "skipped": (ok & ~finite).astype(jnp.int32)}
+            return (new, bad_batch), record
 
-        example = batches.ragged or jax.tree.map(lambda leaf: leaf[0], batches.full)
-        shapes = jax.eval_shape(step, state, example)[1]
-        totals = {
-            "rows": jnp.zeros([]),
-            "skipped": jnp.zeros([], jnp.int32),
-            **{name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()},
-        }
-        carry = (state, jnp.array(-1, jnp.int32), totals)
+        carry = (state, jnp.array(-1, jnp.int32))
         count = n // batch_size
+        records = []
         if batches.full is not None:
             indices = jnp.arange(count, dtype=jnp.int32)
-            carry, _ = lax.scan(lambda c, p: body(c, p[0], p[1]), carry, (indices, batches.full))
+            carry, record = lax.scan(
+                lambda c, p: body(c, p[0], p[1]), carry, (indices, batches.full)
+            )
+            records.append(jax.tree.map(jnp.sum, record))
         if batches.ragged is not None:
-            carry, _ = body(carry, jnp.int32(count), batches.ragged)
-        state, bad_batch, totals = carry
+            carry, record = body(carry, jnp.int32(count), batches.ragged)
+            records.append(record)
+        state, bad_batch = carry
+        totals = jax.tree.map(lambda *parts: sum(parts[1:], parts[0]), *records)
         if not checked:
-            clean = all_finite((state.params, state.opt_state))
+            clean = all_finite(state.params)
             bad_batch = jnp.where(clean, bad_batch, UNCHECKED)
 
         rows = totals.pop("rows")

@@ -118,15 +118,27 @@ def _check_inputs(
 
 
 def _initial_state(
-    init: Callable[[Array], TrainState], key: Array | None, state: TrainState | None, *, where: str
+    init: Callable[[Array], TrainState],
+    key: Array | None,
+    state: TrainState | None,
+    *,
+    where: str,
+    templates: dict[str, TrainState],
+    signature: str,
 ) -> TrainState:
     """``init(key)`` when no state is given; else `state`, once checked against the shapes
-    `init` would give it (a state of another model or optimizer is refused)."""
+    `init` would give it (a state of another model or optimizer is refused).
+
+    Those shapes are traced once per `signature` (the input shapes and member count) and
+    kept in `templates`, which lives as long as the compiled epoch, so continuing a run
+    does not trace the model's init again."""
     if state is None:
         if key is None:
             raise ValueError(f"{where} needs a key to initialise the model, or a state to continue")
         return init(typed_key(key))
-    check_train_state(jax.eval_shape(init, jax.random.key(0)), state, where=where)
+    if signature not in templates:
+        templates[signature] = jax.eval_shape(init, jax.random.key(0))
+    check_train_state(templates[signature], state, where=where)
     return state
 
 
@@ -205,7 +217,7 @@ def fit(
     _check_inputs(epochs, batch_size, patience, train_data, eval_data)
     if mesh is not None:
         check_mesh(mesh, batch_size)
-    build, run_epoch = _compiled_epoch(
+    build, run_epoch, templates = _compiled_epoch(
         model,
         loss_fn,
         optimizer,
@@ -222,7 +234,12 @@ def fit(
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
     in_shape = _input_shape(train_data, batch_size)
     state = _initial_state(
-        lambda key: init_train_state(model, build(), key, in_shape), key, state, where="fit"
+        lambda key: init_train_state(model, build(), key, in_shape),
+        key,
+        state,
+        where="fit",
+        templates=templates,
+        signature=repr(in_shape),
     )
     if mesh is not None:
         state = replicate(state, mesh)
@@ -302,7 +319,7 @@ def fit_ensemble(
         raise ValueError(f"an ensemble needs at least one member, got {k}")
     if hparams and isinstance(optimizer, GradientTransformation):
         raise TypeError("with hparams, optimizer must be a factory `optimizer(**hparams)`")
-    build, run_epoch = _compiled_epoch(
+    build, run_epoch, templates = _compiled_epoch(
         model,
         loss_fn,
         optimizer,
@@ -322,7 +339,14 @@ def fit_ensemble(
         init = jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape))
         return init(jax.random.split(key, k), hparams)
 
-    state = _initial_state(init_members, key, state, where="fit_ensemble")
+    state = _initial_state(
+        init_members,
+        key,
+        state,
+        where="fit_ensemble",
+        templates=templates,
+        signature=repr((in_shape, k, sorted(sizes))),
+    )
     return _loop(
         lambda state, active, checked: run_epoch(
             state, hparams, train_data, eval_data, active, checked=checked
@@ -352,10 +376,11 @@ def _compiled_epoch(
     on_nonfinite: str,
     max_consecutive_skips: int,
     mesh: Mesh | None = None,
-) -> tuple[Callable[..., GradientTransformation], Callable[..., EpochOutput]]:
-    """The optimizer builder and the epoch ``(state, hparams, train, eval, active, *,
-    checked)``, jitted once per value of `checked` (the checked one compiles only when a
-    plain epoch meets a non-finite value, see `funcnet.train.epoch_fn`).
+) -> tuple[Callable[..., GradientTransformation], Callable[..., EpochOutput], dict]:
+    """``(build, epoch, templates)``: the optimizer builder; the epoch ``(state, hparams,
+    train, eval, active, *, checked)``, jitted once per value of `checked` (the checked one
+    compiles only when a plain epoch meets a non-finite value, see `funcnet.train.epoch_fn`);
+    and the train-state shapes seen so far (see `_initial_state`).
 
     Compiled epochs are cached on the identity of the model, loss, optimizer and settings,
     so a later `fit` with the same objects and data shapes (a resumed run, a rerun) does not
@@ -436,7 +461,7 @@ def _epoch_cache(
     def epoch(state, hparams, train_data, eval_data, active, *, checked=False):
         return epochs[checked](state, hparams, train_data, eval_data, active)
 
-    return build, epoch
+    return build, epoch, {}
 
 
 def _input_shape(data: tuple[Any, Array], batch_size: int) -> Any:
