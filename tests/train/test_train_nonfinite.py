@@ -115,3 +115,65 @@ def test_skip_mode_raises_after_too_many_nonfinite_steps_in_a_row(data, model, o
             max_consecutive_skips=0,
             progress=False,
         )
+
+
+def test_an_ensemble_stops_where_each_member_alone_stops(data, model, optimizer):
+    kwargs = dict(loss_fn=LOSS, epochs=2, batch_size=BATCH, progress=False)
+    with pytest.raises(train.NonFiniteLossError) as ensemble:
+        train.fit_ensemble(
+            model, optimizer, poisoned(data[0]), members=2, key=jax.random.key(0), **kwargs
+        )
+    err = ensemble.value
+    assert err.member == 0 and err.epoch == 0
+    with pytest.raises(train.NonFiniteLossError) as alone:
+        member_key = jax.random.split(jax.random.key(0), 2)[0]
+        train.fit(model, optimizer, poisoned(data[0]), key=member_key, **kwargs)
+    assert (err.epoch, err.batch, err.step) == (
+        alone.value.epoch,
+        alone.value.batch,
+        alone.value.step,
+    )
+    for a, b in zip(
+        jax.tree.leaves(jax.tree.map(lambda leaf: leaf[0], err.state.params)),
+        jax.tree.leaves(alone.value.state.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def nan_gradient_on_poison(outputs, labels):
+    """A finite loss whose gradient is NaN on a batch holding a `POISON` label:
+    ``d√(m·o²)/do = m·o / √(m·o²)`` is 0/0 where the mask ``m`` is 0."""
+    clean = losses.softmax_cross_entropy(outputs, jnp.where(labels == POISON, 0, labels))
+    mask = jnp.where(labels == POISON, 0.0, 1.0)
+    return clean + 1e-3 * jnp.mean(jnp.sqrt(mask * outputs[:, 0] ** 2))
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_at_its_step(data, model, optimizer):
+    x, y = poisoned(data[0])
+    start = train.init_train_state(model, optimizer, jax.random.key(0), (BATCH, 3))
+    bad_batch = batch_of_bad_row(start)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.fit(
+            model,
+            optimizer,
+            (x, y),
+            loss_fn=nan_gradient_on_poison,
+            epochs=1,
+            batch_size=BATCH,
+            key=jax.random.key(0),
+            progress=False,
+        )
+    assert (info.value.epoch, info.value.batch, info.value.step) == (0, bad_batch, bad_batch)
+    step = train.make_step(model, nan_gradient_on_poison, optimizer)
+    expected = start
+    indices, _ = train.batch_plan(50, BATCH, train.shuffle_key(start))
+    for b in range(bad_batch):
+        expected, metrics = step(expected, (x[indices[b]], y[indices[b]]))
+    bad = (x[indices[bad_batch]], y[indices[bad_batch]])
+    _, metrics = step(jax.tree.map(jnp.copy, expected), bad)
+    assert np.isfinite(metrics["loss"])  # the loss itself stays finite
+    for a, b in zip(
+        jax.tree.leaves(info.value.state.params), jax.tree.leaves(expected.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
