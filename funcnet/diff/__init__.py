@@ -2,8 +2,10 @@
 
 Modes (`_modes.py`): `jacobian` picks forward or reverse mode by shape; `hessian` and
 `flat_hessian` form Hessians forward-over-reverse; `hvp` and `gnvp` give Hessian- and
-Gauss-Newton-vector products without forming a matrix; `per_example_grads` vmaps the
-gradient over a batch.
+Gauss-Newton-vector products without forming a matrix.
+
+Per-example gradients (`_per_example.py`): `per_example_grads`, `vmap(grad)` over a batch
+with each per-example kernel gradient written in its final layout (no transposed copy).
 
 Spectra (`_spectrum.py`), matrix-free over a params pytree: `hessian_eigs` (Lanczos or
 power iteration), `hessian_trace` (Hutchinson), `hessian_density` and `density_on_grid`
@@ -19,7 +21,6 @@ from funcnet.diff._modes import (
     hessian,
     hvp,
     jacobian,
-    per_example_grads,
 )
 from funcnet.diff._numerical import (
     GradCheck,
@@ -27,6 +28,7 @@ from funcnet.diff._numerical import (
     complex_step_grad,
     numerical_grad,
 )
+from funcnet.diff._per_example import per_example_grads
 from funcnet.diff._spectrum import (
     HessianDensity,
     HessianEigs,

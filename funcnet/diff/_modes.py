@@ -22,7 +22,6 @@ __all__ = [
     "hessian",
     "hvp",
     "jacobian",
-    "per_example_grads",
 ]
 
 
@@ -226,23 +225,3 @@ def gnvp(
     hu = hvp(loss_fn, z, model_jvp(v))
     (gv,) = jax.linear_transpose(model_jvp, params)(hu)
     return gv
-
-
-def per_example_grads(
-    loss: Callable[[PyTree, PyTree], jax.Array], params: PyTree, batch: PyTree
-) -> PyTree:
-    """Gradient of the loss of each example in a batch, in one vectorised pass.
-
-    gᵢ = ∇_params loss(params, exampleᵢ), computed as `vmap(grad(loss))` over the leading
-    axis of `batch`, with `params` shared.
-
-    Args:
-      loss: `loss(params, example) -> scalar` for a single example, its arrays without the
-        batch axis.
-      params: pytree of float arrays.
-      batch: pytree whose leaves share a leading axis of size B.
-
-    Returns:
-      A params-shaped pytree whose leaves have an extra leading axis of size B.
-    """
-    return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)

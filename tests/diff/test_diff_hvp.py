@@ -1,4 +1,4 @@
-"""hvp, gnvp and per_example_grads against dense Hessians, Jacobians and per-example loops."""
+"""hvp and gnvp against dense Hessians and Jacobians."""
 
 import jax
 import jax.numpy as jnp
@@ -96,24 +96,3 @@ def test_gnvp_equals_hvp_for_a_linear_model(x64):
     hv = fd.hvp(lambda p: loss_fn(model_fn(p)), params, v)
     for a, b in zip(jax.tree.leaves(gv), jax.tree.leaves(hv), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-
-
-def test_per_example_grads_match_a_loop_of_grads(mlp_problem):
-    params = mlp_problem.params
-    x, y = mlp_problem.batch
-
-    def example_loss(p, example):
-        xi, yi = example
-        return batch_loss(p, (xi[None], yi[None]))
-
-    grads = jax.jit(lambda p, b: fd.per_example_grads(example_loss, p, b))(params, (x, y))
-    grad_fn = jax.jit(jax.grad(example_loss))
-    for i in [0, 5, x.shape[0] - 1]:
-        expected = grad_fn(params, (x[i], y[i]))
-        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
-            np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-14)
-    # The batch gradient of a mean loss is the mean of the per-example gradients.
-    batch_grad = jax.grad(mlp_problem.loss)(params)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(batch_grad), strict=True):
-        assert a.shape == (x.shape[0], *b.shape)
-        np.testing.assert_allclose(a.mean(axis=0), b, rtol=1e-12, atol=1e-14)
