@@ -7,7 +7,8 @@ Four ways, each after compilation:
 - ``vmap_epoch``: `funcnet.train.fit_ensemble`, the scan-fused epoch under `vmap`: one
   compiled call trains all K members for an epoch;
 - ``sequential_epoch``: `funcnet.train.fit` once per member, K runs one after another;
-- ``vmap_step``: `funcnet.train.make_step` under `vmap`, one call per step for all K;
+- ``vmap_step``: `funcnet.train.train_step` under `vmap`, jitted with the states donated, one
+  call per step for all K;
 - ``sequential_step``: `make_step` called once per member per step.
 
 The figure is throughput: model-steps per second (K · steps / seconds).
@@ -45,7 +46,8 @@ def runners(mlp: workload.MLP, members: int, epoch_steps: int) -> dict[str, trai
     train_data = trainers.epoch_data(mlp, data, epoch_steps)
     common = {"loss_fn": loss_fn, "batch_size": mlp.batch, "metrics": {}, "progress": False}
     step = train.make_step(model, loss_fn, optimizer, metrics={})
-    all_steps = jax.jit(jax.vmap(step, in_axes=(0, None)))
+    one_step = train.train_step(model, loss_fn, optimizer, metrics={})
+    all_steps = jax.jit(jax.vmap(one_step, in_axes=(0, None)), donate_argnums=0)
     batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(data.x, data.y, strict=True)]
 
     states = _member_states(mlp, optimizer, members)

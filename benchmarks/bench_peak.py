@@ -88,7 +88,7 @@ def run(
     rows = [r for r in (mlp_section or {}).get("rows", []) if r["mlp"] == "medium"]
     if not rows:
         chosen = [c for c in trainers.CONTENDERS if c.key in REPORTED]
-        rows = [bench_mlp.measure_contender(c, "medium", mlp, settings) for c in chosen]
+        rows = bench_mlp.timed_rows(chosen, "medium", mlp, settings)
     efficiency = []
     for row in rows:
         if "us_per_step" not in row:

@@ -5,7 +5,8 @@ devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is fixed when J
 and the two-process configuration is two processes joined by `funcnet.launch`. Every one
 times the scan-fused epoch of `funcnet.train.fit` on the same global batches; the figure is
 µs per optimizer step and its ratio to ``fit`` without a mesh in one process. Beside it, in
-the same process, a hand-written raw JAX step jitted with the same shardings (one-process
+the same process, the hand-written epoch of `benchmarks.trainers.raw_jax_epoch` (same
+shuffle, same scan, each batch's rows laid out over the same ``data`` axis; one-process
 configurations only).
 
 On a CPU, forced host devices share the machine's cores: this measures the cost of
@@ -26,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import trainers, workload
-from benchmarks.settings import FULL, SMOKE, Settings
-from benchmarks.timing import measure
+from benchmarks.settings import SETTINGS, Settings
+from benchmarks.timing import measure_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,7 @@ def configurations(settings: Settings) -> list[dict]:
 
 def _worker_command(settings: Settings, config: dict, out: Path) -> list[str]:
     command = [sys.executable, "-m", "benchmarks.bench_scaling", "--worker", str(out)]
-    command += ["--smoke"] if settings.smoke else []
-    command += ["--repeats", str(settings.repeats)]
+    command += ["--settings", settings.name, "--repeats", str(settings.repeats)]
     if not config["mesh"]:
         command.append("--no-mesh")
     if config["processes"] > 1:
@@ -115,7 +115,12 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
     mesh = fn.train.data_mesh() if use_mesh else None
     weights, data = workload.initial_weights(mlp), workload.batches(mlp)
     runner = trainers.funcnet_scan(mlp, weights, data, steps, mesh=mesh)
-    timing = measure(runner.run, repeats=settings.repeats, min_time=settings.min_time)
+    runs = {"funcnet": runner.run}
+    if not distributed:  # the hand-written baseline on the same devices, in the same process
+        raw = trainers.raw_jax_epoch(mlp, weights, data, steps, mesh=mesh)
+        runs["raw_jax"] = raw.run
+    timings = measure_interleaved(runs, repeats=settings.repeats, min_time=settings.min_time)
+    timing = timings["funcnet"]
     result = {
         "step_us": timing.median / runner.steps_per_call * 1e6,
         "low_us": timing.low / runner.steps_per_call * 1e6,
@@ -123,13 +128,8 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
         "mesh_devices": 1 if mesh is None else int(mesh.devices.size),
         "local_devices": jax.local_device_count(),
     }
-    if not distributed:  # the hand-written baseline on the same devices, in the same process
-        if mesh is None:
-            raw = trainers.raw_jax(mlp, weights, data)
-        else:
-            raw = trainers.raw_jax_sharded(mlp, weights, data, mesh)
-        raw_timing = measure(raw.run, repeats=settings.repeats, min_time=settings.min_time)
-        result["raw_jax_step_us"] = raw_timing.median * 1e6
+    if "raw_jax" in timings:
+        result["raw_jax_step_us"] = timings["raw_jax"].median / runner.steps_per_call * 1e6
     if jax.process_index() == 0:
         out.write_text(json.dumps(result), encoding="utf-8")
     if distributed:
@@ -139,12 +139,15 @@ def worker(settings: Settings, out: Path, *, use_mesh: bool, distributed: bool) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument(
+        "--settings", choices=sorted(SETTINGS), default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-mesh", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    settings = SMOKE if args.smoke else FULL
+    settings = SETTINGS[args.settings or ("smoke" if args.smoke else "full")]
     if args.repeats is not None:
         settings = settings._replace(repeats=args.repeats)
     if args.worker is not None:

@@ -2,6 +2,8 @@
 
     python -m benchmarks.run                 # the full run (about ten minutes on 2 cores)
     python -m benchmarks.run --smoke         # tiny sizes, one repeat: checks the code works
+    python -m benchmarks.run --check         # the targets only, under two minutes; exit 1
+                                             # when one is missed
     python -m benchmarks.run --only mlp,peak --contenders funcnet,raw_jax
 
 `funcnet bench` calls `main` with its own arguments. Sections: ``mlp`` (training step per
@@ -32,7 +34,7 @@ from benchmarks import (
     timing,
     trainers,
 )
-from benchmarks.settings import FULL, SMOKE, Settings
+from benchmarks.settings import CHECK, FULL, SMOKE, Settings
 
 SECTIONS = ("mlp", "compile", "second_order", "per_example", "ensemble", "peak", "scaling")
 ALIASES = {
@@ -42,6 +44,20 @@ ALIASES = {
     "data_parallel": "scaling",
 }
 HERE = Path(__file__).resolve().parent
+# What `--check` runs: the sections and contenders its targets read.
+CHECK_SECTIONS = ("mlp", "compile", "per_example", "scaling")
+CHECK_CONTENDERS = (
+    "funcnet",
+    "funcnet_scan",
+    "raw_jax",
+    "raw_jax_epoch",
+    "flax_linen",
+    "flax_nnx",
+    "flax_nnx_cached",
+    "equinox",
+    "haiku",
+    "torch",
+)
 
 
 def second_order(settings: Settings, log=print) -> dict:
@@ -73,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--smoke", action="store_true", help="tiny sizes, one repeat (checks the code works)"
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only the targets' figures (under two minutes); exit 1 if a target is missed",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
@@ -94,6 +115,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     parser.add_argument("--quiet", action="store_true", help="print only the final tables")
     args = parser.parse_args(argv)
+    if args.check and args.smoke:
+        parser.error("--check and --smoke exclude each other")
+    if args.check:
+        args.only = ",".join(CHECK_SECTIONS)
+        args.contenders = args.contenders or ",".join(CHECK_CONTENDERS)
     sections = [ALIASES.get(s.strip(), s.strip()) for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -115,8 +141,8 @@ def destinations(args: argparse.Namespace, slug: str) -> tuple[Path, Path]:
     if args.out is not None:
         out = Path(args.out)
         return out / f"{slug}.json", out / "RESULTS.md"
-    if args.smoke:
-        out = Path(tempfile.mkdtemp(prefix="funcnet-bench-smoke-"))
+    if args.smoke or args.check:
+        out = Path(tempfile.mkdtemp(prefix="funcnet-bench-"))
         return out / f"{slug}.json", out / "RESULTS.md"
     return HERE / "results" / f"{slug}.json", HERE / "RESULTS.md"
 
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmarks; prints the Markdown report and writes it with the JSON results."""
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = parse_args(argv)
-    settings = SMOKE if args.smoke else FULL
+    settings = SMOKE if args.smoke else CHECK if args.check else FULL
     if args.repeats is not None:
         settings = settings._replace(repeats=args.repeats)
 
@@ -188,9 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     md_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     md_path.write_text(text, encoding="utf-8")
+    if args.check:
+        return check_verdict(results["targets"], print)
     print(text)
     log(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def check_verdict(found: list[dict], show) -> int:
+    """Prints each target of a `--check` run; 1 if a measured one is missed, else 0."""
+    words = {True: "met", False: "MISSED", None: "not measured"}
+    for target in found:
+        show(f"{words[target['met']]:>12}  {target['target']}: {target['figure']}")
+    return 1 if any(target["met"] is False for target in found) else 0
 
 
 def machine_slug_for(machine: dict, smoke: bool) -> str:

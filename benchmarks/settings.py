@@ -1,4 +1,5 @@
-"""How big and how long a run is: the full measurement, or the smoke run CI uses."""
+"""How big and how long a run is: the full measurement, the quick check of the targets, or
+the smoke run CI uses."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ class Settings(NamedTuple):
     """The sizes and repeat counts of one run.
 
     Attributes:
+      name: ``"full"``, ``"check"`` or ``"smoke"``, the key of these settings in `SETTINGS`.
       smoke: a smoke run (tiny sizes, one repeat): checks that the code works, measures nothing.
       repeats: timed repeats per figure; the median is reported.
       min_time: seconds one repeat lasts at least (the step count is chosen to reach it).
@@ -29,6 +31,7 @@ class Settings(NamedTuple):
       scaling_processes: process counts (one device each) of a multi-process mesh.
     """
 
+    name: str
     smoke: bool
     repeats: int
     min_time: float
@@ -48,6 +51,7 @@ class Settings(NamedTuple):
 
 
 FULL = Settings(
+    name="full",
     smoke=False,
     repeats=5,
     min_time=0.2,
@@ -67,6 +71,7 @@ FULL = Settings(
 )
 
 SMOKE = Settings(
+    name="smoke",
     smoke=True,
     repeats=1,
     min_time=0.0,
@@ -84,3 +89,20 @@ SMOKE = Settings(
     scaling_devices=(2,),
     scaling_processes=(2,),
 )
+
+# `funcnet bench --check`: the targets' figures only, in under two minutes on 2 cores. The
+# data-parallel rows train the small MLP (the medium one takes ~0.3 s a step on 8 forced
+# devices of a 2-core CPU).
+CHECK = FULL._replace(
+    name="check",
+    repeats=3,
+    min_time=0.1,
+    compile_mlps=("small", "medium"),
+    per_example_batches=(256,),
+    scaling_mlp="small",
+    scaling_epoch_steps=100,
+    scaling_devices=(2, 4, 8),
+    scaling_processes=(),
+)
+
+SETTINGS = {s.name: s for s in (FULL, CHECK, SMOKE)}

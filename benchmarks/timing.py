@@ -101,6 +101,43 @@ def measure(
     return Timing(statistics.median(samples), min(samples), max(samples), units, repeats)
 
 
+def measure_interleaved(
+    runs: dict[str, Callable[[int], object]],
+    *,
+    repeats: int,
+    min_time: float,
+    max_units: int = 1_000_000,
+) -> dict[str, Timing]:
+    """`measure` for several contenders at once, their repeats taken in turns.
+
+    Each contender is warmed up and sized as in `measure`; then every round times one
+    repeat of each, in the same order, so load that comes and goes on a shared machine
+    falls on all of them alike and their ratios stay meaningful.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    units = {}
+    for name, run in runs.items():
+        run(1)
+        count = 1
+        while True:
+            elapsed, _ = timed(functools.partial(run, count))
+            if elapsed >= min_time or count >= max_units:
+                break
+            guess = math.ceil(count * min_time / max(elapsed, 1e-9) * 1.1)
+            count = min(max_units, 100 * count, max(2 * count, guess))
+        units[name] = count
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            elapsed, _ = timed(functools.partial(run, units[name]))
+            samples[name].append(elapsed / units[name])
+    return {
+        name: Timing(statistics.median(v), min(v), max(v), units[name], repeats)
+        for name, v in samples.items()
+    }
+
+
 def first_call(fn: Callable[[], object]) -> float:
     """Seconds of the first call of `fn`: tracing, compilation and one execution."""
     elapsed, _ = timed(fn)

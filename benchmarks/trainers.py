@@ -8,13 +8,21 @@ crashing.
 
 What each contender is:
 
-- ``funcnet``: `funcnet.train.make_step`, the jitted per-step function, called once per step.
-- ``funcnet_scan``: `funcnet.train.fit`, one epoch as one compiled `lax.scan`.
+- ``funcnet``: `funcnet.train.make_step` with its defaults (loss and accuracy), the jitted
+  per-step function, called once per step.
+- ``funcnet_scan``: `funcnet.train.fit` with its defaults, one epoch as one compiled
+  `lax.scan`; the host reads the epoch's mean loss and accuracy back after each epoch.
 - ``raw_jax``: hand-written params as ``[(w, b), ...]``, hand-written Adam, one `jax.jit` step
-  with the params and optimizer state donated (updated in place), the baseline;
+  with the params and optimizer state donated (updated in place), returning the loss and the
+  accuracy of the batch, as `make_step` does: the baseline of the per-step rows;
 - ``raw_jax_plain``: the same step without donation, as most hand-written loops are;
+- ``raw_jax_epoch``: the same step in one jitted, donated `lax.scan` over an epoch, with the
+  shuffle `fit` uses (a sort of the rows by 64 random bits drawn on the device), the data
+  gathered into that order once and sliced into contiguous batches, and the epoch's mean
+  loss and accuracy read back after each epoch: what `fit` computes, written by hand, the
+  baseline of the scan-fused row;
 - ``raw_jax_scan``: the same step in a `lax.scan` over an epoch of pre-cut batches: the
-  floor for a scan-fused epoch (no shuffle, gather, metrics or checks).
+  floor for a scan-fused epoch (no shuffle, gather or metrics).
 - ``flax_linen``: `flax.linen.Dense` layers, `optax.adam`, a `jax.jit` step.
 - ``flax_nnx``: `flax.nnx.Linear` layers, `nnx.Optimizer`, an `nnx.jit` step.
 - ``flax_nnx_cached``: the same step through `nnx.cached_partial`, Flax's advice for
@@ -142,10 +150,8 @@ def funcnet_setup(mlp: MLP):
 
 
 def funcnet(mlp: MLP, weights: Weights, data: Batches) -> Runner:
-    # metrics={} leaves out the default accuracy metric, so the step does the same work as
-    # the others (the loss and the gradient norm are always reported).
     train, model, loss_fn, optimizer = funcnet_setup(mlp)
-    step = train.make_step(model, loss_fn, optimizer, metrics={})
+    step = train.make_step(model, loss_fn, optimizer)
     state = funcnet_state(mlp, weights, optimizer)
     return _jax_loop(step, state, data, lambda s: weights_of(s.params), pair=True)
 
@@ -185,7 +191,6 @@ def funcnet_scan(
             epochs=done[0] + n,
             batch_size=mlp.batch,
             state=state[0],
-            metrics={},
             progress=False,
             mesh=mesh,
         )
@@ -199,7 +204,8 @@ def funcnet_scan(
 
 
 def _raw_step(weights: Weights):
-    """The hand-written step ``(carry, x, y) -> (carry, loss)`` and its initial carry."""
+    """The hand-written step ``(carry, x, y) -> (carry, (loss, accuracy))`` and its initial
+    carry; the accuracy comes from the logits of the forward pass the gradient uses."""
     params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]
     mu, nu = (jax.tree.map(jnp.zeros_like, params) for _ in range(2))
     carry = (params, (jnp.zeros((), jnp.int32), mu, nu))
@@ -210,11 +216,12 @@ def _raw_step(weights: Weights):
         w, b = params[-1]
         logits = x @ w + b
         log_probs = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
+        return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1)), logits
 
     def step(carry, x, y):
         params, (count, mu, nu) = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
         count = count + 1
         mu = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, mu, grads)
         nu = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, nu, grads)
@@ -229,7 +236,7 @@ def _raw_step(weights: Weights):
             mu,
             nu,
         )
-        return (params, (count, mu, nu)), loss
+        return (params, (count, mu, nu)), (loss, accuracy)
 
     return step, carry
 
@@ -239,22 +246,6 @@ def raw_jax(mlp: MLP, weights: Weights, data: Batches, donate: bool = True) -> R
     step, carry = _raw_step(weights)
     step = jax.jit(step, donate_argnums=0 if donate else ())
     return _jax_loop(step, carry, data, lambda c: c[0])
-
-
-def raw_jax_sharded(mlp: MLP, weights: Weights, data: Batches, mesh) -> Runner:
-    """The hand-written step, data parallel by hand: each batch's rows split over the mesh's
-    ``data`` axis, params and Adam state replicated, jitted with those shardings (one process).
-    """
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    del mlp
-    step, carry = _raw_step(weights)
-    replicated = NamedSharding(mesh, P())
-    carry = jax.device_put(carry, replicated)
-    step = jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
-    rows = NamedSharding(mesh, P("data"))
-    return _jax_loop(step, carry, data, lambda c: c[0], sharding=rows)
 
 
 def raw_jax_scan(mlp: MLP, weights: Weights, data: Batches, epoch_steps: int = 256) -> Runner:
@@ -269,15 +260,68 @@ def raw_jax_scan(mlp: MLP, weights: Weights, data: Batches, epoch_steps: int = 2
 
     @functools.partial(jax.jit, donate_argnums=0)
     def run_epoch(carry):
-        return jax.lax.scan(lambda c, batch: step(c, *batch), carry, (xs, ys))
+        carry, _ = jax.lax.scan(lambda c, batch: step(c, *batch), carry, (xs, ys))
+        return carry
 
     state = [carry]
 
     def run(n):
-        losses = None
         for _ in range(n):
-            state[0], losses = run_epoch(state[0])
-        return jax.block_until_ready((state[0], losses))
+            state[0] = run_epoch(state[0])
+        return jax.block_until_ready(state[0])
+
+    return Runner(run, epoch_steps, weights=lambda: _numpy(state[0][0]))
+
+
+def raw_jax_epoch(
+    mlp: MLP, weights: Weights, data: Batches, epoch_steps: int = 256, mesh=None
+) -> Runner:
+    """The hand-written step in a hand-written epoch that computes what `fit`'s does.
+
+    Each epoch draws 64 random bits per row from ``fold_in(key, 2·steps + 1)`` (the key and
+    the derivation of the train state `funcnet_state` builds, so the two epochs visit the
+    rows in the same order), sorts the rows by them, gathers the data into that order once,
+    scans the step over contiguous batches and returns the mean loss and accuracy, which the
+    host reads back. With a `mesh` the data is
+    replicated, each batch's rows are laid out over its ``data`` axis and the carry is
+    replicated: data parallel by hand.
+    """
+    step, carry = _raw_step(weights)
+    x, y = epoch_data(mlp, data, epoch_steps)
+    n, b = x.shape[0], mlp.batch
+    constrain = lambda tree: tree
+    if mesh is not None:
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        replicated = NamedSharding(mesh, P())
+        x, y, carry = jax.device_put((x, y, carry), replicated)
+        rows = NamedSharding(mesh, P(None, "data"))
+
+        def constrain(tree):
+            return jax.lax.with_sharding_constraint(tree, rows)
+
+    root = jax.random.split(jax.random.key(0))[1]  # the key of `funcnet_state`'s state
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run_epoch(carry, x, y):
+        steps = carry[1][0].astype(jnp.uint32)  # Adam's step count
+        high, low = jax.random.bits(jax.random.fold_in(root, 2 * steps + 1), (2, n))
+        order = jax.lax.sort((high, low, jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
+        xs = constrain(jnp.take(x, order, axis=0).reshape(n // b, b, -1))
+        ys = constrain(jnp.take(y, order, axis=0).reshape(n // b, b))
+        carry, (losses, accuracies) = jax.lax.scan(
+            lambda c, batch: step(c, *batch), carry, (xs, ys)
+        )
+        return carry, (jnp.mean(losses), jnp.mean(accuracies))
+
+    state = [carry]
+
+    def run(n_epochs):
+        for _ in range(n_epochs):
+            state[0], means = run_epoch(state[0], x, y)
+            jax.device_get(means)
+        return jax.block_until_ready(state[0])
 
     return Runner(run, epoch_steps, weights=lambda: _numpy(state[0][0]))
 
@@ -519,6 +563,7 @@ class Contender(NamedTuple):
     title: str
     build: Callable[..., Runner]
     epoch: bool = False
+    outputs: str = "loss"
 
     def make(self, mlp: MLP, weights: Weights, data: Batches, epoch_steps: int) -> Runner:
         if self.epoch:
@@ -526,12 +571,18 @@ class Contender(NamedTuple):
         return self.build(mlp, weights, data)
 
 
+BOTH = "loss, accuracy"
+EPOCH_MEANS = "epoch means of loss, accuracy"
+
 CONTENDERS = (
-    Contender("funcnet", "funcnet per-step jit", funcnet),
-    Contender("funcnet_scan", "funcnet scan-fused epoch", funcnet_scan, epoch=True),
-    Contender("raw_jax", "raw JAX (hand-written)", raw_jax),
-    Contender("raw_jax_plain", "raw JAX, no donation", raw_jax_plain),
-    Contender("raw_jax_scan", "raw JAX scanned epoch (floor)", raw_jax_scan, epoch=True),
+    Contender("funcnet", "funcnet per-step jit", funcnet, outputs=BOTH),
+    Contender("funcnet_scan", "funcnet scan-fused epoch", funcnet_scan, True, EPOCH_MEANS),
+    Contender("raw_jax", "raw JAX (hand-written)", raw_jax, outputs=BOTH),
+    Contender("raw_jax_plain", "raw JAX, no donation", raw_jax_plain, outputs=BOTH),
+    Contender(
+        "raw_jax_epoch", "raw JAX scan epoch, same shuffle", raw_jax_epoch, True, EPOCH_MEANS
+    ),
+    Contender("raw_jax_scan", "raw JAX scanned epoch (floor)", raw_jax_scan, True, "nothing"),
     Contender("flax_linen", "Flax Linen", flax_linen),
     Contender("flax_nnx", "Flax NNX (nnx.jit)", flax_nnx),
     Contender("flax_nnx_cached", "Flax NNX (cached_partial)", flax_nnx_cached),

@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import run, trainers, workload
+import funcnet
+from benchmarks import bench_per_example, report, run, trainers, workload
 from benchmarks.settings import SMOKE
 
 ALWAYS = "funcnet,funcnet_scan,raw_jax"
@@ -43,7 +44,13 @@ def test_main_writes_json_and_markdown(smoke):
     assert text.startswith("# funcnet benchmarks")
     for heading in ("## Targets", "## 1. MLP", "## 2. Compile", "## 4. Per-example"):
         assert heading in text
-    assert len(results["targets"]) == 7
+    assert len(results["targets"]) == 11
+    per_example = [t for t in results["targets"] if t["target"].startswith("per_example_grads")]
+    assert [t["target"] for t in per_example] == [
+        "per_example_grads ≤ 1.5× torch.func at batch 4",
+        "per_example_grads ≤ 2× the memory floor at batch 4",
+    ]
+    assert per_example[1]["met"] is not None
 
 
 def test_timings_are_positive(smoke):
@@ -58,8 +65,13 @@ def test_timings_are_positive(smoke):
     for row in sections["compile"]["rows"]:
         if row["status"] == "ok":
             assert _positive(row["first_call_s"])
-    for row in sections["per_example"]["rows"]:
-        assert all(_positive(row[k]) for k in ("vmap_us", "loop_us", "batched_us"))
+    per_example = sections["per_example"]
+    assert all(_positive(per_example["bandwidth"][k]) for k in ("gbs", "jax_gbs", "numpy_gbs"))
+    for row in per_example["rows"]:
+        times = ("vmap_us", "plain_us", "loop_us", "batched_us", "write_us", "floor_us")
+        assert all(_positive(row[k]) for k in (*times, "floor_ratio"))
+        if per_example["torch_status"] == "ok":
+            assert _positive(row["torch_us"]) and _positive(row["torch_ratio"])
     for row in sections["ensemble"].get("rows", []):
         assert all(_positive(v) for k, v in row.items() if k.endswith("_per_s"))
     assert _positive(sections["peak"]["peak_gflops"])
@@ -92,10 +104,42 @@ def test_missing_peer_is_a_row_not_a_crash(monkeypatch, tmp_path):
     assert "not installed" in (tmp_path / "RESULTS.md").read_text()
 
 
+def test_per_example_section_without_torch_reports_a_status(monkeypatch):
+    def missing(module):
+        raise trainers.Unavailable(f"{module} not installed")
+
+    monkeypatch.setattr(trainers, "_require", missing)
+    section = bench_per_example.run(SMOKE, log=lambda *_: None)
+    assert section["torch_status"] == "torch not installed"
+    assert all("torch_us" not in r and r["torch_ratio"] is None for r in section["rows"])
+    found = {t["target"]: t for t in report.targets({"sections": {"per_example": section}})}
+    torch_target = found["per_example_grads ≤ 1.5× torch.func at batch 4"]
+    assert torch_target["met"] is None and torch_target["figure"] == "torch not installed"
+    assert "torch.func: torch not installed." in "\n".join(report._per_example_md(section))
+
+
+def test_torch_per_example_grads_match_funcnet():
+    """torch.func on the same weights gives funcnet's per-example gradients, transposed."""
+    mlp = SMOKE.mlps["small"]
+    weights, data = workload.initial_weights(mlp), workload.batches(mlp, count=1)
+    try:
+        torch_grads = bench_per_example.torch_per_example(weights)
+    except trainers.Unavailable as err:
+        pytest.skip(str(err))
+    theirs = torch_grads(data.x[0], data.y[0])
+    example_loss, _ = bench_per_example.gradient_fns(mlp)
+    params = workload.funcnet_params(mlp, weights)
+    ours = funcnet.diff.per_example_grads(example_loss, params, (data.x[0], data.y[0]))
+    for i, (w, b) in enumerate(workload.weights_of(ours)):
+        t_w = theirs[f"{2 * i}.weight"].numpy()
+        np.testing.assert_allclose(w, t_w.transpose(0, 2, 1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, theirs[f"{2 * i}.bias"].numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "contender",
-    # funcnet's scan-fused epoch shuffles, so its batches differ: test_scan_epoch_trains.
-    [c for c in trainers.CONTENDERS if c.key not in ("raw_jax", "funcnet_scan")],
+    # The epochs shuffle, so their batches differ: test_hand_written_epoch_equals_fit.
+    [c for c in trainers.CONTENDERS if c.key not in ("raw_jax", "funcnet_scan", "raw_jax_epoch")],
     ids=lambda c: c.key,
 )
 def test_contenders_do_the_same_arithmetic(contender):
@@ -113,6 +157,20 @@ def test_contenders_do_the_same_arithmetic(contender):
         np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(b, b_ref, rtol=1e-4, atol=1e-6)
     assert not np.allclose(reference.weights()[0][0], weights[0][0])
+
+
+def test_hand_written_epoch_equals_fit():
+    """The hand-written epoch shuffles as `fit` does: two epochs end on the same weights."""
+    mlp = SMOKE.mlps["small"]
+    weights, data = workload.initial_weights(mlp), workload.batches(mlp)
+    ours = trainers.funcnet_scan(mlp, weights, data, epoch_steps=4)
+    hand = trainers.raw_jax_epoch(mlp, weights, data, epoch_steps=4)
+    ours.run(2)
+    hand.run(2)
+    for (w, b), (w_ref, b_ref) in zip(ours.weights(), hand.weights(), strict=True):
+        np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(hand.weights()[0][0], weights[0][0])
 
 
 def test_scan_epoch_trains():
