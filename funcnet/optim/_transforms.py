@@ -74,9 +74,17 @@ def scale_by_learning_rate(
 
     `u ← −α_t · g` (or `+α_t · g` with `flip_sign=False`), where `α_t = learning_rate` for a
     number and `α_t = learning_rate(t − 1)` for a schedule `step -> rate` (steps count from 0).
-    This is the one place where funcnet turns a learning rate into a step.
+    This is the one place where funcnet turns a learning rate into a step. A constant rate
+    keeps no state (`EmptyState`); a schedule keeps the step count it is fed.
     """
     sign = -1.0 if flip_sign else 1.0
+
+    def scaled(updates: Updates, rate) -> Updates:
+        step = sign * jnp.asarray(rate)
+        return jax.tree.map(lambda g: step.astype(g.dtype) * g, updates)
+
+    if not callable(learning_rate):
+        return stateless(lambda updates, params: scaled(updates, learning_rate))
 
     def init_fn(params: Params) -> ScaleByLearningRateState:
         del params
@@ -86,9 +94,7 @@ def scale_by_learning_rate(
         updates: Updates, state: ScaleByLearningRateState, params: Params | None = None
     ) -> tuple[Updates, ScaleByLearningRateState]:
         del params
-        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        step = sign * jnp.asarray(rate)
-        updates = jax.tree.map(lambda g: step.astype(g.dtype) * g, updates)
+        updates = scaled(updates, learning_rate(state.count))
         return updates, ScaleByLearningRateState(count=increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)
