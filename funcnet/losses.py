@@ -1,11 +1,34 @@
 """Losses, penalties and metrics.
 
-Losses take a batch of predictions and targets and reduce over the batch: ``reduction`` is
-``"mean"`` (the default), ``"sum"`` or ``"none"`` (one value per example). Classification
-losses take logits (unnormalised log-probabilities) and compute in log space, so they stay
-finite for logits of any size. Half-precision (float16, bfloat16) inputs are computed and
-reduced in float32, so the loss is float32 and does not overflow; gradients flow back in
-the inputs' own dtype.
+Every loss reduces in the same two stages. First each example (a row along the leading,
+batch axis) gets one value, the mean of the loss over the example's elements:
+
+    ℓ_i = mean_j v_ij,
+
+where ``v_ij`` is the loss of element ``j`` of example ``i``. For the elementwise losses
+(`mse`, `mae`, `huber`, `binary_cross_entropy`, `hinge`) an element is one entry of the
+prediction, so targets of shape ``(batch, d)`` average over the ``d`` outputs (or labels of a
+multi-label problem). For the class losses (`softmax_cross_entropy`, `nll`,
+`multiclass_hinge`) an element is one class vector: logits of shape ``(batch, classes)`` give
+one value per example, ``(batch, seq, classes)`` the mean over the ``seq`` positions. Then
+``reduction`` combines the ``ℓ_i`` over the batch:
+
+- ``"mean"`` (the default): ``mean_i ℓ_i``. Every example has as many elements, so this is the
+  mean over all elements, which is what PyTorch's ``reduction="mean"`` gives.
+- ``"sum"``: ``Σ_i ℓ_i``. With one element per example (inputs of shape ``(batch,)``, or logits
+  of shape ``(batch, classes)``) this is PyTorch's ``reduction="sum"``; with ``d`` elements per
+  example it is PyTorch's sum divided by ``d``.
+- ``"none"``: the vector ``ℓ`` of shape ``(batch,)``.
+
+An input without a batch axis (a scalar for an elementwise loss, logits of shape
+``(classes,)``) is one example, and every reduction returns its value, of shape ``()``.
+A batch of one example thus gives ``ℓ_1`` under every reduction, which is what
+`funcnet.train` relies on to weight examples.
+
+Classification losses take logits (unnormalised log-probabilities) and compute in log space,
+so they stay finite for logits of any size. Half-precision (float16, bfloat16) inputs are
+computed and reduced in float32, so the loss is float32 and does not overflow; gradients flow
+back in the inputs' own dtype.
 """
 
 from __future__ import annotations
@@ -21,15 +44,25 @@ from funcnet.nn.activations import log_softmax, softplus
 
 Array = jax.Array
 
+_REDUCTIONS = ("mean", "sum", "none")
+
 
 def _reduce(values: Array, reduction: str) -> Array:
-    if reduction == "mean":
-        return jnp.mean(values)
-    if reduction == "sum":
-        return jnp.sum(values)
-    if reduction == "none":
+    """Reduces per-element losses `values`, shape ``(batch, ...)``, by the module's rule.
+
+    ``ℓ_i = mean_j values[i, j…]``, then ``mean_i ℓ_i`` ("mean"), ``Σ_i ℓ_i`` ("sum") or ``ℓ``
+    of shape ``(batch,)`` ("none"). A 0-d `values` is one unbatched example, returned as is.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if values.ndim == 0:
         return values
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    per_example = jnp.mean(values, axis=tuple(range(1, values.ndim)))
+    if reduction == "mean":
+        return jnp.mean(per_example)
+    if reduction == "sum":
+        return jnp.sum(per_example)
+    return per_example
 
 
 def _check_same_shape(name: str, predictions: Array, targets: Array) -> None:
@@ -40,57 +73,70 @@ def _check_same_shape(name: str, predictions: Array, targets: Array) -> None:
         )
 
 
-def _per_example(values: Array) -> Array:
-    """Sums a per-element loss over all but the batch axis."""
-    return jnp.sum(values, axis=tuple(range(1, values.ndim))) if values.ndim > 1 else values
+def mse(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array:
+    """Mean squared error, per element ``v = (ŷ − y)²``.
 
-
-def mse(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
-    """Mean squared error ``mean_i (ŷ_i − y_i)²`` over all elements (per example for "none")."""
+    `predictions`, `targets`: the same shape ``(batch, ...)``. Returns a scalar, or shape
+    ``(batch,)`` for "none" (module doc: per example the mean over its elements).
+    """
     _check_same_shape("mse", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
-    sq = jnp.square(predictions - targets)
-    if reduction == "none":
-        return jnp.mean(sq.reshape(sq.shape[0], -1), axis=1) if sq.ndim > 1 else sq
-    return _reduce(sq, reduction)
+    return _reduce(jnp.square(predictions - targets), reduction)
 
 
-def mae(predictions: Array, targets: Array, reduction: str = "mean") -> Array:
-    """Mean absolute error ``mean_i |ŷ_i − y_i|`` over all elements (per example for "none")."""
+def mae(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array:
+    """Mean absolute error, per element ``v = |ŷ − y|``.
+
+    `predictions`, `targets`: the same shape ``(batch, ...)``. Returns a scalar, or shape
+    ``(batch,)`` for "none".
+    """
     _check_same_shape("mae", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
-    err = jnp.abs(predictions - targets)
-    if reduction == "none":
-        return jnp.mean(err.reshape(err.shape[0], -1), axis=1) if err.ndim > 1 else err
-    return _reduce(err, reduction)
+    return _reduce(jnp.abs(predictions - targets), reduction)
 
 
-def huber(predictions: Array, targets: Array, delta: float = 1.0, reduction: str = "mean") -> Array:
-    """Huber loss: ``½r²`` for ``|r| ≤ δ``, ``δ(|r| − ½δ)`` beyond, with ``r = ŷ − y``."""
+def huber(
+    predictions: Array, targets: Array, *, delta: float = 1.0, reduction: str = "mean"
+) -> Array:
+    """Huber loss, per element ``v = ½r²`` for ``|r| ≤ δ``, ``δ(|r| − ½δ)`` beyond; ``r = ŷ − y``.
+
+    `predictions`, `targets`: the same shape ``(batch, ...)``. Returns a scalar, or shape
+    ``(batch,)`` for "none". (PyTorch's ``huber_loss``.)
+    """
     _check_same_shape("huber", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     r = jnp.abs(predictions - targets)
     quadratic = jnp.minimum(r, delta)
-    values = 0.5 * quadratic**2 + delta * (r - quadratic)
-    if reduction == "none":
-        return jnp.mean(values.reshape(values.shape[0], -1), axis=1) if values.ndim > 1 else values
-    return _reduce(values, reduction)
+    return _reduce(0.5 * quadratic**2 + delta * (r - quadratic), reduction)
 
 
-def binary_cross_entropy(logits: Array, labels: Array, reduction: str = "mean") -> Array:
-    """Binary cross-entropy from logits, ``−y log σ(z) − (1−y) log(1−σ(z))``.
+def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Binary cross-entropy from logits, per element ``v = −y log σ(z) − (1−y) log(1−σ(z))``.
 
-    Computed as ``softplus(z) − y·z``, finite for any logit. `labels` are 0/1 (or
-    probabilities) of the logits' shape; per-example values sum over non-batch axes.
+    Computed as ``softplus(z) − y·z``, finite for any logit. `logits`: shape ``(batch, ...)``;
+    `labels`: 0/1 (or probabilities) of the same shape. A multi-label example of shape
+    ``(batch, labels)`` counts the mean over its labels, as PyTorch's
+    ``binary_cross_entropy_with_logits``. Returns a scalar, or shape ``(batch,)`` for "none".
     """
     _check_same_shape("binary_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
-    return _reduce(_per_example(softplus(logits) - labels * logits), reduction)
+    return _reduce(softplus(logits) - labels * logits, reduction)
 
 
-def _check_labels(name: str, logits: Array, labels: Array) -> None:
+def _check_labels(name: str, logits: Array, labels: Array, *, one_hot: bool = True) -> None:
+    """Refuses labels that are neither integer classes of shape ``logits.shape[:-1]`` nor (where
+    `one_hot`) vectors of the logits' shape."""
+    if logits.ndim == 0:
+        raise ValueError(f"{name}: logits need a class axis, got a scalar")
     if labels.ndim == logits.ndim:
+        if not one_hot:
+            raise ValueError(
+                f"{name}: labels must be integer classes of shape {logits.shape[:-1]} for logits "
+                f"of shape {logits.shape}; got labels of shape {labels.shape} and dtype "
+                f"{labels.dtype}, one-hot or probability labels are not accepted (pass "
+                f"argmax(labels, axis=-1))"
+            )
         if labels.shape != logits.shape:
             raise ValueError(
                 f"{name}: one-hot labels of shape {labels.shape} do not match logits of shape "
@@ -119,43 +165,56 @@ def _log_probs_of_labels(log_probs: Array, labels: Array) -> Array:
     return jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-def softmax_cross_entropy(logits: Array, labels: Array, reduction: str = "mean") -> Array:
-    """Cross-entropy of a softmax over the last axis: ``−Σ_c y_c log softmax(z)_c``.
+def softmax_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Cross-entropy of a softmax over the last axis, per class vector
+    ``v = −Σ_c y_c log softmax(z)_c``.
 
-    `logits`: shape ``(..., classes)``. `labels`: integer classes of shape ``(...)``, or one-hot
-    (or probability) vectors of the logits' shape. ``log softmax`` is computed with the
-    log-sum-exp shift, so any finite logits give a finite loss.
+    `logits`: shape ``(batch, ..., classes)``. `labels`: integer classes of shape
+    ``(batch, ...)``, or one-hot (or probability) vectors of the logits' shape. ``log softmax``
+    is computed with the log-sum-exp shift, so any finite logits give a finite loss. Returns a
+    scalar, or shape ``(batch,)`` for "none" (positions in ``...`` are averaged per example).
     """
     _check_labels("softmax_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     return _reduce(-_log_probs_of_labels(log_softmax(logits), labels), reduction)
 
 
-def nll(log_probs: Array, labels: Array, reduction: str = "mean") -> Array:
-    """Negative log-likelihood ``−log p_y`` of log-probabilities (e.g. from `log_softmax`)."""
+def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Negative log-likelihood of log-probabilities, per class vector ``v = −Σ_c y_c log p_c``
+    (``−log p_y`` for an integer label `y`).
+
+    `log_probs`: shape ``(batch, ..., classes)``, e.g. from `log_softmax`; `labels` as for
+    `softmax_cross_entropy`. Returns a scalar, or shape ``(batch,)`` for "none".
+    """
     _check_labels("nll", log_probs, labels)
     log_probs, labels = at_least_float32(log_probs), at_least_float32(labels)
     return _reduce(-_log_probs_of_labels(log_probs, labels), reduction)
 
 
-def hinge(scores: Array, labels: Array, reduction: str = "mean") -> Array:
-    """Binary hinge loss ``max(0, 1 − y·s)`` with labels ``y ∈ {−1, +1}``."""
+def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Binary hinge loss, per element ``v = max(0, 1 − y·s)`` with labels ``y ∈ {−1, +1}``.
+
+    `scores`, `labels`: the same shape ``(batch, ...)``. Returns a scalar, or shape
+    ``(batch,)`` for "none".
+    """
     _check_same_shape("hinge", scores, labels)
     scores, labels = at_least_float32(scores), at_least_float32(labels)
-    values = jnp.maximum(0.0, 1.0 - labels.astype(scores.dtype) * scores)
-    return _reduce(_per_example(values), reduction)
+    return _reduce(jnp.maximum(0.0, 1.0 - labels.astype(scores.dtype) * scores), reduction)
 
 
 def multiclass_hinge(
-    scores: Array, labels: Array, margin: float = 1.0, reduction: str = "mean"
+    scores: Array, labels: Array, *, margin: float = 1.0, reduction: str = "mean"
 ) -> Array:
-    """Multi-class hinge ``(1/C) Σ_{c≠y} max(0, margin − s_y + s_c)`` (PyTorch's MultiMargin).
+    """Multi-class hinge, per class vector ``v = (1/C) Σ_{c≠y} max(0, margin − s_y + s_c)``
+    (PyTorch's ``multi_margin_loss``).
 
-    `scores`: shape ``(batch, classes)``; `labels`: integer classes of shape ``(batch,)``.
+    `scores`: shape ``(batch, ..., classes)``; `labels`: integer classes of shape
+    ``(batch, ...)`` (one-hot labels are refused). Returns a scalar, or shape ``(batch,)`` for
+    "none".
     """
-    _check_labels("multiclass_hinge", scores, labels)
-    scores, labels = at_least_float32(scores), at_least_float32(labels)
-    true = jnp.take_along_axis(scores, labels[..., None], axis=-1)
+    _check_labels("multiclass_hinge", scores, labels, one_hot=False)
+    scores = at_least_float32(scores)
+    true = jnp.take_along_axis(scores, labels[..., None].astype(jnp.int32), axis=-1)
     margins = jnp.maximum(0.0, margin - true + scores)
     margins = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, margins)
     return _reduce(jnp.mean(margins, axis=-1), reduction)
