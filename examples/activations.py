@@ -1,4 +1,4 @@
-"""Activation-function gallery: every function in `funcnet.nn.activations.ACTIVATIONS` and its
+"""Activation-function gallery: every function in `funcnet.nn.ACTIVATIONS` and its
 derivative, computed by `jax.grad`, on one page.
 
     python examples/activations.py [out.png]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from funcnet import nn
-from funcnet.nn.activations import ACTIVATIONS
+from funcnet.nn import ACTIVATIONS
 from funcnet.nn.core import Layer
 
 

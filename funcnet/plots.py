@@ -176,13 +176,13 @@ def plot_activations(
 ) -> pathlib.Path:
     """A gallery of activation functions ``f(x)`` and their derivatives ``f'(x)`` by `jax.grad`.
 
-    `functions` defaults to every entry of `funcnet.nn.activations.ACTIVATIONS`; `x` to 801
+    `functions` defaults to every entry of `funcnet.nn.ACTIVATIONS`; `x` to 801
     points on ``[−4, 4]`` (``[−0.4, 0.4]`` for ``sine``, whose frequency is ω₀ = 30).
     ``softmax`` and ``log_softmax`` act on vectors, so they are drawn on two logits
     ``(x, 0)``: ``softmax(x, 0)₀ = σ(x)``.
     """
     if functions is None:
-        from funcnet.nn.activations import ACTIVATIONS as functions
+        from funcnet.nn import ACTIVATIONS as functions
     rows = -(-len(functions) // columns)
     fig, axes = _figure(3.0 * columns, 2.4 * rows, rows, columns)
     for ax, (name, fn) in zip(axes.flat, functions.items(), strict=False):

@@ -1,10 +1,16 @@
 """Pure-function layers, combinators, activations and initializers.
 
-A layer is ``Layer(init, apply)``; see `funcnet.nn.core` for the protocol.
+A layer is ``Layer(init, apply, kind="layer")``; see `funcnet.nn.core` for the protocol.
+Each module (``core``, ``activations``, ``linear``, ``conv``, ...) lists its public names in
+``__all__``; the ones below are the package's public API. ``ACTIVATIONS`` maps each
+activation's name to its function; ``SELU_ALPHA`` and ``SELU_SCALE`` are SELU's constants.
 """
 
 from funcnet.nn import initializers
 from funcnet.nn.activations import (
+    ACTIVATIONS,
+    SELU_ALPHA,
+    SELU_SCALE,
     elu,
     gelu,
     hard_tanh,
@@ -55,6 +61,9 @@ from funcnet.nn.norm import batch_norm, group_norm, instance_norm, layer_norm, w
 from funcnet.nn.recurrent import gru, lstm
 
 __all__ = [
+    "ACTIVATIONS",
+    "SELU_ALPHA",
+    "SELU_SCALE",
     "Layer",
     "LayerError",
     "alpha_dropout",

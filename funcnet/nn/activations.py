@@ -15,10 +15,38 @@ from jax.scipy.special import erf
 
 from funcnet._precision import half_in_float32
 
+__all__ = [
+    "ACTIVATIONS",
+    "SELU_ALPHA",
+    "SELU_SCALE",
+    "elu",
+    "gelu",
+    "hard_tanh",
+    "leaky_relu",
+    "log_sigmoid",
+    "log_softmax",
+    "mish",
+    "relu",
+    "selu",
+    "sigmoid",
+    "silu",
+    "sinc",
+    "sine",
+    "softmax",
+    "softplus",
+    "softsign",
+    "step",
+    "swish",
+    "tanh",
+]
+
 Array = jax.Array
 
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
+SELU_ALPHA = 1.6732632423543772848170429916717
+"""SELU's ``α`` (Klambauer et al., 2017): ``selu(x) = λ · α(e^x − 1)`` for ``x ≤ 0``."""
+
+SELU_SCALE = 1.0507009873554804934193349852946
+"""SELU's ``λ``, which with `SELU_ALPHA` makes mean 0 and variance 1 a fixed point."""
 
 
 def sigmoid(x: Array) -> Array:
@@ -36,12 +64,12 @@ def relu(x: Array) -> Array:
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
 
-def leaky_relu(x: Array, negative_slope: float = 1e-2) -> Array:
+def leaky_relu(x: Array, *, negative_slope: float = 1e-2) -> Array:
     """``x`` for ``x ≥ 0``, ``negative_slope · x`` otherwise."""
     return jnp.where(x >= 0, x, negative_slope * x)
 
 
-def elu(x: Array, alpha: float = 1.0) -> Array:
+def elu(x: Array, *, alpha: float = 1.0) -> Array:
     """Exponential linear unit: ``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise."""
     negative = jnp.where(x > 0, jnp.zeros_like(x), x)
     return jnp.where(x > 0, x, alpha * jnp.expm1(negative))
@@ -49,11 +77,11 @@ def elu(x: Array, alpha: float = 1.0) -> Array:
 
 def selu(x: Array) -> Array:
     """Scaled ELU ``λ · elu(x, α)`` with the self-normalising ``λ ≈ 1.0507``, ``α ≈ 1.6733``."""
-    return _SELU_SCALE * elu(x, _SELU_ALPHA)
+    return SELU_SCALE * elu(x, alpha=SELU_ALPHA)
 
 
 @half_in_float32
-def gelu(x: Array, approximate: bool = False) -> Array:
+def gelu(x: Array, *, approximate: bool = False) -> Array:
     """Gaussian error linear unit ``x · Φ(x) = x/2 · (1 + erf(x/√2))``.
 
     With ``approximate=True``: ``x/2 · (1 + tanh(√(2/π)(x + 0.044715 x³)))``. The exact form is
@@ -76,7 +104,7 @@ def softsign(x: Array) -> Array:
 
 
 @half_in_float32
-def swish(x: Array, beta: float = 1.0) -> Array:
+def swish(x: Array, *, beta: float = 1.0) -> Array:
     """``x · σ(βx)``; with ``β = 1`` this is SiLU. Half-precision inputs are computed in
     float32."""
     return x * sigmoid(beta * x)
@@ -110,32 +138,32 @@ def sinc(x: Array) -> Array:
     return jnp.where(small, 1 - x2 / 6 + x2 * x2 / 120, jnp.sin(safe) / safe)
 
 
-def step(x: Array, value_at_zero: float = 0.0) -> Array:
+def step(x: Array, *, value_at_zero: float = 0.0) -> Array:
     """Heaviside step: 1 for ``x > 0``, 0 for ``x < 0``, `value_at_zero` at 0; gradient 0."""
     x = jax.lax.stop_gradient(x)
     return jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, value_at_zero)).astype(x.dtype)
 
 
 @half_in_float32
-def sine(x: Array, omega_0: float = 30.0) -> Array:
+def sine(x: Array, *, omega_0: float = 30.0) -> Array:
     """SIREN's periodic activation ``sin(ω₀ x)``. Half-precision inputs are computed in
     float32, where the product ``ω₀ x`` would overflow."""
     return jnp.sin(omega_0 * x)
 
 
-def hard_tanh(x: Array, min_val: float = -1.0, max_val: float = 1.0) -> Array:
+def hard_tanh(x: Array, *, min_val: float = -1.0, max_val: float = 1.0) -> Array:
     """``x`` clipped to ``[min_val, max_val]``; gradient 1 inside, 0 outside."""
     return jnp.where(x < min_val, min_val, jnp.where(x > max_val, max_val, x)).astype(x.dtype)
 
 
-def softmax(x: Array, axis: int = -1) -> Array:
+def softmax(x: Array, *, axis: int = -1) -> Array:
     """``e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``."""
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     unnormalised = jnp.exp(shifted)
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 
 
-def log_softmax(x: Array, axis: int = -1) -> Array:
+def log_softmax(x: Array, *, axis: int = -1) -> Array:
     """``x_i − m − log Σ_j e^{x_j − m}`` with ``m = max_j x_j``."""
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
@@ -165,3 +193,5 @@ ACTIVATIONS = {
         log_softmax,
     )
 }
+"""Every activation above by its name (``"relu"``, ``"gelu"``, ...): the names that model
+configurations and the command line accept. Treat it as read-only."""

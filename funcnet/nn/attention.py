@@ -17,10 +17,12 @@ import jax.numpy as jnp
 
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu
-from funcnet.nn.core import Layer, LayerError, named, scope, serial
+from funcnet.nn.core import Layer, LayerError, check_floating, check_shape, scope, serial
 from funcnet.nn.dropout import dropout
 from funcnet.nn.linear import dense
 from funcnet.nn.norm import layer_norm
+
+__all__ = ["multi_head_attention", "transformer_block"]
 
 Array = jax.Array
 
@@ -51,12 +53,8 @@ def _split_input(kind: str, inputs) -> tuple[Array, Array | None]:
         x, mask = inputs
     else:
         x, mask = inputs, None
-    if x.ndim != 3:
-        raise LayerError(
-            kind, f"expected x of shape (batch, time, features), got shape {tuple(x.shape)}"
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise LayerError(kind, f"expected a floating-point x, got dtype {x.dtype}")
+    check_shape(kind, x.shape, "x of shape (batch, time, features)", min_rank=3, max_rank=3)
+    check_floating(kind, x)
     if mask is not None:
         if mask.shape != x.shape[:2] or mask.dtype != jnp.bool_:
             raise LayerError(
@@ -77,8 +75,8 @@ def _like_input(inputs, y: Array, mask: Array | None):
 
 def multi_head_attention(
     num_heads: int,
-    head_dim: int | None = None,
     *,
+    head_dim: int | None = None,
     causal: bool = False,
     w_init: str | initializers.Initializer = "glorot_uniform",
     b_init: str | initializers.Initializer = "zeros",
@@ -131,13 +129,10 @@ def multi_head_attention(
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train
         x, mask = _split_input("multi_head_attention", inputs)
-        batch, time, features = x.shape
-        if features != params["q"]["w"].shape[0]:
-            raise LayerError(
-                "multi_head_attention",
-                f"expected {params['q']['w'].shape[0]} features on the last axis, got shape "
-                f"{tuple(x.shape)}",
-            )
+        features = params["q"]["w"].shape[0]
+        expected = f"{features} features on the last axis"
+        check_shape("multi_head_attention", x.shape, expected, last=features)
+        batch, time, _ = x.shape
         d = params["q"]["w"].shape[1] // num_heads
 
         def heads(name):  # (batch, time, features) -> (batch, heads, time, d)
@@ -160,15 +155,15 @@ def multi_head_attention(
         y = out @ params["o"]["w"] + params["o"]["b"]
         return _like_input(inputs, y, mask), state
 
-    return named("multi_head_attention", init, apply)
+    return Layer(init, apply, kind="multi_head_attention")
 
 
 def transformer_block(
     num_heads: int,
     mlp_dim: int,
+    *,
     dropout_rate: float = 0.0,
     causal: bool = False,
-    *,
     head_dim: int | None = None,
     eps: float = 1e-5,
 ) -> Layer:
@@ -185,7 +180,7 @@ def transformer_block(
     if mlp_dim < 1:
         raise ValueError(f"transformer_block: mlp_dim must be positive, got {mlp_dim}")
     norm_1, norm_2 = layer_norm(eps=eps), layer_norm(eps=eps)
-    attention = multi_head_attention(num_heads, head_dim, causal=causal)
+    attention = multi_head_attention(num_heads, head_dim=head_dim, causal=causal)
     attention_dropout = dropout(dropout_rate)
 
     def mlp(features):
@@ -224,4 +219,4 @@ def transformer_block(
             h, _ = mlp(x.shape[-1]).apply(params["mlp"], {}, h, key=mlp_key, train=train)
         return _like_input(inputs, x + h, mask), state
 
-    return named("transformer_block", init, apply)
+    return Layer(init, apply, kind="transformer_block")

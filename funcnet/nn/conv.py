@@ -24,7 +24,9 @@ import numpy as np
 from jax import lax
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+
+__all__ = ["avg_pool", "conv", "flatten", "global_avg_pool", "global_max_pool", "max_pool"]
 
 Array = jax.Array
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
@@ -98,30 +100,12 @@ def _spatial_out(in_spatial, window, strides, dilation, pads) -> tuple[int, ...]
 def _check_spatial(kind: str, shape: tuple[int, ...], ndim: int | None) -> int:
     """Checks ``(batch, *spatial, channels)`` and returns the number of spatial axes."""
     if ndim is None:
-        if not 3 <= len(shape) <= 5:
-            raise LayerError(
-                kind,
-                f"expected a channels-last input (batch, *spatial, channels) with 1 to 3 "
-                f"spatial axes, got shape {shape}",
-            )
-        return len(shape) - 2
-    if len(shape) != ndim + 2:
-        layout = "N" + _SPATIAL.get(ndim, "?" * ndim) + "C"
-        raise LayerError(
-            kind,
-            f"expected a {ndim}-D input of rank {ndim + 2} ({layout}, channels last), "
-            f"got shape {shape}",
-        )
+        expected = "a channels-last input (batch, *spatial, channels) with 1 to 3 spatial axes"
+        return len(check_shape(kind, shape, expected, min_rank=3, max_rank=5)) - 2
+    layout = "N" + _SPATIAL.get(ndim, "?" * ndim) + "C"
+    expected = f"a {ndim}-D input of rank {ndim + 2} ({layout}, channels last)"
+    check_shape(kind, shape, expected, min_rank=ndim + 2, max_rank=ndim + 2)
     return ndim
-
-
-def _check_floating(kind: str, x: Array) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise LayerError(
-            kind,
-            f"expected a floating-point input (e.g. float32), got dtype {x.dtype}; "
-            f"convert it first, e.g. x.astype(jnp.float32) / 255 for 8-bit images",
-        )
 
 
 def conv(
@@ -194,7 +178,7 @@ def conv(
         w = params["w"]
         ndim = w.ndim - 2
         _check_spatial("conv", tuple(x.shape), ndim)
-        _check_floating("conv", x)
+        check_floating("conv", x)
         window, stride, dil, pads = settings(ndim)
         bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
         if (
@@ -208,12 +192,13 @@ def conv(
                 f"params of shapes {shapes} do not belong to a conv layer of {features} features "
                 f"and kernel {tuple(window)}; were they made by another model's init?",
             )
-        if x.shape[-1] != w.shape[-2] * groups:
-            raise LayerError(
-                "conv",
-                f"expected {w.shape[-2] * groups} input channels on the last axis, got shape "
-                f"{tuple(x.shape)} (kernel w has shape {tuple(w.shape)}, groups={groups})",
-            )
+        check_shape(
+            "conv",
+            x.shape,
+            f"{w.shape[-2] * groups} input channels on the last axis (kernel w has shape "
+            f"{tuple(w.shape)}, groups={groups})",
+            last=w.shape[-2] * groups,
+        )
         layout = "N" + _SPATIAL[ndim] + "C"
         dtype = jnp.result_type(x, w)
         y = lax.conv_general_dilated(
@@ -229,7 +214,7 @@ def conv(
             y = y + params["b"]
         return y, state
 
-    return named("conv", init, apply)
+    return Layer(init, apply, kind="conv")
 
 
 def _pool(
@@ -270,18 +255,19 @@ def _pool(
             lowest = np.array(-np.inf if floating else np.iinfo(x.dtype).min, x.dtype)
             y = lax.reduce_window(x, lowest, lax.max, dims, steps, pads)
         else:
-            _check_floating(kind, x)
+            check_floating(kind, x)
             zero = np.array(0, x.dtype)
             total = lax.reduce_window(x, zero, lax.add, dims, steps, pads)
             ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
             y = total / lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
         return y, state
 
-    return named(kind, init, apply)
+    return Layer(init, apply, kind=kind)
 
 
 def max_pool(
     window: int | Sequence[int],
+    *,
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
 ) -> Layer:
@@ -296,6 +282,7 @@ def max_pool(
 
 def avg_pool(
     window: int | Sequence[int],
+    *,
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
 ) -> Layer:
@@ -320,7 +307,7 @@ def _global_pool(kind: str, reduce) -> Layer:
         _check_spatial(kind, tuple(x.shape), None)
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
-    return named(kind, init, apply)
+    return Layer(init, apply, kind=kind)
 
 
 def global_avg_pool() -> Layer:
@@ -338,15 +325,12 @@ def flatten() -> Layer:
 
     def init(key, in_shape):
         del key
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 1:
-            raise LayerError("flatten", f"expected an input with a batch axis, got {in_shape}")
+        in_shape = check_shape("flatten", in_shape, "an input with a batch axis", min_rank=1)
         return (in_shape[0], math.prod(in_shape[1:])), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        if x.ndim < 1:
-            raise LayerError("flatten", "expected an input with a batch axis, got a scalar")
+        check_shape("flatten", x.shape, "an input with a batch axis", min_rank=1)
         return x.reshape(x.shape[0], -1), state
 
-    return named("flatten", init, apply)
+    return Layer(init, apply, kind="flatten")

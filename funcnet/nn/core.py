@@ -6,8 +6,11 @@ A layer is a pair of pure functions::
     y, state = layer.apply(params, state, x, key=None, train=False)
 
 `params` (trained) and `state` (not trained, e.g. running statistics) are nested dicts of
-arrays. Combinators name their children ``{kind}_{index}`` so a model's params read like
-``{"dense_0": {"w": ..., "b": ...}, "relu_1": {}, "dense_2": {...}}``.
+arrays. Combinators name their children ``{kind}_{index}``, from each layer's `Layer.kind`, so
+a model's params read like ``{"dense_0": {"w": ..., "b": ...}, "relu_1": {}, "dense_2": {...}}``.
+
+`check_shape`, `check_floating` and `scope` are for writing layers and combinators: the input
+checks every built-in layer makes, and the scope that puts a child's name in error paths.
 """
 
 from __future__ import annotations
@@ -20,6 +23,26 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+
+__all__ = [
+    "ApplyFn",
+    "InitFn",
+    "Layer",
+    "LayerError",
+    "as_layer",
+    "check_floating",
+    "check_shape",
+    "concat",
+    "fanout",
+    "from_function",
+    "layer_name",
+    "parallel",
+    "param_count",
+    "residual",
+    "scope",
+    "serial",
+    "sum",
+]
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -39,14 +62,20 @@ class ApplyFn(Protocol):
 
 class Layer(NamedTuple):
     """A layer: ``init(key, in_shape) -> (out_shape, params, state)`` and
-    ``apply(params, state, x, *, key=None, train=False) -> (y, state)``.
+    ``apply(params, state, x, *, key=None, train=False) -> (y, state)``, and its `kind`.
 
     Shapes include the batch dimension. Both functions are pure, so a layer composes with
     `jax.jit`, `jax.vmap`, `jax.grad` and `lax.scan` as it is.
+
+    `kind` names the layer's slot in a combinator, ``{kind}_{index}`` (``"dense_0"``), in
+    params, state and the path of a `LayerError`. A hand-built layer is named by passing it:
+    ``Layer(init, apply, kind="my_block")``; ``Layer(init, apply)`` is named ``"layer"``.
+    Read it as ``layer.init, layer.apply, layer.kind`` (unpacking takes all three fields).
     """
 
     init: InitFn
     apply: ApplyFn
+    kind: str = "layer"
 
 
 class LayerError(ValueError):
@@ -75,18 +104,53 @@ def scope(name: str) -> Iterator[None]:
 
 
 def layer_name(layer: Layer | Callable) -> str:
-    """The kind of a layer (``"dense"``, ``"relu"``): what combinators name its slot after."""
+    """The kind of a layer (``"dense"``, ``"relu"``): what combinators name its slot after.
+
+    A `Layer`'s `kind` field; for a plain function, its ``__name__`` (through
+    `functools.partial`).
+    """
     if isinstance(layer, Layer):
-        return getattr(layer.apply, "layer_name", "layer")
+        return layer.kind
     while isinstance(layer, functools.partial):
         layer = layer.func
     return getattr(layer, "__name__", "function")
 
 
-def named(kind: str, init: InitFn, apply: ApplyFn) -> Layer:
-    """Builds a `Layer` whose slot in a combinator is called ``{kind}_{index}``."""
-    apply.layer_name = kind  # type: ignore[attr-defined]
-    return Layer(init, apply)
+def check_shape(
+    kind: str,
+    shape: Sequence[int],
+    expected: str,
+    *,
+    min_rank: int = 0,
+    max_rank: int | None = None,
+    last: int | None = None,
+) -> Shape:
+    """`shape` as a tuple, once it is checked to be the input a layer of `kind` takes.
+
+    The rank must lie in ``[min_rank, max_rank]`` (no upper bound when `max_rank` is None) and,
+    when `last` is given, the last axis must have that size. Otherwise raises
+    ``LayerError(kind, "expected {expected}, got shape {shape}")``, where `expected` describes
+    the input (``"an input (batch, time, features)"``).
+    """
+    shape = tuple(shape)
+    too_many = max_rank is not None and len(shape) > max_rank
+    if len(shape) < min_rank or too_many or (last is not None and shape[-1:] != (last,)):
+        raise LayerError(kind, f"expected {expected}, got shape {shape}")
+    return shape
+
+
+def check_floating(kind: str, x: Array) -> None:
+    """Raises a `LayerError` naming `kind`, the dtype and the shape unless `x` is floating point.
+
+    Integer, bool and complex inputs are refused rather than silently promoted.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise LayerError(
+            kind,
+            f"expected a floating-point input (e.g. float32), got dtype {x.dtype} of shape "
+            f"{tuple(x.shape)}; convert it first, e.g. x.astype(jnp.float32) (and / 255 for "
+            "8-bit images)",
+        )
 
 
 def as_layer(layer: Layer | Callable[[Array], Array]) -> Layer:
@@ -98,7 +162,7 @@ def as_layer(layer: Layer | Callable[[Array], Array]) -> Layer:
     return from_function(layer)
 
 
-def from_function(fn: Callable[[Array], Array], name: str | None = None) -> Layer:
+def from_function(fn: Callable[[Array], Array], *, name: str | None = None) -> Layer:
     """A parameter-free layer computing ``y = fn(x)``; its output shape is traced abstractly."""
     kind = name or layer_name(fn)
 
@@ -116,7 +180,7 @@ def from_function(fn: Callable[[Array], Array], name: str | None = None) -> Laye
         del params, key, train
         return fn(x), state
 
-    return named(kind, init, apply)
+    return Layer(init, apply, kind=kind)
 
 
 def _is_shape(node: Any) -> bool:
@@ -174,7 +238,7 @@ def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
                 )
         return x, _prune(new_state)
 
-    return named("serial", init, apply)
+    return Layer(init, apply, kind="serial")
 
 
 def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
@@ -214,7 +278,7 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
             ys.append(y)
         return tuple(ys), _prune(new_state)
 
-    return named("parallel", init, apply)
+    return Layer(init, apply, kind="parallel")
 
 
 def fanout(num: int) -> Layer:
@@ -230,7 +294,7 @@ def fanout(num: int) -> Layer:
         del params, key, train
         return (x,) * num, state
 
-    return named("fanout", init, apply)
+    return Layer(init, apply, kind="fanout")
 
 
 def residual(*layers: Layer | Callable[[Array], Array]) -> Layer:
@@ -258,7 +322,7 @@ def residual(*layers: Layer | Callable[[Array], Array]) -> Layer:
             )
         return x + y, state
 
-    return named("residual", init, apply)
+    return Layer(init, apply, kind="residual")
 
 
 def _check_fan_in(kind: str, shapes: Any) -> None:
@@ -266,7 +330,7 @@ def _check_fan_in(kind: str, shapes: Any) -> None:
         raise LayerError(kind, f"expected a tuple of inputs, got {shapes!r}")
 
 
-def concat(axis: int = -1) -> Layer:
+def concat(*, axis: int = -1) -> Layer:
     """Fan-in by concatenation along `axis`: ``(x_0, ..., x_n) -> [x_0, ..., x_n]``."""
 
     def init(key, in_shape):
@@ -291,7 +355,7 @@ def concat(axis: int = -1) -> Layer:
         _check_fan_in("concat", tuple(xs))
         return jnp.concatenate(xs, axis=axis), state
 
-    return named("concat", init, apply)
+    return Layer(init, apply, kind="concat")
 
 
 def sum() -> Layer:
@@ -312,7 +376,7 @@ def sum() -> Layer:
         check([x.shape for x in xs])
         return functools.reduce(jnp.add, xs), state
 
-    return named("sum", init, apply)
+    return Layer(init, apply, kind="sum")
 
 
 def param_count(params: Params) -> int:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from funcnet.nn.activations import _SELU_ALPHA, _SELU_SCALE
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.activations import SELU_ALPHA, SELU_SCALE
+from funcnet.nn.core import Layer, LayerError, check_floating
+
+__all__ = ["alpha_dropout", "dropout"]
 
 Array = jax.Array
 
 # The value SELU saturates to for large negative inputs, -λα: alpha dropout's "dropped" value.
-_SELU_FLOOR = -_SELU_SCALE * _SELU_ALPHA
+_SELU_FLOOR = -SELU_SCALE * SELU_ALPHA
 
 
 def _check_rate(kind: str, rate: float) -> None:
@@ -23,21 +26,28 @@ def _check_rate(kind: str, rate: float) -> None:
         )
 
 
-def _keep_mask(kind: str, key: Array | None, rate: float, x: Array) -> Array:
-    if key is None:
-        raise LayerError(
-            kind,
-            "train=True draws a random mask and needs a key: apply(..., key=key, train=True); "
-            "pass train=False to evaluate",
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise LayerError(kind, f"expected a floating-point input, got dtype {x.dtype}")
-    return jax.random.bernoulli(key, 1.0 - rate, x.shape)
+def _random_mask(kind: str, rate: float, drop: Callable[[Array, Array], Array]) -> Layer:
+    """A layer computing ``drop(x, keep)`` in training, with ``keep ~ Bernoulli(1 − rate)``
+    per element, and the identity in evaluation or when ``rate = 0``."""
 
+    def init(key, in_shape):
+        del key
+        return in_shape, {}, {}
 
-def _shape_only(key, in_shape):
-    del key
-    return in_shape, {}, {}
+    def apply(params, state, x, *, key=None, train=False):
+        del params
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise LayerError(
+                kind,
+                "train=True draws a random mask and needs a key: apply(..., key=key, "
+                "train=True); pass train=False to evaluate",
+            )
+        check_floating(kind, x)
+        return drop(x, jax.random.bernoulli(key, 1.0 - rate, x.shape)), state
+
+    return Layer(init, apply, kind=kind)
 
 
 def dropout(rate: float) -> Layer:
@@ -49,14 +59,10 @@ def dropout(rate: float) -> Layer:
     """
     _check_rate("dropout", rate)
 
-    def apply(params, state, x, *, key=None, train=False):
-        del params
-        if not train or rate == 0.0:
-            return x, state
-        keep = _keep_mask("dropout", key, rate, x)
-        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
+    def drop(x, keep):
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
-    return named("dropout", _shape_only, apply)
+    return _random_mask("dropout", rate, drop)
 
 
 def alpha_dropout(rate: float) -> Layer:
@@ -76,11 +82,7 @@ def alpha_dropout(rate: float) -> Layer:
     a = 1.0 / math.sqrt(q + _SELU_FLOOR**2 * q * (1.0 - q))
     b = -a * _SELU_FLOOR * (1.0 - q)
 
-    def apply(params, state, x, *, key=None, train=False):
-        del params
-        if not train or rate == 0.0:
-            return x, state
-        keep = _keep_mask("alpha_dropout", key, rate, x)
-        return a * jnp.where(keep, x, jnp.full_like(x, _SELU_FLOOR)) + b, state
+    def drop(x, keep):
+        return a * jnp.where(keep, x, jnp.full_like(x, _SELU_FLOOR)) + b
 
-    return named("alpha_dropout", _shape_only, apply)
+    return _random_mask("alpha_dropout", rate, drop)

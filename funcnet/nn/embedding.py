@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.core import Layer, LayerError
+
+__all__ = ["embedding"]
 
 
 def embedding(
@@ -56,4 +58,4 @@ def embedding(
                 )
         return jnp.take(table, ids, axis=0, mode="clip"), state
 
-    return named("embedding", init, apply)
+    return Layer(init, apply, kind="embedding")

@@ -21,6 +21,24 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "Initializer",
+    "constant",
+    "fans",
+    "get",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "normal",
+    "ones",
+    "orthogonal",
+    "uniform",
+    "variance_scaling",
+    "zeros",
+]
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 

@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.core import Layer, LayerError, check_shape
+
+__all__ = ["dense"]
 
 
 def dense(
@@ -30,9 +32,7 @@ def dense(
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 1:
-            raise LayerError("dense", f"expected an input of shape (..., features), got {in_shape}")
+        in_shape = check_shape("dense", in_shape, "an input (..., features)", min_rank=1)
         w_key, b_key = jax.random.split(key)
         params = {"w": w_init(w_key, (in_shape[-1], features), dtype)}
         if use_bias:
@@ -51,15 +51,17 @@ def dense(
                 f"features (w: (in, {features}), b: ({features},)); were they made by another "
                 "model's init?",
             )
-        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
-            raise LayerError(
-                "dense",
-                f"expected input with {w.shape[0]} features on the last axis, got shape "
-                f"{tuple(x.shape)} (kernel w has shape {tuple(w.shape)})",
-            )
+        check_shape(
+            "dense",
+            x.shape,
+            f"an input with {w.shape[0]} features on the last axis (kernel w has shape "
+            f"{tuple(w.shape)})",
+            min_rank=1,
+            last=w.shape[0],
+        )
         y = jnp.matmul(x, w)
         if "b" in params:
             y = y + params["b"]
         return y, state
 
-    return named("dense", init, apply)
+    return Layer(init, apply, kind="dense")

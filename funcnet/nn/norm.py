@@ -19,7 +19,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "weight_norm"]
 
 Array = jax.Array
 
@@ -32,18 +34,17 @@ def _affine_params(key, channels, scale_init, bias_init, dtype):
     }
 
 
-def _check_channels(kind: str, x: Array, channels: int, min_rank: int = 1) -> None:
-    if x.ndim < min_rank or x.shape[-1] != channels:
-        raise LayerError(
-            kind,
-            f"expected an input of rank >= {min_rank} with {channels} channels on the last "
-            f"axis, got shape {tuple(x.shape)}",
-        )
-
-
-def _check_floating(kind: str, x: Array) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise LayerError(kind, f"expected a floating-point input, got dtype {x.dtype}")
+def _check_input(kind: str, x: Array, params, min_rank: int = 1) -> None:
+    """Checks `x` against the norm's params: floating point, ``(..., channels)``."""
+    channels = params["scale"].shape[0]
+    check_shape(
+        kind,
+        x.shape,
+        f"an input of rank >= {min_rank} with {channels} channels on the last axis",
+        min_rank=min_rank,
+        last=channels,
+    )
+    check_floating(kind, x)
 
 
 def _normalize(x: Array, mean: Array, var: Array, eps: float, params) -> Array:
@@ -83,11 +84,9 @@ def batch_norm(
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 2:
-            raise LayerError(
-                "batch_norm", f"expected an input (batch, ..., channels), got shape {in_shape}"
-            )
+        in_shape = check_shape(
+            "batch_norm", in_shape, "an input (batch, ..., channels)", min_rank=2
+        )
         channels = in_shape[-1]
         params = _affine_params(key, channels, scale_init, bias_init, dtype)
         state = {"mean": initializers.zeros(None, (channels,), dtype)}
@@ -96,8 +95,7 @@ def batch_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key
-        _check_channels("batch_norm", x, params["scale"].shape[0], min_rank=2 - bool(axis_name))
-        _check_floating("batch_norm", x)
+        _check_input("batch_norm", x, params, min_rank=2 - bool(axis_name))
         if not train:
             return _normalize(x, state["mean"], state["var"], eps, params), state
         axes = tuple(range(x.ndim - 1))
@@ -122,7 +120,7 @@ def batch_norm(
         }
         return y, jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
 
-    return named("batch_norm", init, apply)
+    return Layer(init, apply, kind="batch_norm")
 
 
 def layer_norm(
@@ -141,20 +139,17 @@ def layer_norm(
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 1:
-            raise LayerError("layer_norm", f"expected an input (..., features), got {in_shape}")
+        in_shape = check_shape("layer_norm", in_shape, "an input (..., features)", min_rank=1)
         return in_shape, _affine_params(key, in_shape[-1], scale_init, bias_init, dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_channels("layer_norm", x, params["scale"].shape[0])
-        _check_floating("layer_norm", x)
+        _check_input("layer_norm", x, params)
         mean = jnp.mean(x, -1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
         return _normalize(x, mean, var, eps, params), state
 
-    return named("layer_norm", init, apply)
+    return Layer(init, apply, kind="layer_norm")
 
 
 def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, dtype) -> Layer:
@@ -162,12 +157,9 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
     def check(shape):
-        if len(shape) < 3:
-            raise LayerError(
-                kind,
-                f"expected an input (batch, *spatial, channels) with a spatial axis, got shape "
-                f"{shape}",
-            )
+        check_shape(
+            kind, shape, "an input (batch, *spatial, channels) with a spatial axis", min_rank=3
+        )
         groups = shape[-1] if num_groups is None else num_groups
         if shape[-1] % groups:
             raise LayerError(
@@ -182,8 +174,7 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_channels(kind, x, params["scale"].shape[0])
-        _check_floating(kind, x)
+        _check_input(kind, x, params)
         groups = check(tuple(x.shape))
         grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # spatial axes and channels within a group
@@ -192,7 +183,7 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
         x_hat = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
         return x_hat * params["scale"] + params["bias"], state
 
-    return named(kind, init, apply)
+    return Layer(init, apply, kind=kind)
 
 
 def group_norm(
@@ -265,4 +256,4 @@ def weight_norm(layer: Layer) -> Layer:
         params["w"] = g * v / _norm_but_last(v)
         return layer.apply(params, state, x, key=key, train=train)
 
-    return named("weight_norm", init, apply)
+    return Layer(init, apply, kind="weight_norm")

@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, named
+from funcnet.nn.core import Layer, check_floating, check_shape
+
+__all__ = ["gru", "lstm"]
 
 Array = jax.Array
 
@@ -61,9 +63,9 @@ def _recurrent(
         return {**params, **make_biases(keys[-1])}
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 3:
-            raise LayerError(kind, f"expected an input (batch, time, features), got {in_shape}")
+        in_shape = check_shape(
+            kind, in_shape, "an input (batch, time, features)", min_rank=3, max_rank=3
+        )
         per_direction = {
             d: init_direction(jax.random.fold_in(key, i), in_shape[-1])
             for i, d in enumerate(directions)
@@ -84,13 +86,9 @@ def _recurrent(
         del key, train
         per_direction = params if bidirectional else {"forward": params}
         features = per_direction["forward"]["w_ih"].shape[0]
-        if x.ndim != 3 or x.shape[-1] != features:
-            raise LayerError(
-                kind,
-                f"expected an input (batch, time, {features}), got shape {tuple(x.shape)}",
-            )
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise LayerError(kind, f"expected a floating-point input, got dtype {x.dtype}")
+        expected = f"an input (batch, time, {features})"
+        check_shape(kind, x.shape, expected, min_rank=3, max_rank=3, last=features)
+        check_floating(kind, x)
         xs = jnp.swapaxes(x, 0, 1)
         outputs = [run(per_direction[d], xs, d == "backward") for d in directions]
         if return_sequences:
@@ -99,7 +97,7 @@ def _recurrent(
             y = jnp.concatenate([last for _, last in outputs], axis=-1)
         return y, state
 
-    return named(kind, init, apply)
+    return Layer(init, apply, kind=kind)
 
 
 def gru(

@@ -49,6 +49,17 @@ def test_catalogue_is_complete():
         assert callable(getattr(nn, name))
 
 
+def test_activations_table_names_every_activation():
+    assert sorted(nn.ACTIVATIONS) == NAMES
+    for name, fn in nn.ACTIVATIONS.items():
+        assert fn is getattr(nn, name)
+
+
+def test_selu_constants_are_the_papers():
+    assert nn.SELU_ALPHA == SELU_ALPHA
+    assert nn.SELU_SCALE == SELU_SCALE
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference_in_float64(name, x64):
     x = np.linspace(-6, 6, 121).reshape(11, 11)

@@ -57,7 +57,7 @@ MASK = np.array([[True, True, True, True, False, False], [True] * 6, [False, Tru
 @pytest.mark.parametrize(("num_heads", "head_dim"), [(1, None), (2, None), (3, 5)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_matches_explicit_softmax_attention(num_heads, head_dim, causal, masked):
-    layer = nn.multi_head_attention(num_heads, head_dim, causal=causal)
+    layer = nn.multi_head_attention(num_heads, head_dim=head_dim, causal=causal)
     x = _normal(3, 6, 6)
     in_shape = ((3, 6, 6), (3, 6)) if masked else (3, 6, 6)
     out_shape, params, state = layer.init(_key(), in_shape)

@@ -142,7 +142,7 @@ POOL_CASES = {
 @pytest.mark.parametrize("case", POOL_CASES.values(), ids=POOL_CASES.keys())
 def test_pooling_matches_a_numpy_loop(kind, case):
     in_shape, window, strides, padding = case
-    layer = getattr(nn, kind)(window, strides, padding)
+    layer = getattr(nn, kind)(window, strides=strides, padding=padding)
     out_shape, params, state = layer.init(_key(0), in_shape)
     assert params == {} and state == {}
     x = _normal(*in_shape)
@@ -215,8 +215,8 @@ def test_cnn_under_jit_vmap_and_grad():
     [
         (nn.conv(2, 3, strides=2, padding="SAME", groups=2), (2, 5, 4, 2)),
         (nn.conv(2, (2,), dilation=2, padding=[(1, 2)]), (2, 6, 2)),
-        (nn.max_pool(2, 1, "SAME"), (2, 5, 4, 2)),
-        (nn.avg_pool(3, 2, "SAME"), (2, 5, 4, 2)),
+        (nn.max_pool(2, strides=1, padding="SAME"), (2, 5, 4, 2)),
+        (nn.avg_pool(3, strides=2, padding="SAME"), (2, 5, 4, 2)),
         (nn.global_max_pool(), (2, 5, 4, 2)),
         (nn.global_avg_pool(), (2, 5, 3)),
         (nn.flatten(), (2, 3, 2)),

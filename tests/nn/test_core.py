@@ -1,5 +1,11 @@
 """The layer protocol, combinators and dense layer, against numpy and finite differences."""
 
+import ast
+import importlib
+import inspect
+import pathlib
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -154,7 +160,7 @@ def _stochastic(name="noise"):
             raise ValueError("needs a key")
         return x + jax.random.normal(key, x.shape), state
 
-    return nn.core.named(name, init, apply)
+    return nn.Layer(init, apply, kind=name)
 
 
 def test_combinators_give_each_child_its_own_key():
@@ -222,3 +228,123 @@ def test_not_a_layer_is_a_type_error():
 def test_param_count():
     _, params, _ = _init(_mlp(), (1, 4))
     assert nn.param_count(params) == (4 * 16 + 16) + (16 * 16 + 16) + (16 * 3 + 3)
+
+
+def _identity_layer(**kind):
+    def init(key, in_shape):
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x, state
+
+    return nn.Layer(init, apply, **kind)
+
+
+def test_a_hand_built_layer_is_named_by_its_kind():
+    plain, block = _identity_layer(), _identity_layer(kind="block")
+    assert (plain.kind, block.kind) == ("layer", "block")
+    assert (nn.layer_name(plain), nn.layer_name(block)) == ("layer", "block")
+    _, params, _ = _init(nn.serial(nn.dense(2), plain, block), (1, 3))
+    assert list(params) == ["dense_0", "layer_1", "block_2"]
+    init, apply, kind = block
+    assert (init, apply, kind) == (block.init, block.apply, "block")
+
+
+def test_built_in_layers_carry_their_kind():
+    assert nn.dense(2).kind == "dense"
+    assert nn.from_function(jnp.tanh).kind == "tanh"
+    assert nn.from_function(jnp.tanh, name="squash").kind == "squash"
+    assert nn.serial(nn.relu).kind == "serial"
+
+
+# Every layer that refuses a non-float input, with a model input shape it accepts.
+FLOAT_ONLY = {
+    "conv": (lambda: nn.conv(2, 3), (1, 5, 5, 1)),
+    "avg_pool": (lambda: nn.avg_pool(2), (1, 4, 4, 1)),
+    "batch_norm": (nn.batch_norm, (2, 3)),
+    "layer_norm": (nn.layer_norm, (2, 3)),
+    "group_norm": (lambda: nn.group_norm(1), (2, 4, 3)),
+    "instance_norm": (nn.instance_norm, (2, 4, 3)),
+    "dropout": (lambda: nn.dropout(0.5), (2, 3)),
+    "alpha_dropout": (lambda: nn.alpha_dropout(0.5), (2, 3)),
+    "gru": (lambda: nn.gru(2), (2, 4, 3)),
+    "lstm": (lambda: nn.lstm(2), (2, 4, 3)),
+    "multi_head_attention": (lambda: nn.multi_head_attention(1), (2, 4, 3)),
+    "transformer_block": (lambda: nn.transformer_block(1, 4), (2, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FLOAT_ONLY))
+def test_non_float_input_gets_one_error_naming_kind_dtype_and_shape(kind):
+    make, in_shape = FLOAT_ONLY[kind]
+    layer = make()
+    _, params, state = _init(layer, in_shape)
+    x = jnp.ones(in_shape, jnp.int32)
+    message = (
+        rf"^{kind}: expected a floating-point input \(e.g. float32\), got dtype int32 of shape "
+    )
+    with pytest.raises(nn.LayerError, match=message + re.escape(str(in_shape))):
+        layer.apply(params, state, x, key=jax.random.key(0), train=True)
+
+
+def test_check_shape_checks_rank_and_last_axis():
+    assert nn.core.check_shape("k", [2, 3], "x", min_rank=1, max_rank=2, last=3) == (2, 3)
+    for shape, limits in [
+        ((2,), {"min_rank": 2}),
+        ((1, 2, 3), {"max_rank": 2}),
+        ((2, 4), {"last": 3}),
+    ]:
+        message = r"^k: expected an input \(…\), got shape " + re.escape(str(shape))
+        with pytest.raises(nn.LayerError, match=message):
+            nn.core.check_shape("k", shape, "an input (…)", **limits)
+    with pytest.raises(nn.LayerError, match=r"got shape \(\)"):
+        nn.core.check_shape("k", (), "an input", last=3)
+
+
+NN_MODULES = [
+    "activations",
+    "attention",
+    "conv",
+    "core",
+    "dropout",
+    "embedding",
+    "initializers",
+    "linear",
+    "norm",
+    "recurrent",
+]
+
+
+@pytest.mark.parametrize("module", NN_MODULES)
+def test_each_module_lists_its_public_names(module):
+    mod = importlib.import_module(f"funcnet.nn.{module}")
+    assert all(hasattr(mod, name) and not name.startswith("_") for name in mod.__all__)
+    defined = {
+        name
+        for name, value in vars(mod).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == mod.__name__
+    }
+    assert defined <= set(mod.__all__)
+
+
+def test_the_package_exports_names_its_modules_list():
+    listed = {n for m in NN_MODULES for n in importlib.import_module(f"funcnet.nn.{m}").__all__}
+    assert set(nn.__all__) - {"initializers"} <= listed
+
+
+def test_no_private_name_of_funcnet_nn_is_imported_elsewhere():
+    root = pathlib.Path(nn.__file__).parents[2]
+    offenders = []
+    for path in [
+        *root.glob("funcnet/**/*.py"),
+        *root.glob("examples/**/*.py"),
+        *root.glob("tests/**/*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("funcnet.nn"):
+                offenders += [
+                    f"{path}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")
+                ]
+    assert offenders == []
