@@ -49,8 +49,8 @@ def step_rows(mlp: workload.MLP, steps: int) -> dict[str, dict]:
     xs = [jnp.asarray(x) for x in data.x]
     ys = [jnp.asarray(y) for y in data.y]
     ones = jnp.ones((mlp.batch,), jnp.float32)
-    pure = train.train_step(model, loss_fn, optimizer)
-    norm = train.train_step(model, loss_fn, optimizer, grad_norm=True)
+    pure = train.train_step(model, optimizer, loss_fn=loss_fn)
+    norm = train.train_step(model, optimizer, loss_fn=loss_fn, grad_norm=True)
 
     def split_key(state, batch):
         key, _ = jax.random.split(state.key)

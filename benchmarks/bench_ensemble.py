@@ -45,8 +45,8 @@ def runners(mlp: workload.MLP, members: int, epoch_steps: int) -> dict[str, trai
     data = workload.batches(mlp)
     train_data = trainers.epoch_data(mlp, data, epoch_steps)
     common = {"loss_fn": loss_fn, "batch_size": mlp.batch, "metrics": {}, "progress": False}
-    step = train.make_step(model, loss_fn, optimizer, metrics={})
-    one_step = train.train_step(model, loss_fn, optimizer, metrics={})
+    step = train.make_step(model, optimizer, loss_fn=loss_fn, metrics={})
+    one_step = train.train_step(model, optimizer, loss_fn=loss_fn, metrics={})
     all_steps = jax.jit(jax.vmap(one_step, in_axes=(0, None)), donate_argnums=0)
     batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(data.x, data.y, strict=True)]
 

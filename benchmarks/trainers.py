@@ -151,7 +151,7 @@ def funcnet_setup(mlp: MLP):
 
 def funcnet(mlp: MLP, weights: Weights, data: Batches) -> Runner:
     train, model, loss_fn, optimizer = funcnet_setup(mlp)
-    step = train.make_step(model, loss_fn, optimizer)
+    step = train.make_step(model, optimizer, loss_fn=loss_fn)
     state = funcnet_state(mlp, weights, optimizer)
     return _jax_loop(step, state, data, lambda s: weights_of(s.params), pair=True)
 

@@ -97,7 +97,9 @@ def main(
 
     model = language_model(vocab_size, hidden)
     _, params, state = model.init(jax.random.key(seed), (batch_size, window))
-    opt = fn.optim.adam(fn.optim.cosine_decay_schedule(learning_rate, steps, 0.1 * learning_rate))
+    opt = fn.optim.adam(
+        fn.optim.cosine_decay_schedule(learning_rate, steps, end_value=0.1 * learning_rate)
+    )
     opt_state = opt.init(params)
 
     def loss_fn(params, inputs, targets, key=None):

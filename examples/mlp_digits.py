@@ -51,7 +51,7 @@ def main(epochs: int = 40, seed: int = 0, quiet: bool = False, plot: str | None 
         eval_data=val_data,
         progress=not quiet,
     )
-    evaluate = fn.train.make_eval(model, loss_fn)
+    evaluate = fn.train.make_evaluate(model, loss_fn=loss_fn)
     test = evaluate(result.best.params, result.best.model_state, (split.x_test, split.y_test))
     accuracy = float(test["accuracy"])
     print(

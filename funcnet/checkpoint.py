@@ -26,7 +26,8 @@ A checkpoint is a zip archive in numpy's ``.npz`` layout, stored uncompressed, s
 Writes are atomic: the archive is written to ``<path>.tmp-<pid>`` in the same folder,
 flushed and fsynced, renamed over `path` with `os.replace`, and the folder is fsynced. A
 writer killed midway leaves the previous checkpoint at `path` intact (and a stray temporary
-file). When several processes train together only process 0 writes (see `is_writer`).
+file). When several processes train together only process 0 writes (see
+`funcnet.launch.is_leader`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet._trees import entry_name
+from funcnet._keys import is_key
+from funcnet._trees import entry_name, leaf_differences
+from funcnet.launch import is_leader
 
 PyTree = Any
 PathLike = str | os.PathLike
@@ -52,28 +55,14 @@ FORMAT = "funcnet.checkpoint"
 VERSION = 1
 HEADER = "__header__.json"
 
-__all__ = ["CheckpointError", "is_writer", "load", "metadata", "save"]
+__all__ = ["CheckpointError", "load", "metadata", "save"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not match the expected tree."""
 
 
-def is_writer() -> bool:
-    """Whether this process writes checkpoints: process 0 of a multi-process run.
-
-    Every process holds the same replicated tree, so one copy is written.
-    """
-    return jax.process_index() == 0
-
-
 # The tree, described.
-
-
-def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array | jax.ShapeDtypeStruct) and jnp.issubdtype(
-        leaf.dtype, jax.dtypes.prng_key
-    )
 
 
 def _check_name(name: str, where: str) -> str:
@@ -158,7 +147,7 @@ def _rebuild(node: Any, arrays: list[Any]) -> PyTree:
 
 
 def _leaf_info(leaf: Any) -> dict[str, Any]:
-    if _is_key(leaf):
+    if is_key(leaf):
         impl = str(jax.random.key_impl(leaf)) if isinstance(leaf, jax.Array) else None
         return {"dtype": "key", "shape": list(leaf.shape), "key_impl": impl}
     if isinstance(leaf, jax.ShapeDtypeStruct):
@@ -170,13 +159,16 @@ def _leaf_info(leaf: Any) -> dict[str, Any]:
 
 
 def _describe_leaf(info: dict[str, Any]) -> str:
-    dtype = info["dtype"] if info["dtype"] != "key" else f"key<{info.get('key_impl')}>"
+    """``float32(64, 128)``, or ``key<threefry2x32>(3,)`` (``key(3,)`` if the kind is unknown)."""
+    dtype = info["dtype"]
+    if dtype == "key" and info.get("key_impl") is not None:
+        dtype = f"key<{info['key_impl']}>"
     return f"{dtype}{tuple(info['shape'])}"
 
 
 def _to_numpy(leaf: Any) -> np.ndarray:
     """The bytes to store for a leaf: key data for keys, an unsigned view for exotic floats."""
-    if _is_key(leaf):
+    if is_key(leaf):
         leaf = jax.random.key_data(leaf)
     array = np.asarray(jax.device_get(leaf), order="C")
     if array.dtype.kind not in "biufc":
@@ -207,7 +199,7 @@ def _fsync_dir(folder: pathlib.Path) -> None:
         os.close(fd)
 
 
-def save(path: PathLike, tree: PyTree, metadata: dict[str, Any] | None = None) -> pathlib.Path:
+def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None) -> pathlib.Path:
     """Writes `tree` and `metadata` to `path` atomically, in the format of the module doc.
 
     Args:
@@ -216,7 +208,8 @@ def save(path: PathLike, tree: PyTree, metadata: dict[str, Any] | None = None) -
         tuples, NamedTuples or other registered pytree nodes; keys must not contain ``/``.
       metadata: a JSON-serialisable dict stored alongside, read back by `metadata`.
 
-    Returns the path. In a multi-process run only process 0 writes (see `is_writer`).
+    Returns the path. In a multi-process run only process 0 writes (`launch.is_leader`):
+    every process holds the same replicated tree, so one copy is written.
     """
     path = pathlib.Path(path)
     metadata = {} if metadata is None else metadata
@@ -224,7 +217,7 @@ def save(path: PathLike, tree: PyTree, metadata: dict[str, Any] | None = None) -
         metadata_json = json.loads(json.dumps(metadata))
     except (TypeError, ValueError) as err:
         raise TypeError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
-    if not is_writer():
+    if not is_leader():
         return path
 
     leaves, structure = _flatten(tree)
@@ -296,37 +289,24 @@ def metadata(path: PathLike) -> dict[str, Any]:
 
 
 def _check_like(path: pathlib.Path, stored: list[dict[str, Any]], like: PyTree) -> list[str]:
-    """The paths of `like`'s leaves; raises listing every missing, extra or mismatched leaf."""
+    """The paths of `like`'s leaves; raises listing every missing, extra or mismatched leaf.
+
+    A template key whose implementation is unknown (a `jax.ShapeDtypeStruct`) matches a
+    stored key of any implementation.
+    """
     paths, leaves = _leaf_paths(like)
-    expected = list(zip(paths, leaves, strict=True))
-    found = {info["path"]: info for info in stored}
-    wanted = {p: _leaf_info(leaf) for p, leaf in expected}
-    missing = [p for p in wanted if p not in found]
-    extra = [p for p in found if p not in wanted]
-    mismatched = []
-    for p, want in wanted.items():
-        have = found.get(p)
-        if have is None:
-            continue
-        same = have["dtype"] == want["dtype"] and list(have["shape"]) == list(want["shape"])
-        if same and want["dtype"] == "key" and want.get("key_impl") is not None:
-            same = have.get("key_impl") == want["key_impl"]
-        if not same:
-            mismatched.append(
-                f"{p}: the file has {_describe_leaf(have)}, expected {_describe_leaf(want)}"
-            )
-    if missing or extra or mismatched:
-        lines = [f"{path} does not match the expected tree:"]
-        lines += [
-            f"  missing (expected, not in the file): {p} {_describe_leaf(wanted[p])}"
-            for p in missing
-        ]
-        lines += [
-            f"  extra (in the file, not expected): {p} {_describe_leaf(found[p])}" for p in extra
-        ]
-        lines += [f"  mismatched: {line}" for line in mismatched]
-        raise CheckpointError("\n".join(lines))
-    return [p for p, _ in expected]
+    wanted = {p: _leaf_info(leaf) for p, leaf in zip(paths, leaves, strict=True)}
+    found = {}
+    for info in stored:
+        want = wanted.get(info["path"], {})
+        if want.get("dtype") == "key" and want.get("key_impl") is None:
+            info = {**info, "key_impl": None}
+        found[info["path"]] = _describe_leaf(info)
+    expected = {p: _describe_leaf(info) for p, info in wanted.items()}
+    lines = leaf_differences(expected, found, source="the file")
+    if lines:
+        raise CheckpointError("\n  ".join([f"{path} does not match the expected tree:", *lines]))
+    return paths
 
 
 def _read_leaf(path: pathlib.Path, archive: zipfile.ZipFile, info: dict[str, Any]) -> np.ndarray:
@@ -349,7 +329,7 @@ def _restore(array: np.ndarray, info: dict[str, Any]) -> Any:
     return array if array.dtype == dtype else array.view(dtype)
 
 
-def load(path: PathLike, like: PyTree | None = None) -> PyTree:
+def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
     """Reads a checkpoint written by `save`, checking its SHA-256.
 
     Args:
@@ -389,7 +369,7 @@ def load(path: PathLike, like: PyTree | None = None) -> PyTree:
     restored = []
     for p, template in zip(order, like_leaves, strict=True):
         array = by_path[p]
-        if isinstance(template, jax.Array | jax.ShapeDtypeStruct) and not _is_key(template):
+        if isinstance(template, jax.Array | jax.ShapeDtypeStruct) and not is_key(template):
             array = jnp.asarray(array, dtype=template.dtype)
         restored.append(array)
     return jax.tree.unflatten(treedef, restored)

@@ -13,7 +13,6 @@ stores the whole configuration (data set, architecture, optimizer) in its metada
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import inspect
 import json
@@ -155,21 +154,10 @@ def make_optimizer(config: dict[str, Any]):
 
 def build(model_config: dict[str, Any], optimizer_config: dict[str, Any]):
     """The model and the optimizer of two configurations (see `funcnet.models.build` and
-    `make_optimizer`).
-
-    Equal configurations give the very same objects within a process, so repeated in-process
-    runs (a resumed run, tests, notebooks) reuse the epoch `fit` compiled before.
-    """
-    return _build(
-        json.dumps(model_config, sort_keys=True), json.dumps(optimizer_config, sort_keys=True)
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _build(model_json: str, optimizer_json: str):
+    `make_optimizer`)."""
     from funcnet import models
 
-    return models.build(json.loads(model_json)), make_optimizer(json.loads(optimizer_json))
+    return models.build(model_config), make_optimizer(optimizer_config)
 
 
 # Checkpoints written by `train`.
@@ -237,7 +225,7 @@ def _evaluate(model, state, data, members: int) -> dict[str, float]:
     accuracy of the members' mean predicted probabilities."""
     from funcnet import losses, train
 
-    evaluate = train.make_eval(model, losses.softmax_cross_entropy, batch_size=1024)
+    evaluate = train.make_evaluate(model, loss_fn=losses.softmax_cross_entropy, batch_size=1024)
     if members == 1:
         return {k: float(v) for k, v in evaluate(state.params, state.model_state, data).items()}
     per_member = jax.vmap(evaluate, in_axes=(0, 0, None))(state.params, state.model_state, data)
@@ -271,6 +259,7 @@ def _widths(text: str) -> list[int]:
 def cmd_train(args: argparse.Namespace) -> int:
     from funcnet import __version__, checkpoint, losses, plots, train
     from funcnet.launch import initialize, is_leader
+    from funcnet.train.batching import num_batches
 
     if args.distributed:
         initialize()  # before anything touches JAX's devices
@@ -303,7 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_config["channels"] = args.channels
     train_rows = len(data.train[1]) * jax.process_count()
     batch_size = min(args.batch_size, train_rows)
-    steps = train.num_batches(train_rows, batch_size)
+    steps = num_batches(train_rows, batch_size)
     opt_config = {
         "name": args.optimizer,
         "learning_rate": args.lr,
@@ -383,7 +372,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             "processes": jax.process_count(),
         }
     )
-    checkpoint.save(out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata)
+    checkpoint.save(
+        out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata=metadata
+    )
     if not leader:  # process 0 writes the checkpoint, the report and the plot
         return 0
     report = {**metadata, "history": result.history, "seconds": round(trained, 2)}

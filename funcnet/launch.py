@@ -71,7 +71,9 @@ def _env_int(name: str) -> int | None:
 
 
 def is_leader() -> bool:
-    """True on process 0, the one that writes checkpoints and prints reports."""
+    """Whether this is process 0 of the run (True in a single-process run): the one that
+    writes checkpoints (`funcnet.checkpoint.save` writes nothing elsewhere) and prints
+    reports. Every process holds the same replicated state, so one copy is written."""
     return jax.process_index() == 0
 
 

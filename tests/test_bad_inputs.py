@@ -57,7 +57,7 @@ def fit(data, **kwargs):
 
 
 def step_with(opt_state):
-    step = fn.train.make_step(MLP, fn.losses.softmax_cross_entropy, fn.optim.adam(1e-3))
+    step = fn.train.make_step(MLP, fn.optim.adam(1e-3), loss_fn=fn.losses.softmax_cross_entropy)
     return lambda: step(state(MLP)._replace(opt_state=opt_state), (X[:4], Y[:4]))
 
 

@@ -39,7 +39,7 @@ def state():
     model = nn.serial(nn.dense(5), nn.relu, nn.dense(2))
     opt = optim.adamw(1e-2, amsgrad=True)
     state = train.init_train_state(model, opt, jax.random.key(0), (4, 3))
-    step = train.make_step(model, lambda out, y: jnp.mean((out - y) ** 2), opt)
+    step = train.make_step(model, opt, loss_fn=lambda out, y: jnp.mean((out - y) ** 2))
     x = jnp.linspace(-1, 1, 12, dtype=jnp.float32).reshape(4, 3)
     for _ in range(2):
         state, _ = step(state, (x, jnp.ones((4, 2))))
@@ -237,7 +237,7 @@ LOOPING_WRITER = textwrap.dedent(
     path, version = sys.argv[1], int(sys.argv[2])
     while True:
         tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
-        checkpoint.save(path, tree, {"version": version})
+        checkpoint.save(path, tree, metadata={"version": version})
         print(version, flush=True)
         version += 1
     """

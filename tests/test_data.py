@@ -25,9 +25,9 @@ def test_digits_split_is_fixed_stratified_and_scaled():
 
 @pytest.mark.parametrize("maker", [data.moons, data.spirals])
 def test_synthetic_sets_are_key_seeded(maker):
-    x1, y1 = maker(jax.random.key(0), 100)
-    x2, y2 = maker(jax.random.key(0), 100)
-    x3, _ = maker(jax.random.key(1), 100)
+    x1, y1 = maker(jax.random.key(0), n=100)
+    x2, y2 = maker(jax.random.key(0), n=100)
+    x3, _ = maker(jax.random.key(1), n=100)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert not np.allclose(x1, x3)
@@ -35,7 +35,7 @@ def test_synthetic_sets_are_key_seeded(maker):
 
 
 def test_moons_lie_on_their_half_circles_without_noise():
-    x, y = data.moons(jax.random.key(0), 50, noise=0.0)
+    x, y = data.moons(jax.random.key(0), n=50, noise=0.0)
     x, y = np.asarray(x), np.asarray(y)
     np.testing.assert_allclose(np.linalg.norm(x[y == 0], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(x[y == 1] - [1.0, 0.5], axis=1), 1.0, rtol=1e-5)

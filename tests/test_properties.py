@@ -97,7 +97,9 @@ def image_models(draw):
             )
         layers.append(draw(activation))
         if draw(st.booleans()):
-            layers.append(draw(st.sampled_from([nn.max_pool, nn.avg_pool]))(2, 1, "SAME"))
+            layers.append(
+                draw(st.sampled_from([nn.max_pool, nn.avg_pool]))(2, strides=1, padding="SAME")
+            )
     head = draw(st.sampled_from([nn.flatten(), nn.global_avg_pool(), nn.global_max_pool()]))
     shape = (BATCH, *(in_size,) * ndim, in_channels)
     return nn.serial(*layers, head, nn.dense(draw(width))), shape

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
+from funcnet._trees import leading_size
+
 Array = jax.Array
 
 
@@ -23,16 +25,9 @@ def minibatches(
     come in order. The last batch is smaller unless ``drop_last=True``.
     """
     arrays = tuple(arrays)
-    if not arrays:
-        raise ValueError("minibatches: no arrays given")
-    sizes = {len(a) for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"minibatches: arrays differ in length: {[tuple(np.shape(a)) for a in arrays]}"
-        )
+    n = leading_size(arrays, what="minibatches: the arrays")
     if batch_size < 1:
         raise ValueError(f"minibatches: batch_size must be positive, got {batch_size}")
-    n = sizes.pop()
     order = np.asarray(jax.random.permutation(key, n)) if key is not None else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):

@@ -27,7 +27,7 @@ def xor() -> tuple[Array, Array]:
     return x, jnp.array([0, 1, 1, 0])
 
 
-def moons(key: Array, n: int = 200, noise: float = 0.1) -> tuple[Array, Array]:
+def moons(key: Array, *, n: int = 200, noise: float = 0.1) -> tuple[Array, Array]:
     """Two interleaved half circles in 2-D with Gaussian noise of std `noise`.
 
     Class 0: ``(cos t, sin t)``; class 1: ``(1 − cos t, ½ − sin t)``, ``t ∈ [0, π]``.
@@ -44,7 +44,7 @@ def moons(key: Array, n: int = 200, noise: float = 0.1) -> tuple[Array, Array]:
 
 
 def spirals(
-    key: Array, n: int = 300, classes: int = 2, turns: float = 1.5, noise: float = 0.05
+    key: Array, *, n: int = 300, classes: int = 2, turns: float = 1.5, noise: float = 0.05
 ) -> tuple[Array, Array]:
     """`classes` interleaved Archimedean spiral arms in 2-D.
 
@@ -59,7 +59,7 @@ def spirals(
     return x + noise * jax.random.normal(noise_key, x.shape), label
 
 
-def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False) -> Split:
+def digits(*, test_fraction: float = 0.2, seed: int = 0, images: bool = False) -> Split:
     """The 1,797 handwritten 8×8 digits bundled with scikit-learn, split by class.
 
     Pixels are scaled to ``[0, 1]``. ``x`` has shape ``(n, 64)``, or ``(n, 8, 8, 1)`` with

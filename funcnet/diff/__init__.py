@@ -1,35 +1,35 @@
 """Forward, reverse and second-order differentiation tools, spectra and numerical checks.
 
-Modes (`_modes.py`): `jacobian` picks forward or reverse mode by shape; `hessian` and
+Modes (`modes.py`): `jacobian` picks forward or reverse mode by shape; `hessian` and
 `flat_hessian` form Hessians forward-over-reverse; `hvp` and `gnvp` give Hessian- and
 Gauss-Newton-vector products without forming a matrix.
 
-Per-example gradients (`_per_example.py`): `per_example_grads`, `vmap(grad)` over a batch
+Per-example gradients (`per_example.py`): `per_example_grads`, `vmap(grad)` over a batch
 with each per-example kernel gradient written in its final layout (no transposed copy).
 
-Spectra (`_spectrum.py`), matrix-free over a params pytree: `hessian_eigs` (Lanczos or
+Spectra (`spectrum.py`), matrix-free over a params pytree: `hessian_eigs` (Lanczos or
 power iteration), `hessian_trace` (Hutchinson), `hessian_density` and `density_on_grid`
 (stochastic Lanczos quadrature).
 
-Numerical references (`_numerical.py`): `numerical_grad` (finite differences),
+Numerical references (`numerical.py`): `numerical_grad` (finite differences),
 `complex_step_grad`, and `check_grads`, which compares autodiff with either.
 """
 
-from funcnet.diff._modes import (
+from funcnet.diff.modes import (
     flat_hessian,
     gnvp,
     hessian,
     hvp,
     jacobian,
 )
-from funcnet.diff._numerical import (
+from funcnet.diff.numerical import (
     GradCheck,
     check_grads,
     complex_step_grad,
     numerical_grad,
 )
-from funcnet.diff._per_example import per_example_grads
-from funcnet.diff._spectrum import (
+from funcnet.diff.per_example import per_example_grads
+from funcnet.diff.spectrum import (
     HessianDensity,
     HessianEigs,
     HessianTrace,

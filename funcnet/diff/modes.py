@@ -85,7 +85,7 @@ def _jacobian_rev(f: Callable[[PyTree], PyTree], x: PyTree) -> PyTree:
     return out_def.unflatten(blocks)
 
 
-def jacobian(f: Callable[[PyTree], PyTree], x: PyTree, mode: JacobianMode = "auto") -> PyTree:
+def jacobian(f: Callable[[PyTree], PyTree], x: PyTree, *, mode: JacobianMode = "auto") -> PyTree:
     """Jacobian of `f` at `x`, by forward or by reverse mode.
 
     For f: ℝⁿ → ℝᵐ, J[i, j] = ∂fᵢ/∂xⱼ. Forward mode builds J column by column, one

@@ -27,6 +27,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from funcnet._keys import typed_key
+from funcnet._trees import leading_size
+
 PyTree = Any
 EigsMethod = Literal["lanczos", "power"]
 
@@ -80,15 +83,6 @@ class HessianDensity(NamedTuple):
     weights: jax.Array
 
 
-def _typed_key(key: jax.Array) -> jax.Array:
-    """Accept a `jax.random.key` typed key or a legacy uint32 `PRNGKey`."""
-    if not hasattr(key, "dtype"):
-        raise TypeError(f"key must be a jax.random.key(...) typed key, got {type(key).__name__}")
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    return jax.random.wrap_key_data(key)
-
-
 def _hvp_operator(
     f: Callable[..., jax.Array], flat: jax.Array, unravel: Callable, batches: PyTree
 ) -> Callable[[jax.Array], jax.Array]:
@@ -116,14 +110,8 @@ def _hvp_operator(
 
 
 def _check_batches(batches: PyTree) -> None:
-    if batches is None:
-        return
-    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(batches)}
-    if not sizes or None in sizes or len(sizes) > 1:
-        raise ValueError(
-            "batches must be a pytree of arrays sharing a leading batch axis, got leading "
-            f"sizes {sorted(str(s) for s in sizes)}"
-        )
+    if batches is not None:
+        leading_size(batches, what="the leaves of batches")
 
 
 def _orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
@@ -243,7 +231,6 @@ def _power_eigs(
 def _hessian_eigs(f, params, batches, key, tol, *, k, method, num_iters):
     flat, unravel = ravel_pytree(params)
     matvec = _hvp_operator(f, flat, unravel, batches)
-    key = _typed_key(key)
     if method == "lanczos":
         values, vectors = _lanczos_eigs(matvec, flat.size, flat.dtype, key, k, num_iters)
     else:
@@ -302,6 +289,7 @@ def hessian_eigs(
     _check_batches(batches)
     if method == "lanczos":
         num_iters = min(max(num_iters, k), n)
+    key = typed_key(key, caller="hessian_eigs")
     return _hessian_eigs(f, params, batches, key, tol, k=k, method=method, num_iters=num_iters)
 
 
@@ -314,7 +302,7 @@ def _hessian_trace(f, params, batches, key, *, num_samples):
         z = jax.random.rademacher(probe_key, flat.shape, flat.dtype)
         return jnp.dot(z, matvec(z))
 
-    samples = lax.map(sample, jax.random.split(_typed_key(key), num_samples))
+    samples = lax.map(sample, jax.random.split(key, num_samples))
     stderr = jnp.std(samples, ddof=1) / jnp.sqrt(num_samples)
     return HessianTrace(jnp.mean(samples), stderr)
 
@@ -348,6 +336,7 @@ def hessian_trace(
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 for a standard error, got {num_samples}")
     _check_batches(batches)
+    key = typed_key(key, caller="hessian_trace")
     return _hessian_trace(f, params, batches, key, num_samples=num_samples)
 
 
@@ -362,7 +351,7 @@ def _hessian_density(f, params, batches, key, *, num_iters, num_probes):
         nodes, coords = jnp.linalg.eigh(tridiagonal)
         return nodes, coords[0] ** 2
 
-    nodes, weights = lax.map(probe, jax.random.split(_typed_key(key), num_probes))
+    nodes, weights = lax.map(probe, jax.random.split(key, num_probes))
     return HessianDensity(nodes, weights)
 
 
@@ -404,6 +393,7 @@ def hessian_density(
             f"num_iters and num_probes must be positive, got {num_iters} and {num_probes}"
         )
     _check_batches(batches)
+    key = typed_key(key, caller="hessian_density")
     return _hessian_density(
         f, params, batches, key, num_iters=min(num_iters, n), num_probes=num_probes
     )

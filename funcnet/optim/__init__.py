@@ -11,7 +11,7 @@ Named optimizers follow the `torch.optim` class of the same name; each docstring
 update rule. `learning_rate` is a number or a schedule `step -> rate`.
 """
 
-from funcnet.optim._alias import (
+from funcnet.optim.alias import (
     adadelta,
     adagrad,
     adam,
@@ -24,7 +24,7 @@ from funcnet.optim._alias import (
     rmsprop,
     sgd,
 )
-from funcnet.optim._base import (
+from funcnet.optim.base import (
     EmptyState,
     GradientTransformation,
     OptState,
@@ -42,7 +42,7 @@ from funcnet.optim._base import (
     stateless,
     update_moment,
 )
-from funcnet.optim._schedules import (
+from funcnet.optim.schedules import (
     constant_schedule,
     cosine_decay_schedule,
     exponential_decay,
@@ -51,7 +51,7 @@ from funcnet.optim._schedules import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
-from funcnet.optim._transforms import (
+from funcnet.optim.transforms import (
     ApplyIfFiniteState,
     MaskedNode,
     MaskedState,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 from jax.typing import DTypeLike
 
-from funcnet.optim._base import (
+from funcnet.optim.base import (
     GradientTransformation,
     Params,
     PyTree,
@@ -22,7 +22,7 @@ from funcnet.optim._base import (
     identity,
     is_zero,
 )
-from funcnet.optim._transforms import (
+from funcnet.optim.transforms import (
     add_decayed_weights,
     masked,
     scale_by_adadelta,
@@ -36,6 +36,20 @@ from funcnet.optim._transforms import (
     trace,
 )
 
+__all__ = [
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "lion",
+    "momentum",
+    "nadam",
+    "nesterov",
+    "rmsprop",
+    "sgd",
+]
+
 
 def _decay(weight_decay: float) -> GradientTransformation:
     """`g ← g + λ·x`, or `identity()` when `λ` is the number 0."""
@@ -44,11 +58,11 @@ def _decay(weight_decay: float) -> GradientTransformation:
 
 def sgd(
     learning_rate: ScalarOrSchedule = 1e-3,
+    *,
     momentum: float = 0.0,
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Stochastic gradient descent, as `torch.optim.SGD` (default `lr=1e-3`).
@@ -81,8 +95,8 @@ def sgd(
 
 def momentum(
     learning_rate: ScalarOrSchedule = 1e-3,
-    beta: float = 0.9,
     *,
+    beta: float = 0.9,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Heavy-ball momentum (Polyak, 1964) in torch's form, `sgd(lr, momentum=β)`.
@@ -102,8 +116,8 @@ def momentum(
 
 def nesterov(
     learning_rate: ScalarOrSchedule = 1e-3,
-    beta: float = 0.9,
     *,
+    beta: float = 0.9,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Nesterov momentum (Sutskever et al., 2013) in torch's form, `sgd(lr, β, nesterov=True)`.
@@ -126,11 +140,11 @@ def nesterov(
 
 def adagrad(
     learning_rate: ScalarOrSchedule = 1e-2,
+    *,
     lr_decay: float = 0.0,
     weight_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adagrad (Duchi et al., 2011), as `torch.optim.Adagrad`.
@@ -158,19 +172,21 @@ def adagrad(
 
     return chain(
         _decay(weight_decay),
-        scale_by_adagrad(initial_accumulator_value, eps, moment_dtype=moment_dtype),
+        scale_by_adagrad(
+            initial_accumulator_value=initial_accumulator_value, eps=eps, moment_dtype=moment_dtype
+        ),
         scale_by_learning_rate(rate),
     )
 
 
 def rmsprop(
     learning_rate: ScalarOrSchedule = 1e-2,
+    *,
     decay: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     centered: bool = False,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """RMSprop (Hinton, 2012), as `torch.optim.RMSprop`: `ε` outside the root.
@@ -195,7 +211,7 @@ def rmsprop(
     """
     return chain(
         _decay(weight_decay),
-        scale_by_rms(decay, eps, centered=centered, moment_dtype=moment_dtype),
+        scale_by_rms(decay=decay, eps=eps, centered=centered, moment_dtype=moment_dtype),
         identity() if is_zero(momentum) else trace(momentum, moment_dtype=moment_dtype),
         scale_by_learning_rate(learning_rate),
     )
@@ -203,10 +219,10 @@ def rmsprop(
 
 def adadelta(
     learning_rate: ScalarOrSchedule = 1.0,
+    *,
     rho: float = 0.9,
     eps: float = 1e-6,
     weight_decay: float = 0.0,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adadelta (Zeiler, 2012), as `torch.optim.Adadelta`.
@@ -228,19 +244,19 @@ def adadelta(
     """
     return chain(
         _decay(weight_decay),
-        scale_by_adadelta(rho, eps, moment_dtype=moment_dtype),
+        scale_by_adadelta(rho=rho, eps=eps, moment_dtype=moment_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def adam(
     learning_rate: ScalarOrSchedule = 1e-3,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adam (Kingma & Ba, 2015), as `torch.optim.Adam` (torch's `betas` are `(b1, b2)`).
@@ -264,19 +280,19 @@ def adam(
     """
     return chain(
         _decay(weight_decay),
-        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
+        scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def adamw(
     learning_rate: ScalarOrSchedule = 1e-3,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
-    *,
     mask: PyTree | Callable[[Params], PyTree] | None = None,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
@@ -298,7 +314,7 @@ def adamw(
     """
     decay = add_decayed_weights(weight_decay)
     return chain(
-        scale_by_adam(b1, b2, eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
+        scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
         decay if mask is None else masked(decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -306,12 +322,12 @@ def adamw(
 
 def nadam(
     learning_rate: ScalarOrSchedule = 2e-3,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """NAdam (Dozat, 2016), as `torch.optim.NAdam`, with its momentum schedule `μ_t`.
@@ -337,18 +353,20 @@ def nadam(
     """
     return chain(
         _decay(weight_decay),
-        scale_by_nadam(b1, b2, eps, momentum_decay, moment_dtype=moment_dtype),
+        scale_by_nadam(
+            b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, moment_dtype=moment_dtype
+        ),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def adamax(
     learning_rate: ScalarOrSchedule = 2e-3,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adamax (Kingma & Ba, 2015), Adam with the infinity norm, as `torch.optim.Adamax`.
@@ -370,17 +388,17 @@ def adamax(
     """
     return chain(
         _decay(weight_decay),
-        scale_by_adamax(b1, b2, eps, moment_dtype=moment_dtype),
+        scale_by_adamax(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
 
 def lion(
     learning_rate: ScalarOrSchedule = 1e-4,
+    *,
     b1: float = 0.9,
     b2: float = 0.99,
     weight_decay: float = 0.0,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Lion (Chen et al., 2023), the sign of an interpolated momentum, with decoupled decay.
@@ -402,7 +420,7 @@ def lion(
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
     return chain(
-        scale_by_lion(b1, b2, moment_dtype=moment_dtype),
+        scale_by_lion(b1=b1, b2=b2, moment_dtype=moment_dtype),
         _decay(weight_decay),
         scale_by_learning_rate(learning_rate),
     )

@@ -20,6 +20,25 @@ import jax.numpy as jnp
 
 from funcnet._trees import check_same_shapes
 
+__all__ = [
+    "EmptyState",
+    "GradientTransformation",
+    "OptState",
+    "Params",
+    "ScalarOrSchedule",
+    "Schedule",
+    "TransformInitFn",
+    "TransformUpdateFn",
+    "Updates",
+    "apply_updates",
+    "bias_correction",
+    "chain",
+    "global_norm",
+    "identity",
+    "stateless",
+    "update_moment",
+]
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -121,7 +140,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
             params,
             updates,
             what="apply_updates: the updates do not fit the params",
-            source="the updates",
+            source="the update tree",
         )
 
     def add(p: jax.Array | None, u: jax.Array) -> jax.Array | None:

@@ -13,7 +13,17 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from funcnet.optim._base import Schedule
+from funcnet.optim.base import Schedule
+
+__all__ = [
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "exponential_decay",
+    "join_schedules",
+    "piecewise_constant_schedule",
+    "polynomial_schedule",
+    "warmup_cosine_decay_schedule",
+]
 
 
 def _float(x: float | jax.Array) -> jax.Array:
@@ -129,7 +139,9 @@ def polynomial_schedule(
     return schedule
 
 
-def cosine_decay_schedule(init_value: float, decay_steps: int, end_value: float = 0.0) -> Schedule:
+def cosine_decay_schedule(
+    init_value: float, decay_steps: int, *, end_value: float = 0.0
+) -> Schedule:
     """Cosine decay (Loshchilov & Hutter, 2017) from `r₀` to `r₁` over `T` steps.
 
     `rate(t) = r₁ + (r₀ − r₁) · ½(1 + cos(π·min(t, T)/T))`, torch's `CosineAnnealingLR`
@@ -155,6 +167,7 @@ def warmup_cosine_decay_schedule(
     peak_value: float,
     warmup_steps: int,
     decay_steps: int,
+    *,
     end_value: float = 0.0,
 ) -> Schedule:
     """Linear warm-up from `r₀` to `r_peak` over `W` steps, then cosine decay to `r₁`.
@@ -176,7 +189,7 @@ def warmup_cosine_decay_schedule(
             "warmup_cosine_decay_schedule needs 0 <= warmup_steps < decay_steps, got "
             f"warmup_steps={warmup_steps}, decay_steps={decay_steps}."
         )
-    decay = cosine_decay_schedule(peak_value, decay_steps - warmup_steps, end_value)
+    decay = cosine_decay_schedule(peak_value, decay_steps - warmup_steps, end_value=end_value)
     if warmup_steps == 0:
         return decay
     warmup = polynomial_schedule(init_value, peak_value, 1.0, warmup_steps)

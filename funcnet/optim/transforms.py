@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from funcnet.optim._base import (
+from funcnet.optim.base import (
     GradientTransformation,
     OptState,
     Params,
@@ -31,6 +31,36 @@ from funcnet.optim._base import (
     update_moment,
     zeros_like,
 )
+
+__all__ = [
+    "ApplyIfFiniteState",
+    "MaskedNode",
+    "MaskedState",
+    "ScaleByAdadeltaState",
+    "ScaleByAdagradState",
+    "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "ScaleByLearningRateState",
+    "ScaleByLionState",
+    "ScaleByNadamState",
+    "ScaleByRmsState",
+    "TraceState",
+    "add_decayed_weights",
+    "apply_if_finite",
+    "clip",
+    "clip_by_global_norm",
+    "masked",
+    "scale",
+    "scale_by_adadelta",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_nadam",
+    "scale_by_rms",
+    "trace",
+]
 
 
 def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
@@ -175,10 +205,10 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     amsgrad: bool = False,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
@@ -236,9 +266,9 @@ class ScaleByRmsState(NamedTuple):
 
 
 def scale_by_rms(
+    *,
     decay: float = 0.99,
     eps: float = 1e-8,
-    *,
     centered: bool = False,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
@@ -291,9 +321,9 @@ class ScaleByAdagradState(NamedTuple):
 
 
 def scale_by_adagrad(
+    *,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adagrad's rescaling (Duchi et al., 2011), as in `torch.optim.Adagrad`.
@@ -342,7 +372,7 @@ class ScaleByAdadeltaState(NamedTuple):
 
 
 def scale_by_adadelta(
-    rho: float = 0.9, eps: float = 1e-6, *, moment_dtype: DTypeLike | None = None
+    *, rho: float = 0.9, eps: float = 1e-6, moment_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     """Adadelta's rescaling (Zeiler, 2012), as in `torch.optim.Adadelta` and optax.
 
@@ -394,11 +424,11 @@ class ScaleByNadamState(NamedTuple):
 
 
 def scale_by_nadam(
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
-    *,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """NAdam's rescaling (Dozat, 2016), as in `torch.optim.NAdam` with its momentum schedule.
@@ -466,7 +496,7 @@ class ScaleByAdamaxState(NamedTuple):
 
 
 def scale_by_adamax(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, moment_dtype: DTypeLike | None = None
+    *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, moment_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     """Adamax's rescaling (Kingma & Ba, 2015, §7.1), as in `torch.optim.Adamax` and optax.
 
@@ -517,7 +547,7 @@ class ScaleByLionState(NamedTuple):
 
 
 def scale_by_lion(
-    b1: float = 0.9, b2: float = 0.99, *, moment_dtype: DTypeLike | None = None
+    *, b1: float = 0.9, b2: float = 0.99, moment_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     """Lion's sign update (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
 

@@ -7,35 +7,43 @@ and keeps the best state; `fit_ensemble` trains K models at once under `vmap` ov
 hyperparameters.
 """
 
-from funcnet.train._batching import (
+from funcnet.train.batching import (
     EpochBatches,
     batch_plan,
     epoch_batches,
-    num_batches,
     shuffle,
-)
-from funcnet.train._epoch import UNCHECKED, EpochOutput, epoch_fn, select
-from funcnet.train._fit import (
-    FitResult,
-    NonFiniteLossError,
-    build_optimizer,
-    fit,
-    fit_ensemble,
     steps_per_epoch,
 )
-from funcnet.train._sharding import data_mesh, local_copy, process_share
-from funcnet.train._state import TrainState, init_train_state, shuffle_key, step_key
-from funcnet.train._step import eval_step, make_eval, make_step, train_step
+from funcnet.train.epoch import UNCHECKED, EpochOutput, epoch_fn, select
+from funcnet.train.fit import (
+    CompiledEpoch,
+    EnsembleResult,
+    EpochSettings,
+    FitResult,
+    build_optimizer,
+    compile_epoch,
+    fit,
+    fit_ensemble,
+)
+from funcnet.train.loop import Members, NonFiniteLossError, run_loop
+from funcnet.train.sharding import data_mesh, local_copy, process_share
+from funcnet.train.state import TrainState, init_train_state, shuffle_key, step_key
+from funcnet.train.step import eval_step, make_evaluate, make_step, train_step
 
 __all__ = [
     "UNCHECKED",
+    "CompiledEpoch",
+    "EnsembleResult",
     "EpochBatches",
     "EpochOutput",
+    "EpochSettings",
     "FitResult",
+    "Members",
     "NonFiniteLossError",
     "TrainState",
     "batch_plan",
     "build_optimizer",
+    "compile_epoch",
     "data_mesh",
     "epoch_batches",
     "epoch_fn",
@@ -44,10 +52,10 @@ __all__ = [
     "fit_ensemble",
     "init_train_state",
     "local_copy",
-    "make_eval",
+    "make_evaluate",
     "make_step",
-    "num_batches",
     "process_share",
+    "run_loop",
     "select",
     "shuffle",
     "shuffle_key",

@@ -17,19 +17,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet._trees import path_name
+from funcnet._trees import leading_size, path_name
+
+__all__ = [
+    "EpochBatches",
+    "batch_plan",
+    "epoch_batches",
+    "shuffle",
+    "steps_per_epoch",
+]
 
 Array = jax.Array
 PyTree = Any
 
 
 def num_batches(n: int, batch_size: int) -> int:
-    """``⌈n / batch_size⌉``, the number of steps in an epoch over `n` examples."""
+    """``⌈n / batch_size⌉``, the number of steps in an epoch over `n` examples.
+
+    `steps_per_epoch` counts them from the data set; this count from `n` is for callers
+    that know only the number of rows (`batch_plan`, or a process holding a share).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if n < 1:
         raise ValueError("the data set is empty")
     return -(-n // batch_size)
+
+
+def steps_per_epoch(data: tuple[PyTree, Array], batch_size: int) -> int:
+    """The number of optimizer steps `fit` takes per epoch over ``data = (x, y)``:
+    ``⌈n / batch_size⌉`` for `n` examples, the last batch ragged when `batch_size` does
+    not divide `n`."""
+    return num_batches(data_size(data), batch_size)
 
 
 def shuffle(key: Array, n: int) -> Array:
@@ -65,11 +84,7 @@ def data_size(data: tuple[PyTree, Array]) -> int:
             f"data must be a pair (x, y) of inputs and labels, got {type(data).__name__}"
             + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
         )
-    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
-    if len(sizes) != 1 or None in sizes:
-        shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(data)]
-        raise ValueError(f"x and y must share a leading example axis, got shapes {shapes}")
-    return sizes.pop()
+    return leading_size(data, what="x and y")
 
 
 class EpochBatches(NamedTuple):

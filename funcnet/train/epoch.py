@@ -28,10 +28,17 @@ from jax.sharding import Mesh
 
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
-from funcnet.train._batching import data_size, epoch_batches, shuffle
-from funcnet.train._sharding import batch_sharding, stacked_batch_sharding
-from funcnet.train._state import TrainState, shuffle_key
-from funcnet.train._step import LossFn, Metrics, eval_step, evaluate_batches, train_step
+from funcnet.train.batching import data_size, epoch_batches, shuffle
+from funcnet.train.sharding import batch_sharding, stacked_batch_sharding
+from funcnet.train.state import TrainState, shuffle_key
+from funcnet.train.step import LossFn, Metrics, eval_step, evaluate_batches, train_step
+
+__all__ = [
+    "UNCHECKED",
+    "EpochOutput",
+    "epoch_fn",
+    "select",
+]
 
 Array = jax.Array
 PyTree = Any
@@ -88,9 +95,9 @@ def all_finite(tree: PyTree) -> Array:
 
 def epoch_fn(
     model: Layer,
-    loss_fn: LossFn,
     make_optimizer: Callable[..., GradientTransformation],
     *,
+    loss_fn: LossFn,
     batch_size: int,
     metrics: Metrics | None = None,
     grad_norm: bool = False,
@@ -102,9 +109,9 @@ def epoch_fn(
 
     ``make_optimizer(**hparams)`` builds the optimizer inside the trace, so hyperparameters
     may be traced arrays (one per ensemble member under `vmap`). With `skip_nonfinite` set
-    to ``m``, the optimizer built must be ``apply_if_finite(..., m)`` outermost: a skipped
-    step leaves the model state as it was too, and only a non-finite step that it lets
-    through (after ``m`` in a row) is fatal. `checked` selects the checked epoch (module
+    to ``m``, the optimizer built must be ``apply_if_finite(..., m)`` outermost, and
+    `train_step` decides which steps are skipped; only a non-finite step let through (after
+    ``m`` in a row) is fatal. `checked` selects the checked epoch (module
     doc). `grad_norm` adds ``‖g‖₂`` to the step metrics. With a `mesh` every minibatch's rows
     are laid out over its ``data`` axis, for data-parallel training.
     """
@@ -124,7 +131,12 @@ def epoch_fn(
         state: TrainState, hparams: Mapping[str, Array], train_data: Any, eval_data: Any
     ) -> EpochOutput:
         step = train_step(
-            model, loss_fn, make_optimizer(**hparams), metrics=metrics, grad_norm=track_norm
+            model,
+            make_optimizer(**hparams),
+            loss_fn=loss_fn,
+            metrics=metrics,
+            grad_norm=track_norm,
+            skip_nonfinite=skip_nonfinite,
         )
         n = data_size(train_data)
         batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
@@ -132,12 +144,10 @@ def epoch_fn(
         def body(carry, index, batch):
             state, bad_batch = carry
             new, values = step(state, batch)
-            finite = jnp.isfinite(values["loss"])
             if skip_nonfinite is not None:
-                finite &= new.opt_state.last_finite
-                fatal = ~finite & (new.opt_state.notfinite_count > skip_nonfinite)
-                new = new._replace(model_state=select(finite, new.model_state, state.model_state))
+                finite, fatal = values.pop("finite"), values.pop("fatal")
             else:
+                finite = jnp.isfinite(values["loss"])
                 if checked:
                     finite &= jnp.isfinite(values["grad_norm"])
                 fatal = ~finite
@@ -183,7 +193,7 @@ def epoch_fn(
             train["skipped"] = skipped
         evaluated = {}
         if eval_data is not None:
-            evaluate = eval_step(model, loss_fn, metrics=metrics)
+            evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
             evaluated = evaluate_batches(
                 evaluate, state.params, state.model_state, eval_data, batch_size
             )

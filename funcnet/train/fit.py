@@ -1,8 +1,8 @@
-"""`fit` and `fit_ensemble`: the epoch loop around the compiled epoch.
+"""`fit` and `fit_ensemble`: training runs of one model and of K models at once.
 
-The host loop does only what needs the host: it calls the compiled epoch once per epoch,
-records the metrics, keeps the best state, counts patience, raises on a non-finite step and
-draws the progress bar. `fit_ensemble` is the same loop over `vmap` of the same epoch.
+Both build the same compiled epoch (`epoch_fn`, under `vmap` for an ensemble) from the same
+`EpochSettings` and hand it to the host loop (`funcnet.train.run_loop`), which runs K
+members in every case: a lone model is K = 1.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
+from funcnet._keys import typed_key
 from funcnet.nn.core import Layer
 from funcnet.optim import (
     GradientTransformation,
@@ -23,20 +23,30 @@ from funcnet.optim import (
     chain,
     clip_by_global_norm,
 )
-from funcnet.train._batching import check_finite, data_size, num_batches
-from funcnet.train._epoch import UNCHECKED, EpochOutput, epoch_fn, select
-from funcnet.train._sharding import check_mesh, place_data, replicate
-from funcnet.train._state import TrainState, check_train_state, init_train_state, typed_key
-from funcnet.train._step import LossFn, Metrics
+from funcnet.train.batching import check_finite, steps_per_epoch
+from funcnet.train.epoch import EpochOutput, epoch_fn, select
+from funcnet.train.loop import EpochCallback, History, Members, run_loop
+from funcnet.train.sharding import check_mesh, place_data, replicate
+from funcnet.train.state import TrainState, check_train_state, init_train_state
+from funcnet.train.step import LossFn, MetricFn, Metrics
+
+__all__ = [
+    "CompiledEpoch",
+    "EnsembleResult",
+    "EpochSettings",
+    "FitResult",
+    "build_optimizer",
+    "compile_epoch",
+    "fit",
+    "fit_ensemble",
+]
 
 Array = jax.Array
 PyTree = Any
-History = dict[str, list[float]]
-EpochCallback = Callable[[int, TrainState, dict[str, float]], None]
 
 
 class FitResult(NamedTuple):
-    """What `fit` and `fit_ensemble` return.
+    """What `fit` returns.
 
     Attributes:
       state: the train state at the end (after the last epoch run): resume from it.
@@ -44,35 +54,65 @@ class FitResult(NamedTuple):
         there is no held-out data). Its params are the ones to use.
       history: ``{metric: [value per epoch]}`` with ``epoch`` (0-based), the training
         metrics (``loss``, ``accuracy``, ``grad_norm``, ...) and the held-out ones prefixed
-        ``val_``; for an ensemble, a list with one such dict per member.
-      best_epoch: the epoch of `best` (None if no epoch ran); a list for an ensemble.
-
-    For an ensemble every leaf of `state` and `best` carries a leading member axis.
+        ``val_``.
+      best_epoch: the epoch of `best` (None if no epoch ran).
     """
 
     state: TrainState
     best: TrainState
-    history: History | list[History]
-    best_epoch: int | list[int | None] | None
+    history: History
+    best_epoch: int | None
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A training step produced a non-finite loss or gradient.
+class EnsembleResult(NamedTuple):
+    """What `fit_ensemble` returns: `FitResult`'s fields for K members.
 
     Attributes:
-      epoch: the epoch (0-based) of the failing step.
-      step: the optimizer step count at the failing step (0-based index of that step).
-      batch: the batch index within the epoch.
-      member: the ensemble member, or None outside an ensemble.
-      state: the train state before the failing step (for an ensemble, every member's state
-        at the end of that epoch, the failing member's frozen before its failing step).
-      history: the metrics up to the failing epoch, as `FitResult.history`.
+      state: the members' train states at the end, every leaf with a leading member axis.
+      best: each member's best state (see `FitResult.best`), stacked the same way.
+      history: one `FitResult.history` per member; a member stopped early has fewer epochs.
+      best_epoch: each member's best epoch.
     """
 
-    def __init__(self, message: str, *, epoch, step, batch, member, state, history):
-        super().__init__(message)
-        self.epoch, self.step, self.batch, self.member = epoch, step, batch, member
-        self.state, self.history = state, history
+    state: TrainState
+    best: TrainState
+    history: list[History]
+    best_epoch: list[int | None]
+
+
+class EpochSettings(NamedTuple):
+    """What a compiled epoch depends on besides the model, the loss and the optimizer: the
+    settings `fit` and `fit_ensemble` share (see `fit` for each)."""
+
+    batch_size: int
+    metrics: tuple[tuple[str, MetricFn], ...] | None
+    grad_norm: bool
+    clip_norm: float | None
+    on_nonfinite: str
+    max_consecutive_skips: int
+
+
+class CompiledEpoch(NamedTuple):
+    """A compiled epoch and what goes with it.
+
+    Attributes:
+      build: ``build(**hparams) -> GradientTransformation``, the optimizer the epoch trains
+        with (`build_optimizer` of the given one, or of the factory's result).
+      run: ``run(state, hparams, train_data, eval_data, active, *, checked=False)``, one
+        epoch, jitted once per value of `checked` (the checked one compiles only when a plain
+        epoch meets a non-finite value, see `epoch_fn`); its metrics and ``bad_batch`` carry
+        a leading member axis, of size 1 for a lone model.
+      templates: the train-state shapes checked so far (see `_initial_state`).
+    """
+
+    build: Callable[..., GradientTransformation]
+    run: Callable[..., EpochOutput]
+    templates: dict[str, TrainState]
+
+
+def _check_on_nonfinite(on_nonfinite: str) -> None:
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
 
 
 def build_optimizer(
@@ -88,8 +128,7 @@ def build_optimizer(
     ``on_nonfinite="skip"`` the whole is wrapped in
     ``apply_if_finite(·, max_consecutive_skips)``.
     """
-    if on_nonfinite not in ("raise", "skip"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    _check_on_nonfinite(on_nonfinite)
     if clip_norm is not None:
         if not clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {clip_norm}")
@@ -117,6 +156,26 @@ def _check_inputs(
         check_finite(eval_data, "eval_data")
 
 
+def _settings(
+    batch_size: int,
+    metrics: Metrics | None,
+    grad_norm: bool,
+    clip_norm: float | None,
+    on_nonfinite: str,
+    max_consecutive_skips: int,
+) -> EpochSettings:
+    """The `EpochSettings` of `fit`'s keyword arguments, hashable (metrics as a tuple)."""
+    _check_on_nonfinite(on_nonfinite)
+    return EpochSettings(
+        batch_size=int(batch_size),
+        metrics=None if metrics is None else tuple(metrics.items()),
+        grad_norm=bool(grad_norm),
+        clip_norm=None if clip_norm is None else float(clip_norm),
+        on_nonfinite=on_nonfinite,
+        max_consecutive_skips=int(max_consecutive_skips),
+    )
+
+
 def _initial_state(
     init: Callable[[Array], TrainState],
     key: Array | None,
@@ -135,7 +194,7 @@ def _initial_state(
     if state is None:
         if key is None:
             raise ValueError(f"{where} needs a key to initialise the model, or a state to continue")
-        return init(typed_key(key))
+        return init(typed_key(key, caller=where))
     if signature not in templates:
         templates[signature] = jax.eval_shape(init, jax.random.key(0))
     check_train_state(templates[signature], state, where=where)
@@ -149,6 +208,11 @@ def _place(data: Any, mesh: Mesh | None) -> Any:
     if mesh is not None:
         return place_data(data, mesh)
     return jax.device_put(tuple(data))
+
+
+def _input_shape(data: tuple[Any, Array], batch_size: int) -> Any:
+    x = data[0]
+    return jax.tree.map(lambda leaf: (batch_size, *jnp.shape(leaf)[1:]), x)
 
 
 def fit(
@@ -217,45 +281,36 @@ def fit(
     _check_inputs(epochs, batch_size, patience, train_data, eval_data)
     if mesh is not None:
         check_mesh(mesh, batch_size)
-    build, run_epoch, templates = _compiled_epoch(
-        model,
-        loss_fn,
-        optimizer,
-        factory=False,
-        ensemble=False,
-        batch_size=batch_size,
-        metrics=metrics,
-        grad_norm=grad_norm,
-        clip_norm=clip_norm,
-        on_nonfinite=on_nonfinite,
-        max_consecutive_skips=max_consecutive_skips,
-        mesh=mesh,
+    settings = _settings(
+        batch_size, metrics, grad_norm, clip_norm, on_nonfinite, max_consecutive_skips
     )
+    compiled = compile_epoch(model, optimizer, loss_fn=loss_fn, settings=settings, mesh=mesh)
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
     in_shape = _input_shape(train_data, batch_size)
     state = _initial_state(
-        lambda key: init_train_state(model, build(), key, in_shape),
+        lambda key: init_train_state(model, compiled.build(), key, in_shape),
         key,
         state,
         where="fit",
-        templates=templates,
+        templates=compiled.templates,
         signature=repr(in_shape),
     )
     if mesh is not None:
         state = replicate(state, mesh)
-    return _loop(
-        lambda state, active, checked: run_epoch(
+    out = run_loop(
+        lambda state, active, checked: compiled.run(
             state, {}, train_data, eval_data, active, checked=checked
         ),
         state,
-        members=None,
+        Members(count=1, stacked=False),
         epochs=epochs,
-        steps_per_epoch=num_batches(data_size(train_data), batch_size),
+        steps_per_epoch=steps_per_epoch(train_data, batch_size),
         patience=patience,
         has_eval=eval_data is not None,
         progress=progress,
         on_epoch_end=on_epoch_end,
     )
+    return FitResult(out.state, out.best, out.histories[0], out.best_epochs[0])
 
 
 def fit_ensemble(
@@ -279,7 +334,7 @@ def fit_ensemble(
     max_consecutive_skips: int = 10,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
-) -> FitResult:
+) -> EnsembleResult:
     """Trains K models at once: `fit` under `vmap` over seeds and hyperparameters.
 
     Member ``k`` starts from ``jax.random.split(key, K)[k]`` and trains with
@@ -301,11 +356,53 @@ def fit_ensemble(
       and ``{metric: [value per member]}``.
 
     Returns:
-      `FitResult` with a leading member axis on `state` and `best`, and `history` and
-      `best_epoch` lists with one entry per member.
+      `EnsembleResult(state, best, history, best_epoch)`: a leading member axis on `state`
+      and `best`, and `history` and `best_epoch` lists with one entry per member.
     """
     _check_inputs(epochs, batch_size, patience, train_data, eval_data)
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
+    k = _member_count(members, hparams)
+    if hparams and isinstance(optimizer, GradientTransformation):
+        raise TypeError("with hparams, optimizer must be a factory `optimizer(**hparams)`")
+    settings = _settings(
+        batch_size, metrics, grad_norm, clip_norm, on_nonfinite, max_consecutive_skips
+    )
+    compiled = compile_epoch(
+        model, optimizer, loss_fn=loss_fn, settings=settings, ensemble=True, factory=bool(hparams)
+    )
+    train_data, eval_data = _place(train_data, None), _place(eval_data, None)
+    in_shape = _input_shape(train_data, batch_size)
+
+    def init_members(key):
+        init = jax.vmap(lambda kk, h: init_train_state(model, compiled.build(**h), kk, in_shape))
+        return init(jax.random.split(key, k), hparams)
+
+    state = _initial_state(
+        init_members,
+        key,
+        state,
+        where="fit_ensemble",
+        templates=compiled.templates,
+        signature=repr((in_shape, k, sorted(hparams))),
+    )
+    out = run_loop(
+        lambda state, active, checked: compiled.run(
+            state, hparams, train_data, eval_data, active, checked=checked
+        ),
+        state,
+        Members(count=k, stacked=True),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch(train_data, batch_size),
+        patience=patience,
+        has_eval=eval_data is not None,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+    )
+    return EnsembleResult(*out)
+
+
+def _member_count(members: int | None, hparams: dict[str, Array]) -> int:
+    """K, from `members` or the hyperparameters' lengths, which must agree."""
     sizes = {name: values.shape for name, values in hparams.items()}
     if any(len(shape) != 1 for shape in sizes.values()):
         raise ValueError(f"each hyperparameter needs one value per member, got shapes {sizes}")
@@ -317,289 +414,74 @@ def fit_ensemble(
     k = counts.pop()
     if k < 1:
         raise ValueError(f"an ensemble needs at least one member, got {k}")
-    if hparams and isinstance(optimizer, GradientTransformation):
-        raise TypeError("with hparams, optimizer must be a factory `optimizer(**hparams)`")
-    build, run_epoch, templates = _compiled_epoch(
-        model,
-        loss_fn,
-        optimizer,
-        factory=bool(hparams),
-        ensemble=True,
-        batch_size=batch_size,
-        metrics=metrics,
-        grad_norm=grad_norm,
-        clip_norm=clip_norm,
-        on_nonfinite=on_nonfinite,
-        max_consecutive_skips=max_consecutive_skips,
-    )
-    train_data, eval_data = _place(train_data, None), _place(eval_data, None)
-    in_shape = _input_shape(train_data, batch_size)
-
-    def init_members(key):
-        init = jax.vmap(lambda kk, h: init_train_state(model, build(**h), kk, in_shape))
-        return init(jax.random.split(key, k), hparams)
-
-    state = _initial_state(
-        init_members,
-        key,
-        state,
-        where="fit_ensemble",
-        templates=templates,
-        signature=repr((in_shape, k, sorted(sizes))),
-    )
-    return _loop(
-        lambda state, active, checked: run_epoch(
-            state, hparams, train_data, eval_data, active, checked=checked
-        ),
-        state,
-        members=k,
-        epochs=epochs,
-        steps_per_epoch=num_batches(data_size(train_data), batch_size),
-        patience=patience,
-        has_eval=eval_data is not None,
-        progress=progress,
-        on_epoch_end=on_epoch_end,
-    )
-
-
-def _compiled_epoch(
-    model: Layer,
-    loss_fn: LossFn,
-    optimizer: Any,
-    *,
-    factory: bool,
-    ensemble: bool,
-    batch_size: int,
-    metrics: Metrics | None,
-    grad_norm: bool,
-    clip_norm: float | None,
-    on_nonfinite: str,
-    max_consecutive_skips: int,
-    mesh: Mesh | None = None,
-) -> tuple[Callable[..., GradientTransformation], Callable[..., EpochOutput], dict]:
-    """``(build, epoch, templates)``: the optimizer builder; the epoch ``(state, hparams,
-    train, eval, active, *, checked)``, jitted once per value of `checked` (the checked one
-    compiles only when a plain epoch meets a non-finite value, see `funcnet.train.epoch_fn`);
-    and the train-state shapes seen so far (see `_initial_state`).
-
-    Compiled epochs are cached on the identity of the model, loss, optimizer and settings,
-    so a later `fit` with the same objects and data shapes (a resumed run, a rerun) does not
-    compile again.
-    """
-    settings = (
-        model,
-        loss_fn,
-        optimizer,
-        factory,
-        ensemble,
-        batch_size,
-        None if metrics is None else tuple(metrics.items()),
-        grad_norm,
-        clip_norm,
-        on_nonfinite,
-        max_consecutive_skips,
-        mesh,
-    )
-    try:
-        return _epoch_cache(*settings)
-    except TypeError:  # an unhashable piece: build without the cache
-        return _epoch_cache.__wrapped__(*settings)
+    return k
 
 
 @functools.lru_cache(maxsize=16)
-def _epoch_cache(
-    model,
-    loss_fn,
-    optimizer,
-    factory,
-    ensemble,
-    batch_size,
-    metrics,
-    grad_norm,
-    clip_norm,
-    on_nonfinite,
-    max_consecutive_skips,
-    mesh,
-):
-    def build(**hparams):
+def compile_epoch(
+    model: Layer,
+    optimizer: Any,
+    *,
+    loss_fn: LossFn,
+    settings: EpochSettings,
+    mesh: Mesh | None = None,
+    ensemble: bool = False,
+    factory: bool = False,
+) -> CompiledEpoch:
+    """The compiled epoch `fit` (or, with `ensemble`, `fit_ensemble`) trains with.
+
+    `optimizer` is a gradient transformation, or with `factory` a function of the members'
+    hyperparameters returning one. The result is cached on the identity of the model, the
+    optimizer and the loss and on the settings, so a later `fit` with the same objects (a
+    resumed run, a rerun) compiles nothing again; to reuse a compiled epoch, keep those
+    objects.
+    """
+
+    def build(**hparams: Array) -> GradientTransformation:
         return build_optimizer(
             optimizer(**hparams) if factory else optimizer,
-            clip_norm=clip_norm,
-            on_nonfinite=on_nonfinite,
-            max_consecutive_skips=max_consecutive_skips,
+            clip_norm=settings.clip_norm,
+            on_nonfinite=settings.on_nonfinite,
+            max_consecutive_skips=settings.max_consecutive_skips,
         )
 
-    def compile_epoch(checked: bool) -> Callable[..., EpochOutput]:
+    def compile_one(checked: bool) -> Callable[..., EpochOutput]:
         run = epoch_fn(
             model,
-            loss_fn,
             build,
-            batch_size=batch_size,
-            metrics=None if metrics is None else dict(metrics),
-            grad_norm=grad_norm,
-            skip_nonfinite=max_consecutive_skips if on_nonfinite == "skip" else None,
+            loss_fn=loss_fn,
+            batch_size=settings.batch_size,
+            metrics=None if settings.metrics is None else dict(settings.metrics),
+            grad_norm=settings.grad_norm,
+            skip_nonfinite=(
+                settings.max_consecutive_skips if settings.on_nonfinite == "skip" else None
+            ),
             checked=checked,
             mesh=mesh,
         )
-        if not ensemble:
+        if ensemble:
+            members = jax.vmap(run, in_axes=(0, 0, None, None))
 
-            def single(state, hparams, train_data, eval_data, active):
+            def epoch(state, hparams, train_data, eval_data, active):
+                out = members(state, hparams, train_data, eval_data)
+                return out._replace(state=select(active, out.state, state))
+
+        else:
+
+            def epoch(state, hparams, train_data, eval_data, active):
                 del active
-                return run(state, hparams, train_data, eval_data)
-
-            return jax.jit(single)
-        members = jax.vmap(run, in_axes=(0, 0, None, None))
-
-        def epoch(state, hparams, train_data, eval_data, active):
-            out = members(state, hparams, train_data, eval_data)
-            return out._replace(state=select(active, out.state, state))
+                out = run(state, hparams, train_data, eval_data)
+                # One member: the host loop reads every value with a leading member axis.
+                lead = functools.partial(jax.tree.map, lambda v: v[None])
+                return out._replace(
+                    train=lead(out.train), eval=lead(out.eval), bad_batch=out.bad_batch[None]
+                )
 
         return jax.jit(epoch)
 
-    epochs = {False: compile_epoch(False), True: compile_epoch(True)}
+    epochs = {False: compile_one(False), True: compile_one(True)}
 
-    def epoch(state, hparams, train_data, eval_data, active, *, checked=False):
+    def run(state, hparams, train_data, eval_data, active, *, checked=False):
         return epochs[checked](state, hparams, train_data, eval_data, active)
 
-    return build, epoch, {}
-
-
-def _input_shape(data: tuple[Any, Array], batch_size: int) -> Any:
-    x = data[0]
-    return jax.tree.map(lambda leaf: (batch_size, *jnp.shape(leaf)[1:]), x)
-
-
-def _loop(
-    run_epoch: Callable[[TrainState, Array, bool], EpochOutput],
-    state: TrainState,
-    *,
-    members: int | None,
-    epochs: int,
-    steps_per_epoch: int,
-    patience: int | None,
-    has_eval: bool,
-    progress: bool,
-    on_epoch_end: EpochCallback | None,
-) -> FitResult:
-    """The host side of `fit` (``members=None``) and `fit_ensemble` (``members=K``).
-
-    ``run_epoch(state, active, checked)`` runs one compiled epoch. A plain epoch that met a
-    non-finite value is run again, checked, from the same state (`funcnet.train.epoch_fn`).
-    """
-    from tqdm.auto import tqdm
-
-    k = 1 if members is None else members
-    steps = np.asarray(jax.device_get(state.step)).reshape(-1)
-    start = int(steps.min()) // steps_per_epoch
-    histories: list[History] = [{} for _ in range(k)]
-    best, best_loss = state, np.full(k, np.inf)
-    best_epoch: list[int | None] = [None] * k
-    waited = np.zeros(k, int)
-    active = np.ones(k, bool)
-
-    bar = tqdm(
-        range(start, epochs),
-        desc="fit" if members is None else f"fit ×{k}",
-        unit="epoch",
-        initial=start,
-        total=epochs,
-        disable=not progress,
-        leave=True,
-    )
-    try:
-        for epoch in bar:
-            live = jnp.asarray(active if members is not None else True)
-            out = run_epoch(state, live, False)
-            bad = np.asarray(jax.device_get(out.bad_batch)).reshape(-1)
-            if np.any(active & (bad == UNCHECKED)):
-                out = run_epoch(state, live, True)
-            train, evaluated, bad = jax.device_get((out.train, out.eval, out.bad_batch))
-            values = {name: np.asarray(v, float).reshape(-1) for name, v in train.items()}
-            values.update(
-                {f"val_{name}": np.asarray(v, float).reshape(-1) for name, v in evaluated.items()}
-            )
-            bad = np.asarray(bad).reshape(-1)
-            for m in np.flatnonzero(active):
-                histories[m].setdefault("epoch", []).append(epoch)
-                for name, v in values.items():
-                    histories[m].setdefault(name, []).append(float(v[m]))
-            failed = np.flatnonzero(active & (bad >= 0))
-            if failed.size:
-                raise _nonfinite_error(
-                    out.state, failed, bad, epoch, steps_per_epoch, members, histories
-                )
-            state = out.state
-
-            if has_eval:
-                score = values["val_loss"]
-                improved = active & (score < best_loss)
-                best_loss = np.where(improved, score, best_loss)
-            else:
-                improved = active.copy()
-            if members is None:
-                best = state if improved[0] else best
-            elif improved.any():
-                best = _select_members(jnp.asarray(improved), state, best)
-            for m in np.flatnonzero(improved):
-                best_epoch[m] = epoch
-            if patience is not None:
-                waited = np.where(improved, 0, waited + active)
-                active &= waited < patience
-
-            shown = {name: float(np.mean(v)) for name, v in values.items() if name != "skipped"}
-            bar.set_postfix(
-                {short: f"{shown[name]:.4g}" for name, short in _SHOWN.items() if name in shown}
-            )
-            if on_epoch_end is not None:
-                report = {
-                    name: (v.tolist() if members is not None else float(v[0]))
-                    for name, v in values.items()
-                }
-                on_epoch_end(epoch, state, report)
-            if not active.any():
-                break
-    finally:
-        bar.close()
-
-    if members is None:
-        return FitResult(state, best, histories[0], best_epoch[0])
-    return FitResult(state, best, histories, best_epoch)
-
-
-_select_members = jax.jit(select)
-_SHOWN = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
-
-
-def _nonfinite_error(
-    state: TrainState,
-    failed: np.ndarray,
-    bad: np.ndarray,
-    epoch: int,
-    steps_per_epoch: int,
-    members: int | None,
-    histories: list[History],
-) -> NonFiniteLossError:
-    member = int(failed[0])
-    steps = np.asarray(jax.device_get(state.step)).reshape(-1)
-    step, batch = int(steps[member]), int(bad[member])
-    who = "" if members is None else f"ensemble member {member} (of failing {failed.tolist()}): "
-    message = (
-        f"{who}the loss or gradient became non-finite at step {step} (epoch {epoch}, batch "
-        f"{batch} of {steps_per_epoch}); training stopped and the error's `state` holds the last "
-        f"good state. Lower the learning rate, clip gradients (clip_norm=...) or pass "
-        f"on_nonfinite='skip' to skip such steps."
-    )
-    return NonFiniteLossError(
-        message,
-        epoch=epoch,
-        step=step,
-        batch=batch,
-        member=None if members is None else member,
-        state=state,
-        history=histories[0] if members is None else histories,
-    )
-
-
-def steps_per_epoch(data: tuple[Any, Array], batch_size: int) -> int:
-    """The number of optimizer steps `fit` takes per epoch, ``⌈n / batch_size⌉``."""
-    return num_batches(data_size(data), batch_size)
+    return CompiledEpoch(build, run, {})

@@ -22,6 +22,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from funcnet._keys import is_key
+from funcnet._trees import leading_size
+
+__all__ = [
+    "data_mesh",
+    "local_copy",
+    "process_share",
+]
+
 DATA_AXIS = "data"
 PyTree = Any
 
@@ -92,9 +101,7 @@ def place_data(data: PyTree, mesh: Mesh) -> PyTree:
     """
     if jax.process_count() == 1:
         return replicate(tuple(data), mesh)
-    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(data)}
-    if len(sizes) != 1:
-        raise ValueError(f"this process's x and y differ in length: {sorted(sizes)}")
+    leading_size(data, what="this process's x and y")
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)),
@@ -117,7 +124,7 @@ def _map_arrays(fn, tree: PyTree) -> PyTree:
     numpy and the process-local constructors accept) and comes back a key of its kind."""
 
     def apply(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if is_key(leaf):
             data = fn(jax.random.key_data(leaf))
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
         return fn(leaf)
@@ -132,8 +139,5 @@ def process_share(data: PyTree) -> PyTree:
     rank, count = jax.process_index(), jax.process_count()
     if count == 1:
         return data
-    rows = {np.shape(leaf)[0] for leaf in jax.tree.leaves(data)}
-    if len(rows) != 1:
-        raise ValueError(f"process_share: the leaves differ in length: {sorted(rows)}")
-    share = rows.pop() // count
+    share = leading_size(data, what="process_share: the leaves of data") // count
     return jax.tree.map(lambda leaf: leaf[rank * share : (rank + 1) * share], data)

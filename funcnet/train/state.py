@@ -7,9 +7,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
+
+__all__ = [
+    "TrainState",
+    "init_train_state",
+    "shuffle_key",
+    "step_key",
+]
 
 PyTree = Any
 
@@ -35,19 +43,6 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     step: jax.Array
     key: jax.Array
-
-
-def typed_key(key: jax.Array) -> jax.Array:
-    """A `jax.random.key` typed key as it is; a legacy uint32 `PRNGKey` wrapped into one."""
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
-        raise TypeError(
-            f"expected a jax.random.key or a uint32 PRNGKey of shape (..., 2), got an array of "
-            f"dtype {key.dtype} and shape {key.shape}"
-        )
-    return jax.random.wrap_key_data(key)
 
 
 def step_key(state: TrainState) -> jax.Array:
@@ -78,7 +73,7 @@ def init_train_state(
     `key` is split in two: one half initialises the params, the other becomes the state's
     key. `in_shape` is the input shape including the batch dimension, e.g. ``(128, 64)``.
     """
-    init_key, state_key = jax.random.split(typed_key(key))
+    init_key, state_key = jax.random.split(typed_key(key, caller="init_train_state"))
     _, params, model_state = model.init(init_key, tuple(in_shape))
     return TrainState(
         params=params,

@@ -22,9 +22,16 @@ from jax import lax
 
 from funcnet.losses import accuracy
 from funcnet.nn.core import Layer
-from funcnet.optim import GradientTransformation, apply_updates, global_norm
-from funcnet.train._batching import batch_plan, data_size, take
-from funcnet.train._state import TrainState, check_opt_state, step_key
+from funcnet.optim import ApplyIfFiniteState, GradientTransformation, apply_updates, global_norm
+from funcnet.train.batching import batch_plan, data_size, take
+from funcnet.train.state import TrainState, check_opt_state, step_key
+
+__all__ = [
+    "eval_step",
+    "make_evaluate",
+    "make_step",
+    "train_step",
+]
 
 Array = jax.Array
 PyTree = Any
@@ -75,16 +82,31 @@ def batch_metrics(
 
 def train_step(
     model: Layer,
-    loss_fn: LossFn,
     optimizer: GradientTransformation,
     *,
+    loss_fn: LossFn,
     metrics: Metrics | None = None,
     grad_norm: bool = False,
+    skip_nonfinite: int | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
-    """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there."""
+    """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there.
+
+    With `skip_nonfinite` set to ``m`` the optimizer must be ``apply_if_finite(·, m)``
+    outermost (as `build_optimizer` makes it): the optimizer decides whether a step's update
+    is applied, and the step makes the model state follow it. The step then also reports
+    ``finite`` (the loss and the update were finite; when not, the step was skipped) and
+    ``fatal`` (a non-finite step let through after ``m`` skipped in a row), which are flags
+    for the epoch, not metrics. The skip decision lives here and nowhere else.
+    """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         check_opt_state(optimizer, state.params, state.opt_state)  # at trace time only
+        if skip_nonfinite is not None and not isinstance(state.opt_state, ApplyIfFiniteState):
+            raise TypeError(
+                "skipping non-finite steps needs the optimizer wrapped in "
+                "funcnet.optim.apply_if_finite outermost (see funcnet.train.build_optimizer), "
+                f"got an optimizer state of type {type(state.opt_state).__name__}"
+            )
         x, y, w = unpack(batch)
 
         def objective(params):
@@ -98,6 +120,14 @@ def train_step(
             state.params
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        values = {"loss": loss, **values}
+        if skip_nonfinite is not None:
+            finite = opt_state.last_finite & jnp.isfinite(loss)
+            model_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), model_state, state.model_state
+            )
+            values["finite"] = finite
+            values["fatal"] = ~finite & (opt_state.notfinite_count > skip_nonfinite)
         new_state = TrainState(
             params=apply_updates(state.params, updates),
             model_state=model_state,
@@ -105,7 +135,6 @@ def train_step(
             step=(state.step + 1).astype(jnp.int32),
             key=state.key,
         )
-        values = {"loss": loss, **values}
         if grad_norm:
             values["grad_norm"] = global_norm(grads)
         return new_state, values
@@ -115,9 +144,9 @@ def train_step(
 
 def make_step(
     model: Layer,
-    loss_fn: LossFn,
     optimizer: GradientTransformation,
     *,
+    loss_fn: LossFn,
     metrics: Metrics | None = None,
     grad_norm: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
@@ -137,9 +166,9 @@ def make_step(
 
     Args:
       model: a `funcnet.nn.Layer`.
+      optimizer: a gradient transformation (`funcnet.optim` or optax).
       loss_fn: ``loss_fn(outputs, labels) -> scalar``, a mean over the batch, e.g.
         `funcnet.losses.softmax_cross_entropy`.
-      optimizer: a gradient transformation (`funcnet.optim` or optax).
       metrics: ``{name: fn(outputs, labels) -> scalar}`` reported besides the loss, computed
         from the outputs of the forward pass the gradient uses; by default ``accuracy`` for
         class logits with integer labels, nothing otherwise.
@@ -151,13 +180,13 @@ def make_step(
     scalars computed at the params before the update.
     """
     return jax.jit(
-        train_step(model, loss_fn, optimizer, metrics=metrics, grad_norm=grad_norm),
+        train_step(model, optimizer, loss_fn=loss_fn, metrics=metrics, grad_norm=grad_norm),
         donate_argnums=0,
     )
 
 
 def eval_step(
-    model: Layer, loss_fn: LossFn, *, metrics: Metrics | None = None
+    model: Layer, *, loss_fn: LossFn, metrics: Metrics | None = None
 ) -> Callable[[PyTree, PyTree, Batch], dict[str, Array]]:
     """The pure evaluation of one batch, ``(params, model_state, batch) -> metrics``.
 
@@ -201,10 +230,10 @@ def evaluate_batches(
     return jax.tree.map(lambda t: t / n, total)
 
 
-def make_eval(
+def make_evaluate(
     model: Layer,
-    loss_fn: LossFn,
     *,
+    loss_fn: LossFn,
     metrics: Metrics | None = None,
     batch_size: int | None = None,
 ) -> Callable[[PyTree, PyTree, tuple[Any, Array]], dict[str, Array]]:
@@ -214,7 +243,7 @@ def make_eval(
     rows (all rows at once when None), the last one padded (see `funcnet.train.batch_plan`),
     and scanned; each metric is the mean over all examples, ``{"loss", **metrics}``.
     """
-    evaluate = eval_step(model, loss_fn, metrics=metrics)
+    evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
 
     @jax.jit
     def evaluate_data(params, model_state, data):

@@ -7,7 +7,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import funcnet.diff as fd
-from funcnet.diff._spectrum import _lanczos
+from funcnet.diff.spectrum import _lanczos
 
 
 def stacked(batch, num_batches):

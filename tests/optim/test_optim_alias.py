@@ -240,9 +240,9 @@ NUMPY_CASES = {
         fo.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
         lambda x, g: torch_sgd(x, g, 0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
     ),
-    "momentum": (fo.momentum(0.05, 0.8), lambda x, g: torch_sgd(x, g, 0.05, momentum=0.8)),
+    "momentum": (fo.momentum(0.05, beta=0.8), lambda x, g: torch_sgd(x, g, 0.05, momentum=0.8)),
     "nesterov": (
-        fo.nesterov(0.05, 0.8),
+        fo.nesterov(0.05, beta=0.8),
         lambda x, g: torch_sgd(x, g, 0.05, momentum=0.8, nesterov=True),
     ),
     "adagrad_all_options": (
@@ -348,8 +348,8 @@ HAND_CASES = {
     # g₁ = 0.5 + 0.1·1 = 0.6 → 0.94; g₂ = −0.25 + 0.1·0.94 = −0.156 → 0.9556.
     "sgd_weight_decay": (fo.sgd(0.1, weight_decay=0.1), (G1, G2), (0.94, 0.9556)),
     # v₁ = 0.5; v₂ = 0.9·0.5 − 0.25 = 0.2.
-    "momentum": (fo.momentum(0.1, 0.9), (G1, G2), (0.95, 0.93)),
-    "nesterov": (fo.nesterov(0.1, 0.9), (G1, G2), (0.905, 0.912)),
+    "momentum": (fo.momentum(0.1, beta=0.9), (G1, G2), (0.95, 0.93)),
+    "nesterov": (fo.nesterov(0.1, beta=0.9), (G1, G2), (0.905, 0.912)),
     # G₁ = 0.25 → d₁ = 0.5/0.5 = 1; G₂ = 0.3125 → d₂ = −0.25/√0.3125 (ε = 1e-10 dropped).
     "adagrad": (fo.adagrad(0.1), (G1, G2), (0.9, 0.9 + 0.1 * 0.25 / math.sqrt(0.3125))),
     # G₀ = 0.1, rate 0.1/(1 + (t − 1)·0.5).

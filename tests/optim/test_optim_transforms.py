@@ -43,27 +43,33 @@ OPTAX_EQUIVALENTS = {
     ),
     "trace": (fo.trace(0.9), optax.trace(0.9)),
     "trace_nesterov": (fo.trace(0.9, nesterov=True), optax.trace(0.9, nesterov=True)),
-    "scale_by_adam": (fo.scale_by_adam(0.8, 0.99, 1e-6), optax.scale_by_adam(0.8, 0.99, 1e-6)),
+    "scale_by_adam": (
+        fo.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6),
+        optax.scale_by_adam(0.8, 0.99, 1e-6),
+    ),
     # torch's placement of ε, outside the root, is optax's eps_in_sqrt=False.
-    "scale_by_rms": (fo.scale_by_rms(0.9), optax.scale_by_rms(0.9, 1e-8, eps_in_sqrt=False)),
+    "scale_by_rms": (fo.scale_by_rms(decay=0.9), optax.scale_by_rms(0.9, 1e-8, eps_in_sqrt=False)),
     "scale_by_rms_centered": (
-        fo.scale_by_rms(0.9, centered=True),
+        fo.scale_by_rms(decay=0.9, centered=True),
         optax.scale_by_stddev(0.9, 1e-8, eps_in_sqrt=False),
     ),
     # optax's scale_by_rss divides by √(G + ε) from G = 0.1: with ε = 0 and G₀ set alike it
     # is torch's g/(√G + ε) with ε = 0.
     "scale_by_adagrad": (
-        fo.scale_by_adagrad(0.2, eps=0.0),
+        fo.scale_by_adagrad(initial_accumulator_value=0.2, eps=0.0),
         optax.scale_by_rss(initial_accumulator_value=0.2, eps=0.0),
     ),
-    "scale_by_adadelta": (fo.scale_by_adadelta(0.8, 1e-5), optax.scale_by_adadelta(0.8, 1e-5)),
+    "scale_by_adadelta": (
+        fo.scale_by_adadelta(rho=0.8, eps=1e-5),
+        optax.scale_by_adadelta(0.8, 1e-5),
+    ),
     # Without the μ_t schedule (ψ → ∞) NAdam is optax's Nesterov Adam.
     "scale_by_nadam": (
         fo.scale_by_nadam(momentum_decay=1e9),
         optax.scale_by_adam(nesterov=True),
     ),
-    "scale_by_adamax": (fo.scale_by_adamax(0.8, 0.99), optax.scale_by_adamax(0.8, 0.99)),
-    "scale_by_lion": (fo.scale_by_lion(0.8, 0.95), optax.scale_by_lion(0.8, 0.95)),
+    "scale_by_adamax": (fo.scale_by_adamax(b1=0.8, b2=0.99), optax.scale_by_adamax(0.8, 0.99)),
+    "scale_by_lion": (fo.scale_by_lion(b1=0.8, b2=0.95), optax.scale_by_lion(0.8, 0.95)),
     "add_decayed_weights": (fo.add_decayed_weights(0.3), optax.add_decayed_weights(0.3)),
     "clip": (fo.clip(0.5), optax.clip(0.5)),
     "clip_by_global_norm": (fo.clip_by_global_norm(1.5), optax.clip_by_global_norm(1.5)),

@@ -41,7 +41,7 @@ def python_epochs(model, optimizer, state, data, epochs, batch_size=BATCH):
     starts from; full batches go in unweighted, a ragged last one with its weights.
     Returns the state and the per-epoch mean loss over the examples.
     """
-    step = train.make_step(model, losses.softmax_cross_entropy, optimizer)
+    step = train.make_step(model, optimizer, loss_fn=losses.softmax_cross_entropy)
     state = jax.tree.map(jnp.copy, state)  # the step consumes the state it is given
     x, y = data
     history = []

@@ -17,7 +17,9 @@ BATCH, BAD_ROW, POISON = 16, 17, 3
 
 def nan_on_poison(outputs, labels):
     """Softmax cross-entropy, NaN (value and gradient) on a batch holding a `POISON` label."""
-    clean = losses.softmax_cross_entropy(outputs, jnp.where(labels == POISON, 0, labels), "none")
+    clean = losses.softmax_cross_entropy(
+        outputs, jnp.where(labels == POISON, 0, labels), reduction="none"
+    )
     return jnp.mean(jnp.where(labels == POISON, jnp.nan, 1.0) * clean)
 
 
@@ -50,7 +52,7 @@ def test_nonfinite_loss_raises_with_epoch_step_and_the_last_good_state(
     assert f"step {4 + bad_batch} (epoch 1, batch {bad_batch} of 4)" in str(err)
     assert err.history["epoch"] == [1]
 
-    step = train.make_step(model, LOSS, optimizer)
+    step = train.make_step(model, optimizer, loss_fn=LOSS)
     expected = first.state
     x, y = poisoned(data[0])
     indices, _ = train.batch_plan(50, BATCH, train.shuffle_key(expected))
@@ -80,7 +82,7 @@ def test_skip_mode_skips_only_the_nonfinite_steps(data, model, optimizer):
     assert np.all(np.isfinite(result.history["loss"]))
 
     # Reference: plain steps, where a step on the poisoned batch only advances step and key.
-    step = train.make_step(model, LOSS, optimizer)
+    step = train.make_step(model, optimizer, loss_fn=LOSS)
     state = train.init_train_state(model, optimizer, jax.random.key(0), (BATCH, 3))
     skipped = []
     for _ in range(2):
@@ -165,7 +167,7 @@ def test_a_nan_gradient_under_a_finite_loss_stops_at_its_step(data, model, optim
             progress=False,
         )
     assert (info.value.epoch, info.value.batch, info.value.step) == (0, bad_batch, bad_batch)
-    step = train.make_step(model, nan_gradient_on_poison, optimizer)
+    step = train.make_step(model, optimizer, loss_fn=nan_gradient_on_poison)
     expected = start
     indices, _ = train.batch_plan(50, BATCH, train.shuffle_key(start))
     for b in range(bad_batch):

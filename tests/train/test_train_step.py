@@ -27,7 +27,7 @@ def test_make_step_is_one_descent_step_on_the_loss_gradient(data, model):
     opt = optim.sgd(0.1)
     state = train.init_train_state(model, opt, jax.random.key(0), x.shape)
     given = jax.tree.map(jnp.copy, state)
-    new, metrics = train.make_step(model, LOSS, opt, grad_norm=True)(given, (x, y))
+    new, metrics = train.make_step(model, opt, loss_fn=LOSS, grad_norm=True)(given, (x, y))
 
     def loss(params):
         return LOSS(model.apply(params, {}, x)[0], y)
@@ -49,7 +49,7 @@ def test_make_step_is_one_descent_step_on_the_loss_gradient(data, model):
 def test_make_step_consumes_the_state_it_is_given(data, model, optimizer):
     (x, y), _ = data
     state = train.init_train_state(model, optimizer, jax.random.key(0), x.shape)
-    train.make_step(model, LOSS, optimizer)(state, (x, y))
+    train.make_step(model, optimizer, loss_fn=LOSS)(state, (x, y))
     assert state.params["dense_0"]["w"].is_deleted()
 
 
@@ -59,7 +59,7 @@ def test_step_keys_are_the_root_key_folded_with_the_step(data):
     opt = optim.sgd(0.1)
     state = train.init_train_state(model, opt, jax.random.key(0), x.shape)
     state = state._replace(step=jnp.array(7, jnp.int32))
-    new, _ = train.make_step(model, LOSS, opt)(jax.tree.map(jnp.copy, state), (x, y))
+    new, _ = train.make_step(model, opt, loss_fn=LOSS)(jax.tree.map(jnp.copy, state), (x, y))
 
     def loss(params):
         key = jax.random.fold_in(state.key, 14)
@@ -75,7 +75,7 @@ def test_step_keys_are_the_root_key_folded_with_the_step(data):
 def test_padded_batch_gives_the_step_of_its_real_rows(data, model, optimizer):
     (x, y), _ = data
     state = train.init_train_state(model, optimizer, jax.random.key(0), (8, 3))
-    step = train.make_step(model, LOSS, optimizer, grad_norm=True)
+    step = train.make_step(model, optimizer, loss_fn=LOSS, grad_norm=True)
     real = 5
     padded = (x[:8], y[:8], (jnp.arange(8) < real).astype(jnp.float32))
     new_padded, m_padded = step(jax.tree.map(jnp.copy, state), padded)
@@ -105,7 +105,9 @@ def test_batch_plan_visits_every_example_once_and_weights_the_filler_zero():
 def test_make_eval_means_over_all_examples(data, model, optimizer, batch_size):
     (x, y), _ = data
     state = train.init_train_state(model, optimizer, jax.random.key(0), x.shape)
-    metrics = train.make_eval(model, LOSS, batch_size=batch_size)(state.params, {}, (x, y))
+    metrics = train.make_evaluate(model, loss_fn=LOSS, batch_size=batch_size)(
+        state.params, {}, (x, y)
+    )
     logits = np.asarray(model.apply(state.params, {}, x)[0], np.float64)
     log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
     np.testing.assert_allclose(
@@ -118,7 +120,7 @@ def test_custom_metrics_replace_the_default(data, model, optimizer):
     (x, y), _ = data
     state = train.init_train_state(model, optimizer, jax.random.key(0), x.shape)
     top = {"max_logit": lambda out, labels: jnp.mean(jnp.max(out, axis=-1))}
-    _, metrics = train.make_step(model, LOSS, optimizer, metrics=top)(state, (x, y))
+    _, metrics = train.make_step(model, optimizer, loss_fn=LOSS, metrics=top)(state, (x, y))
     assert set(metrics) == {"loss", "max_logit"}
 
 
@@ -127,7 +129,7 @@ def test_regression_targets_get_no_accuracy():
     opt = optim.sgd(0.1)
     x = jnp.ones((4, 3))
     state = train.init_train_state(model, opt, jax.random.key(0), x.shape)
-    _, metrics = train.make_step(model, losses.mse, opt)(state, (x, jnp.zeros((4, 2))))
+    _, metrics = train.make_step(model, opt, loss_fn=losses.mse)(state, (x, jnp.zeros((4, 2))))
     assert set(metrics) == {"loss"}
 
 
@@ -135,4 +137,4 @@ def test_a_malformed_batch_is_refused(data, model, optimizer):
     (x, _), _ = data
     state = train.init_train_state(model, optimizer, jax.random.key(0), x.shape)
     with pytest.raises(ValueError, match=r"\(x, y\) or \(x, y, weights\)"):
-        train.make_step(model, LOSS, optimizer)(state, (x,))
+        train.make_step(model, optimizer, loss_fn=LOSS)(state, (x,))

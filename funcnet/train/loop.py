@@ -1,0 +1,193 @@
+"""The host loop: what `fit` and `fit_ensemble` do between compiled epochs.
+
+It calls the compiled epoch once per epoch, records the metrics, keeps the best state,
+counts patience, raises on a non-finite step and draws the progress bar. It always runs K
+members: every value it reads has a leading member axis, of size 1 for a lone model, and
+`Members` says how the states are laid out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnet.train.epoch import UNCHECKED, EpochOutput, select
+from funcnet.train.state import TrainState
+
+__all__ = [
+    "Members",
+    "NonFiniteLossError",
+    "run_loop",
+]
+
+Array = jax.Array
+History = dict[str, list[float]]
+EpochCallback = Callable[[int, TrainState, dict[str, Any]], None]
+RunEpoch = Callable[[TrainState, Array, bool], EpochOutput]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient.
+
+    Attributes:
+      epoch: the epoch (0-based) of the failing step.
+      step: the optimizer step count at the failing step (0-based index of that step).
+      batch: the batch index within the epoch.
+      member: the ensemble member, or None outside an ensemble.
+      state: the train state before the failing step (for an ensemble, every member's state
+        at the end of that epoch, the failing member's frozen before its failing step).
+      history: the metrics up to the failing epoch, as the result's `history`.
+    """
+
+    def __init__(self, message: str, *, epoch, step, batch, member, state, history):
+        super().__init__(message)
+        self.epoch, self.step, self.batch, self.member = epoch, step, batch, member
+        self.state, self.history = state, history
+
+
+class Members(NamedTuple):
+    """How the loop's K members are laid out: `count` of them, and whether the state has a
+    leading member axis (`stacked`, an ensemble) or is one model's (K = 1)."""
+
+    count: int
+    stacked: bool
+
+    def pick(self, mask: np.ndarray, new: TrainState, old: TrainState) -> TrainState:
+        """Each member's `new` state where `mask` (shape ``(K,)``) holds, else its `old`."""
+        if not self.stacked:
+            return new if mask[0] else old
+        return old if not mask.any() else _select_members(jnp.asarray(mask), new, old)
+
+    def view(self, values: np.ndarray) -> Any:
+        """A per-member vector as the caller sees it: a float for a lone model, else a list."""
+        return values.tolist() if self.stacked else float(values[0])
+
+
+_select_members = jax.jit(select)
+_SHOWN = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+
+
+class LoopOutput(NamedTuple):
+    state: TrainState
+    best: TrainState
+    histories: list[History]
+    best_epochs: list[int | None]
+
+
+def run_loop(
+    run_epoch: RunEpoch,
+    state: TrainState,
+    members: Members,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    patience: int | None,
+    has_eval: bool,
+    progress: bool,
+    on_epoch_end: EpochCallback | None,
+) -> LoopOutput:
+    """Runs epochs from the one `state` has reached up to `epochs`.
+
+    ``run_epoch(state, active, checked)`` runs one compiled epoch for the members flagged in
+    `active` (shape ``(K,)``) and returns metrics and ``bad_batch`` with a leading member
+    axis. A plain epoch that met a non-finite value is run again, checked, from the same
+    state (see `funcnet.train.epoch_fn`).
+    """
+    from tqdm.auto import tqdm
+
+    k = members.count
+    start = int(np.asarray(jax.device_get(state.step)).min()) // steps_per_epoch
+    histories: list[History] = [{} for _ in range(k)]
+    best, best_loss = state, np.full(k, np.inf)
+    best_epochs: list[int | None] = [None] * k
+    waited = np.zeros(k, int)
+    active = np.ones(k, bool)
+
+    bar = tqdm(
+        range(start, epochs),
+        desc="fit" if not members.stacked else f"fit ×{k}",
+        unit="epoch",
+        initial=start,
+        total=epochs,
+        disable=not progress,
+        leave=True,
+    )
+    try:
+        for epoch in bar:
+            live = jnp.asarray(active)
+            out = run_epoch(state, live, False)
+            if np.any(active & (np.asarray(jax.device_get(out.bad_batch)) == UNCHECKED)):
+                out = run_epoch(state, live, True)
+            train, evaluated, bad = jax.device_get((out.train, out.eval, out.bad_batch))
+            values = {name: np.asarray(v, float) for name, v in train.items()}
+            values |= {f"val_{name}": np.asarray(v, float) for name, v in evaluated.items()}
+            bad = np.asarray(bad)
+            for m in np.flatnonzero(active):
+                histories[m].setdefault("epoch", []).append(epoch)
+                for name, v in values.items():
+                    histories[m].setdefault(name, []).append(float(v[m]))
+            failed = np.flatnonzero(active & (bad >= 0))
+            if failed.size:
+                raise _nonfinite_error(
+                    out.state, members, failed, bad, epoch, steps_per_epoch, histories
+                )
+            state = out.state
+
+            if has_eval:
+                score = values["val_loss"]
+                improved = active & (score < best_loss)
+                best_loss = np.where(improved, score, best_loss)
+            else:
+                improved = active.copy()
+            best = members.pick(improved, state, best)
+            for m in np.flatnonzero(improved):
+                best_epochs[m] = epoch
+            if patience is not None:
+                waited = np.where(improved, 0, waited + active)
+                active &= waited < patience
+
+            shown = {name: float(np.mean(v)) for name, v in values.items() if name != "skipped"}
+            bar.set_postfix(
+                {short: f"{shown[name]:.4g}" for name, short in _SHOWN.items() if name in shown}
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, state, {name: members.view(v) for name, v in values.items()})
+            if not active.any():
+                break
+    finally:
+        bar.close()
+    return LoopOutput(state, best, histories, best_epochs)
+
+
+def _nonfinite_error(
+    state: TrainState,
+    members: Members,
+    failed: np.ndarray,
+    bad: np.ndarray,
+    epoch: int,
+    steps_per_epoch: int,
+    histories: list[History],
+) -> NonFiniteLossError:
+    member = int(failed[0])
+    step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[member])
+    batch = int(bad[member])
+    who = f"ensemble member {member} (of failing {failed.tolist()}): " if members.stacked else ""
+    message = (
+        f"{who}the loss or gradient became non-finite at step {step} (epoch {epoch}, batch "
+        f"{batch} of {steps_per_epoch}); training stopped and the error's `state` holds the last "
+        f"good state. Lower the learning rate, clip gradients (clip_norm=...) or pass "
+        f"on_nonfinite='skip' to skip such steps."
+    )
+    return NonFiniteLossError(
+        message,
+        epoch=epoch,
+        step=step,
+        batch=batch,
+        member=member if members.stacked else None,
+        state=state,
+        history=histories if members.stacked else histories[0],
+    )
