@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from funcnet.plots import plot_activations
+from funcnet.app.plots import plot_activations
 
 
 def main(path: str | pathlib.Path = "activations.png") -> pathlib.Path:

@@ -59,7 +59,7 @@ def main(epochs: int = 40, seed: int = 0, quiet: bool = False, plot: str | None 
         f"epoch {result.best_epoch + 1} of {epochs}; {time.perf_counter() - started:.1f} s in all"
     )
     if plot:
-        from funcnet.plots import plot_history
+        from funcnet.app.plots import plot_history
 
         print(f"wrote {plot_history(result.history, plot, title='MLP on digits')}")
     return accuracy

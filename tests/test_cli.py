@@ -1,4 +1,4 @@
-"""The `funcnet` command, run in-process through `funcnet.cli.main`."""
+"""The `funcnet` command, run in-process through `funcnet.app.cli.main`."""
 
 import json
 import os
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from funcnet import checkpoint, cli, losses
+from funcnet import checkpoint, losses
+from funcnet.app import cli
 
 TRAIN = [
     "train",
@@ -142,7 +143,7 @@ def test_every_command_has_help(command, capsys):
 
 def test_console_script_help_runs_in_a_fresh_process():
     script = pathlib.Path(sys.executable).with_name("funcnet")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "funcnet.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "funcnet.app.cli"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [*command, "--help"], capture_output=True, text=True, env=env, timeout=120

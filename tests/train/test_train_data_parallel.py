@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
-from funcnet import cli
+from funcnet.app import cli
 from funcnet.launch import launch
 from tests.train.dp_common import SETTINGS, global_data, model
 
@@ -109,7 +109,7 @@ def test_funcnet_train_distributed_matches_one_process(tmp_path):
     """`funcnet train --distributed` in two processes trains what one process trains."""
     args = ["train", "--dataset", "moons", "--hidden", "16", "--epochs", "2"]
     args += ["--batch-size", "32", "--quiet"]
-    command = [sys.executable, "-m", "funcnet.cli", *args, "--distributed"]
+    command = [sys.executable, "-m", "funcnet.app.cli", *args, "--distributed"]
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     assert launch([*command, "--out", str(tmp_path / "two")], 2, timeout_s=300, env=env) == 0
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0

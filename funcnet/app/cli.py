@@ -153,9 +153,9 @@ def make_optimizer(config: dict[str, Any]):
 
 
 def build(model_config: dict[str, Any], optimizer_config: dict[str, Any]):
-    """The model and the optimizer of two configurations (see `funcnet.models.build` and
+    """The model and the optimizer of two configurations (see `funcnet.app.models.build` and
     `make_optimizer`)."""
-    from funcnet import models
+    from funcnet.app import models
 
     return models.build(model_config), make_optimizer(optimizer_config)
 
@@ -257,7 +257,8 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from funcnet import __version__, checkpoint, losses, plots, train
+    from funcnet import __version__, checkpoint, losses, train
+    from funcnet.app import plots
     from funcnet.launch import initialize, is_leader
     from funcnet.train.batching import num_batches
 
@@ -418,7 +419,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from funcnet import diff, losses, nn, plots
+    from funcnet import diff, losses, nn
+    from funcnet.app import plots
 
     run, states = open_checkpoint(args.checkpoint)
     best = states["best"]
