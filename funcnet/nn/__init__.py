@@ -59,6 +59,7 @@ from funcnet.nn.embedding import embedding
 from funcnet.nn.linear import dense
 from funcnet.nn.norm import batch_norm, group_norm, instance_norm, layer_norm, weight_norm
 from funcnet.nn.recurrent import gru, lstm
+from funcnet.nn.summary import summary
 
 __all__ = [
     "ACTIVATIONS",
@@ -111,6 +112,7 @@ __all__ = [
     "softsign",
     "step",
     "sum",
+    "summary",
     "swish",
     "tanh",
     "transformer_block",

@@ -9,14 +9,17 @@ A layer is a pair of pure functions::
 arrays. Combinators name their children ``{kind}_{index}``, from each layer's `Layer.kind`, so
 a model's params read like ``{"dense_0": {"w": ..., "b": ...}, "relu_1": {}, "dense_2": {...}}``.
 
-`check_shape`, `check_floating` and `scope` are for writing layers and combinators: the input
-checks every built-in layer makes, and the scope that puts a child's name in error paths.
+`check_shape`, `check_floating`, `scope` and `init_child` are for writing layers and
+combinators: the input checks every built-in layer makes, the scope that puts a child's name in
+error paths, and the call that initialises a child under it (seen by `observe_inits`, which
+`funcnet.nn.summary` uses).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -35,7 +38,9 @@ __all__ = [
     "concat",
     "fanout",
     "from_function",
+    "init_child",
     "layer_name",
+    "observe_inits",
     "parallel",
     "param_count",
     "residual",
@@ -92,15 +97,54 @@ class LayerError(ValueError):
         return f"{where}: {self.message}"
 
 
+# The callback of `observe_inits`, and the names of the scopes around the current call.
+_observer: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar(
+    "funcnet_nn_init_observer", default=None
+)
+_path: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "funcnet_nn_scope_path", default=()
+)
+
+
 @contextlib.contextmanager
 def scope(name: str) -> Iterator[None]:
     """Runs a child layer under `name`: a `jax.named_scope`, and a `LayerError` path entry."""
+    token = _path.set((*_path.get(), name))
     try:
         with jax.named_scope(name):
             yield
     except LayerError as err:
         err.path = (name, *err.path)
         raise
+    finally:
+        _path.reset(token)
+
+
+def init_child(name: str, child: Layer, key: Array, in_shape: Any) -> tuple[Any, Params, State]:
+    """``child.init(key, in_shape)`` under `scope(name)`: how a combinator initialises a child.
+
+    The call is reported to the callback of `observe_inits`, when one is active.
+    """
+    with scope(name):
+        out_shape, params, state = child.init(key, in_shape)
+        observer = _observer.get()
+        if observer is not None:
+            observer(_path.get(), child, in_shape, out_shape, params, state)
+    return out_shape, params, state
+
+
+@contextlib.contextmanager
+def observe_inits(callback: Callable[..., None]) -> Iterator[None]:
+    """Calls ``callback(path, layer, in_shape, out_shape, params, state)`` as each `init_child`
+    in this context returns; `path` is the tuple of `scope` names down to the child.
+
+    Context-local (a `contextvars` variable): other threads and contexts are not observed.
+    """
+    token = _observer.set(callback)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
 
 
 def layer_name(layer: Layer | Callable) -> str:
@@ -224,8 +268,8 @@ def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
     def init(key, in_shape):
         params, state, shape = {}, {}, in_shape
         for i, (name, child) in enumerate(zip(names, children, strict=True)):
-            with scope(name):
-                shape, params[name], state[name] = child.init(jax.random.fold_in(key, i), shape)
+            k = jax.random.fold_in(key, i)
+            shape, params[name], state[name] = init_child(name, child, k, shape)
         return shape, params, _prune(state)
 
     def apply(params, state, x, *, key=None, train=False):
@@ -261,8 +305,8 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
         check(in_shape, "a tuple of input shapes")
         params, state, shapes = {}, {}, []
         for i, (name, child, shape) in enumerate(zip(names, children, in_shape, strict=True)):
-            with scope(name):
-                shape, params[name], state[name] = child.init(jax.random.fold_in(key, i), shape)
+            k = jax.random.fold_in(key, i)
+            shape, params[name], state[name] = init_child(name, child, k, shape)
             shapes.append(shape)
         return tuple(shapes), params, _prune(state)
 

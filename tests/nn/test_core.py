@@ -312,6 +312,7 @@ NN_MODULES = [
     "linear",
     "norm",
     "recurrent",
+    "summary",
 ]
 
 
