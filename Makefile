@@ -20,7 +20,7 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)
-	$(BIN)/funcnet train --dataset digits --out runs/demo
+	$(BIN)/funcnet train --dataset digits --out runs/demo --overwrite
 
 bench: $(STAMP_RUN)
 	$(BIN)/pip install --quiet -e ".[bench]"

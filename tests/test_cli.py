@@ -54,11 +54,20 @@ def written_out_logits(params, x):
 
 def test_train_writes_checkpoint_metrics_and_curves(run_dir):
     out, first = run_dir
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.npz",
+        "curves.png",
+        "metrics.json",
+        "metrics.jsonl",
+    ]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((out / "metrics.json").read_text())
     assert first["history"]["epoch"] == [0, 1]
     assert metrics["history"]["epoch"] == [2]  # resumed: only the third epoch ran
+    # metrics.jsonl has every epoch, the resumed run's appended as it ended.
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert lines[2]["loss"] == pytest.approx(metrics["history"]["loss"][0])
     assert metrics["config"]["dataset"] == "moons"
     assert metrics["model"] == {
         "name": "mlp",
@@ -124,16 +133,16 @@ def test_user_errors_are_reported_without_a_traceback(tmp_path, capsys):
 
 def test_bench_forwards_its_arguments_or_explains_its_absence(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli, "_benchmark_main", lambda: lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(cli.bench, "_benchmark_main", lambda: lambda argv: calls.append(argv) or 0)
     assert cli.main(["bench", "--smoke", "--repeats", "1"]) == 0
     assert cli.main(["bench", "--", "--help"]) == 0
     assert calls == [["--smoke", "--repeats", "1"], ["--help"]]
-    monkeypatch.setattr(cli, "_benchmark_main", lambda: None)
+    monkeypatch.setattr(cli.bench, "_benchmark_main", lambda: None)
     assert cli.main(["bench"]) == 2
     assert "benchmarks/run.py" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "hessian", "bench"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "plot", "hessian", "bench"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])
@@ -149,5 +158,5 @@ def test_console_script_help_runs_in_a_fresh_process():
         [*command, "--help"], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0
-    for command in ("train", "eval", "hessian", "bench"):
+    for command in ("train", "eval", "predict", "plot", "hessian", "bench"):
         assert command in done.stdout

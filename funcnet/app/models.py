@@ -7,8 +7,12 @@ checkpoint names the model its params belong to.
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 
 from funcnet import nn
 from funcnet.nn import ACTIVATIONS
@@ -90,3 +94,73 @@ def build(config: dict[str, Any]) -> Layer:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](**config)
+
+
+class Trained(NamedTuple):
+    """A trained model rebuilt from a checkpoint of `funcnet train`, ready for inference.
+
+    Attributes:
+      model: the layer its metadata names.
+      params: the best state's params (for an ensemble, every leaf with a member axis).
+      model_state: the best state's model state (batch-norm statistics), `{}` if none.
+      metadata: the checkpoint's metadata (configuration, data description, test metrics).
+    """
+
+    model: Layer
+    params: Any
+    model_state: Any
+    metadata: dict[str, Any]
+
+    @property
+    def members(self) -> int:
+        return int(self.metadata.get("members", 1))
+
+    def outputs(self, x: Any) -> jax.Array:
+        """The model's outputs for inputs `x` (``train=False``); an ensemble's mean output
+        for a regression and mean class probabilities' log for classes."""
+
+        def one(params, model_state):
+            return self.model.apply(params, model_state, x)[0]
+
+        if self.members == 1:
+            return one(self.params, self.model_state)
+        outputs = jax.vmap(one)(self.params, self.model_state)
+        if self.metadata.get("config", {}).get("task") == "regression":
+            return jnp.mean(outputs, axis=0)
+        return jnp.log(jnp.mean(jax.nn.softmax(outputs, axis=-1), axis=0))
+
+
+def load(path: str | pathlib.Path) -> Trained:
+    """The model and the best params of a `funcnet train` checkpoint, from the file alone.
+
+    The architecture comes from the checkpoint's metadata (``model``, a configuration for
+    `build`); the params are checked against the shapes that architecture gives for the
+    stored input shape, so a file whose params do not fit its model is refused.
+    """
+    from funcnet import checkpoint
+    from funcnet._trees import check_same_shapes
+
+    path = pathlib.Path(path)
+    metadata = checkpoint.metadata(path)
+    if "model" not in metadata or "in_shape" not in metadata:
+        raise ValueError(f"{path} has no model configuration; was it written by `funcnet train`?")
+    model = build(metadata["model"])
+    stored = checkpoint.load(path)
+    best = stored["best"]
+    params, model_state = best.params, best.model_state
+    _, expected_params, expected_state = jax.eval_shape(
+        lambda key: model.init(key, tuple(metadata["in_shape"])), jax.random.key(0)
+    )
+    members = int(metadata.get("members", 1))
+    if members > 1:
+        params, model_state = (
+            jax.tree.map(lambda leaf: leaf[0], tree) for tree in (params, model_state)
+        )
+    check_same_shapes(expected_params, params, what=f"{path}: params", source="the file")
+    check_same_shapes(expected_state, model_state, what=f"{path}: model state", source="the file")
+    return Trained(
+        model,
+        jax.tree.map(jnp.asarray, best.params),
+        jax.tree.map(jnp.asarray, best.model_state),
+        metadata,
+    )

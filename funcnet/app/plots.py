@@ -127,6 +127,37 @@ def plot_ensemble(
     return _save(fig, path)
 
 
+def plot_runs(
+    histories: Mapping[str, History], path: PathLike, *, title: str | None = None
+) -> pathlib.Path:
+    """The learning curves of several runs on one figure, to compare them.
+
+    `histories` maps a run's label to its `fit` history. Each run gets one colour: training
+    curves solid, held-out curves dashed; loss on a log scale, accuracy beside it when any
+    run has one.
+    """
+    if not histories:
+        raise ValueError("plot_runs needs at least one history")
+    panels = _panels({k: v for history in histories.values() for k, v in history.items()})
+    fig, axes = _figure(5.0 * len(panels), 3.8, 1, len(panels))
+    colours = [f"C{i % 10}" for i in range(len(histories))]
+    for ax, (metric, label, log) in zip(axes[0], panels, strict=True):
+        for (name, history), colour in zip(histories.items(), colours, strict=True):
+            epochs = _epochs(history)
+            for key, style, suffix in ((metric, "-", ""), (f"val_{metric}", "--", " (held-out)")):
+                if history.get(key):
+                    ax.plot(epochs, history[key], style, color=colour, label=name + suffix)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_density(
     grid: Sequence[float] | jax.Array,
     density: Sequence[float] | jax.Array,

@@ -125,6 +125,7 @@ def test_funcnet_train_distributed_matches_one_process(tmp_path):
         "checkpoint.npz",
         "curves.png",
         "metrics.json",
+        "metrics.jsonl",
     ]
 
 

@@ -1,0 +1,294 @@
+"""`funcnet train`: train a model on a bundled data set or on the user's own file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+
+from funcnet.app.cli.common import (
+    CHECKPOINT,
+    CURVES,
+    DATASETS,
+    EPOCHS,
+    METRICS,
+    OPTIMIZERS,
+    SCHEDULES,
+    CommandError,
+    build,
+    evaluate_state,
+    fraction,
+    loss_for,
+    non_negative_float,
+    non_negative_int,
+    open_checkpoint,
+    positive_float,
+    positive_int,
+    run_data,
+    widths,
+)
+
+
+def add_parser(commands: Any) -> None:
+    """Adds the ``train`` subcommand to `commands` (an argparse subparsers action)."""
+    p = commands.add_parser(
+        "train",
+        help="train a model; write checkpoint, metrics and learning curves",
+        description=(
+            "Train a model with funcnet.train.fit (each epoch one compiled lax.scan) on a "
+            "bundled data set (--dataset) or on a file of your own (--data). Writes "
+            f"{CHECKPOINT} (the best and the last train state, with the configuration in its "
+            f"metadata), {EPOCHS} (one line per epoch, as it ends), {METRICS} "
+            f"(configuration, history, test metrics) and {CURVES} (learning curves) to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="bundled data set")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="train on this file instead: .npz (x, y, optional x_test, y_test), .npy (x; "
+        "labels in NAME_y.npy beside it) or .csv (a header row; the label column by --label); "
+        "integer labels are classes, float labels a regression",
+    )
+    p.add_argument("--label", default=None, help="--data csv: the label column")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture")
+    p.add_argument("--hidden", type=widths, default=[1024], help="hidden widths, e.g. 128,128")
+    p.add_argument("--channels", type=widths, default=[16, 32], help="cnn: conv channels")
+    p.add_argument("--activation", default="relu", help="activation (funcnet.nn.ACTIVATIONS)")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="dropout rate of hidden units")
+    p.add_argument("--batch-norm", action="store_true", help="batch norm after each layer")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="(peak) learning rate")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule")
+    p.add_argument("--weight-decay", type=non_negative_float, default=None, help="weight decay")
+    p.add_argument(
+        "--momentum", type=non_negative_float, default=None, help="momentum (sgd, nesterov, ...)"
+    )
+    p.add_argument("--clip-norm", type=positive_float, default=None, help="clip gradient norm")
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip non-finite steps")
+    p.add_argument("--epochs", type=non_negative_int, default=40, help="epochs in total")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
+    p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="validation share of train")
+    p.add_argument("--members", type=positive_int, default=1, help="train an ensemble of seeds")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffles")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data splits")
+    p.add_argument("--resume", default=None, help="continue the last state of this checkpoint")
+    p.add_argument("--out", default="runs/latest", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no model summary, no progress bar")
+    p.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="train data parallel over the first N devices (the batch must divide by N)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run (started by `python -m funcnet.launch -n N -- ...`, or "
+        "with FUNCNET_COORDINATOR_ADDRESS, FUNCNET_NUM_PROCESSES, FUNCNET_PROCESS_ID set) and "
+        "train data parallel over every process's devices",
+    )
+    p.set_defaults(run=run)
+
+
+def _check_out(out: pathlib.Path, args: argparse.Namespace) -> None:
+    """Refuses an --out that holds a run, unless told to replace or continue it."""
+    held = [name for name in (CHECKPOINT, METRICS, EPOCHS) if (out / name).exists()]
+    if held and not (args.overwrite or args.resume):
+        raise CommandError(
+            f"{out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
+            f"--resume {out / CHECKPOINT} to continue it, or choose another --out"
+        )
+
+
+def _resolved(data: str | None) -> str | None:
+    """`--data` as absolute paths, so `eval` and `hessian` find it from any folder."""
+    if data is None:
+        return None
+    return ",".join(str(pathlib.Path(part.strip()).resolve()) for part in data.split(","))
+
+
+def run(args: argparse.Namespace) -> int:
+    from funcnet import __version__, checkpoint, nn, train
+    from funcnet.app import plots
+    from funcnet.launch import initialize, is_leader
+    from funcnet.train.batching import num_batches
+
+    if args.distributed:
+        initialize()  # before anything touches JAX's devices
+    leader = is_leader()
+    out = pathlib.Path(args.out)
+    _check_out(out, args)
+    started = time.perf_counter()
+    cnn = args.model == "cnn"
+    config = {
+        "dataset": None if args.data else args.dataset,
+        "data": _resolved(args.data),
+        "label": args.label,
+        "data_seed": args.data_seed,
+        "val_fraction": args.val_fraction,
+    }
+    data = run_data(config, images=cnn)
+    mesh = None
+    if args.distributed or args.devices is not None:
+        if args.members > 1:
+            raise CommandError("--members > 1 does not combine with --distributed or --devices")
+        try:
+            mesh = train.data_mesh(args.devices)
+        except ValueError as err:
+            raise CommandError(str(err)) from err
+        # Each process keeps its share of the rows; together they make the global set.
+        data = data._replace(
+            train=train.process_share(data.train),
+            val=None if data.val is None else train.process_share(data.val),
+        )
+    model_config: dict[str, Any] = {
+        "name": args.model,
+        "hidden": args.hidden,
+        "classes": data.classes,
+        "activation": args.activation,
+        "dropout": args.dropout,
+        "batch_norm": args.batch_norm,
+    }
+    if cnn:
+        model_config["channels"] = args.channels
+    train_rows = len(data.train[1]) * jax.process_count()
+    batch_size = min(args.batch_size, train_rows)
+    steps = num_batches(train_rows, batch_size)
+    opt_config = {
+        "name": args.optimizer,
+        "learning_rate": args.lr,
+        "schedule": args.schedule,
+        "weight_decay": args.weight_decay,
+        "momentum": args.momentum,
+    }
+    if args.schedule != "constant":
+        opt_config.update(total_steps=args.epochs * steps, warmup_steps=steps)
+    try:
+        model, optimizer = build(model_config, opt_config)
+    except ValueError as err:  # an unknown activation
+        raise CommandError(str(err)) from err
+    config |= {
+        "task": data.task,
+        "epochs": args.epochs,
+        "batch_size": batch_size,
+        "seed": args.seed,
+        "patience": args.patience,
+        "clip_norm": args.clip_norm,
+        "on_nonfinite": "skip" if args.skip_nonfinite else "raise",
+        "members": args.members,
+    }
+    in_shape = [batch_size, *data.train[0].shape[1:]]
+    metadata = {
+        "funcnet_version": __version__,
+        "config": config,
+        "model": model_config,
+        "optimizer": opt_config,
+        "in_shape": in_shape,
+        "members": args.members,
+        "data_info": data.info,
+    }
+    state = None
+    if args.resume:
+        run_, states = open_checkpoint(args.resume)
+        if (run_.metadata["model"], run_.metadata["in_shape"]) != (model_config, in_shape):
+            raise CommandError(f"{args.resume} holds another model or data shape than asked")
+        state = states["last"]
+    if args.patience is not None and data.val is None:
+        raise CommandError("--patience needs a validation split (--val-fraction > 0)")
+    if leader and not args.quiet:
+        print(nn.summary(model, tuple(in_shape)))
+
+    epochs_file = None
+    on_epoch_end = None
+    if leader:
+
+        def on_epoch_end(epoch, state, metrics):
+            # Opened at the first epoch's end: every process has checked --out by then (the
+            # epoch's collectives wait for all), so none finds this file and refuses.
+            nonlocal epochs_file
+            if epochs_file is None:
+                out.mkdir(parents=True, exist_ok=True)
+                epochs_file = (out / EPOCHS).open("a" if args.resume else "w")
+            epochs_file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+            epochs_file.flush()
+
+    kwargs = dict(
+        loss_fn=loss_for(data.task),
+        epochs=args.epochs,
+        batch_size=batch_size,
+        key=jax.random.key(args.seed),
+        state=state,
+        eval_data=data.val,
+        patience=args.patience,
+        clip_norm=args.clip_norm,
+        on_nonfinite=config["on_nonfinite"],
+        progress=leader and not args.quiet,
+        on_epoch_end=on_epoch_end,
+    )
+    try:
+        if args.members > 1:
+            result = train.fit_ensemble(
+                model, optimizer, data.train, members=args.members, **kwargs
+            )
+        elif mesh is not None:
+            try:
+                result = train.fit(model, optimizer, data.train, mesh=mesh, **kwargs)
+            except ValueError as err:  # a batch the mesh cannot share evenly
+                raise CommandError(str(err)) from err
+            result = result._replace(
+                state=train.local_copy(result.state), best=train.local_copy(result.best)
+            )
+        else:
+            result = train.fit(model, optimizer, data.train, **kwargs)
+    finally:
+        if epochs_file is not None:
+            epochs_file.close()
+    trained = time.perf_counter() - started
+
+    test = evaluate_state(model, result.best, data.test, args.members, task=data.task)
+    metadata["best_epoch"] = result.best_epoch
+    metadata["test"] = test
+    metadata["data_parallel"] = (
+        None
+        if mesh is None
+        else {"devices": int(mesh.devices.size), "processes": jax.process_count()}
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(
+        out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata=metadata
+    )
+    if not leader:  # process 0 writes the checkpoint, the report and the plot
+        return 0
+    report = {**metadata, "history": result.history, "seconds": round(trained, 2)}
+    (out / METRICS).write_text(json.dumps(report, indent=1) + "\n")
+    source = pathlib.Path(args.data).name if args.data else args.dataset
+    title = f"{args.model} on {source} ({args.optimizer}, lr {args.lr:g})"
+    if args.members > 1:
+        plots.plot_ensemble(result.history, out / CURVES, title=title)
+    else:
+        plots.plot_history(result.history, out / CURVES, title=title)
+
+    where = ", ".join(str(out / name) for name in (CHECKPOINT, EPOCHS, METRICS, CURVES))
+    if data.task == "regression":
+        print(f"test mean squared error {test['loss']:.4g}; trained in {trained:.1f} s")
+    elif args.members > 1:
+        print(
+            f"test accuracy {test['accuracy']:.4f} (mean of {args.members} members), "
+            f"ensemble {test['ensemble_accuracy']:.4f}; trained in {trained:.1f} s"
+        )
+    else:
+        epoch = "-" if result.best_epoch is None else result.best_epoch + 1
+        print(
+            f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) with the best "
+            f"state, epoch {epoch} of {args.epochs}; trained in {trained:.1f} s"
+        )
+    print(f"wrote {where}")
+    return 0
