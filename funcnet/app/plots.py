@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,19 @@ def _save(fig: Figure, path: PathLike) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _finish_epoch_axes(ax, **legend: Any) -> None:
+    """The x label, grid and legend every per-epoch panel has."""
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    ax.legend(**legend)
+
+
+def _save_titled(fig: Figure, path: PathLike, title: str | None) -> pathlib.Path:
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
 
 
 def _epochs(history: History) -> np.ndarray:
@@ -77,12 +91,8 @@ def plot_history(history: History, path: PathLike, *, title: str | None = None) 
             ax.set_title(f"{label} ({which}, last epoch {final[-1]:.2%})")
         else:
             ax.set_title(label)
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+        _finish_epoch_axes(ax)
+    return _save_titled(fig, path, title)
 
 
 def plot_ensemble(
@@ -119,12 +129,8 @@ def plot_ensemble(
             ax.set_yscale("log")
         which = "held-out" if key.startswith("val_") else "training"
         ax.set_title(f"{which} {label}, {len(histories)} members")
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+        _finish_epoch_axes(ax, fontsize="small")
+    return _save_titled(fig, path, title)
 
 
 def plot_runs(
@@ -150,12 +156,8 @@ def plot_runs(
         if log:
             ax.set_yscale("log")
         ax.set_title(label)
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+        _finish_epoch_axes(ax, fontsize="small")
+    return _save_titled(fig, path, title)
 
 
 def plot_density(
