@@ -6,9 +6,9 @@ batch axis) gets one value, the mean of the loss over the example's elements:
     ℓ_i = mean_j v_ij,
 
 where ``v_ij`` is the loss of element ``j`` of example ``i``. For the elementwise losses
-(`mse`, `mae`, `huber`, `binary_cross_entropy`, `hinge`) an element is one entry of the
-prediction, so targets of shape ``(batch, d)`` average over the ``d`` outputs (or labels of a
-multi-label problem). For the class losses (`softmax_cross_entropy`, `nll`,
+(`mse`, `mae`, `huber`, `binary_cross_entropy`, `logistic_loss`, `hinge`) an element is one
+entry of the prediction, so targets of shape ``(batch, d)`` average over the ``d`` outputs (or
+labels of a multi-label problem). For the class losses (`softmax_cross_entropy`, `nll`,
 `multiclass_hinge`) an element is one class vector: logits of shape ``(batch, classes)`` give
 one value per example, ``(batch, seq, classes)`` the mean over the ``seq`` positions. Then
 ``reduction`` combines the ``ℓ_i`` over the batch:
@@ -117,11 +117,55 @@ def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean
     `labels`: 0/1 (or probabilities) of the same shape. A multi-label example of shape
     ``(batch, labels)`` counts the mean over its labels, as PyTorch's
     ``binary_cross_entropy_with_logits``. Returns a scalar, or shape ``(batch,)`` for "none".
+
+    Labels outside ``[0, 1]`` are refused when they are concrete (outside `jit`): with the
+    ±1 labels of the margin form the formula goes negative; use `logistic_loss` for those.
     """
     _check_same_shape("binary_cross_entropy", logits, labels)
+    _check_label_range("binary_cross_entropy", labels, (0, 1), "use logistic_loss for ±1 labels")
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
     return _reduce(softplus(logits) - labels * logits, reduction)
+
+
+def logistic_loss(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Logistic loss for labels ``y ∈ {−1, +1}``, per element ``v = log(1 + e^(−y·z))``.
+
+    The margin form of logistic regression: ``σ(y·z)`` is the probability of the label, and
+    ``v = softplus(−y·z)`` is finite for any logit (``≈ −y·z`` for large negative margins). It
+    equals `binary_cross_entropy` with labels ``(y + 1)/2``. `logits`, `labels`: the same shape
+    ``(batch, ...)``; concrete labels other than −1 and +1 are refused. Returns a scalar, or
+    shape ``(batch,)`` for "none".
+    """
+    _check_same_shape("logistic_loss", logits, labels)
+    _check_sign_labels("logistic_loss", labels)
+    logits, labels = at_least_float32(logits), at_least_float32(labels)
+    return _reduce(softplus(-labels.astype(logits.dtype) * logits), reduction)
+
+
+def _check_label_range(name: str, labels: Array, bounds: tuple[float, float], hint: str) -> None:
+    """Refuses concrete `labels` outside the closed interval `bounds`; traced labels pass."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    low, high = bounds
+    if values.size and (values.min() < low or values.max() > high):
+        raise ValueError(
+            f"{name}: labels must lie in [{low}, {high}]; got values in "
+            f"[{values.min()}, {values.max()}] ({hint})"
+        )
+
+
+def _check_sign_labels(name: str, labels: Array) -> None:
+    """Refuses concrete `labels` other than −1 and +1; traced labels pass."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    if values.size and not np.all(np.abs(values) == 1):
+        raise ValueError(
+            f"{name}: labels must be −1 or +1; got values in [{values.min()}, {values.max()}] "
+            f"(use binary_cross_entropy for 0/1 labels)"
+        )
 
 
 def _check_labels(name: str, logits: Array, labels: Array, *, one_hot: bool = True) -> None:
@@ -194,10 +238,11 @@ def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
 def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
     """Binary hinge loss, per element ``v = max(0, 1 − y·s)`` with labels ``y ∈ {−1, +1}``.
 
-    `scores`, `labels`: the same shape ``(batch, ...)``. Returns a scalar, or shape
-    ``(batch,)`` for "none".
+    `scores`, `labels`: the same shape ``(batch, ...)``; concrete labels other than −1 and +1
+    are refused. Returns a scalar, or shape ``(batch,)`` for "none".
     """
     _check_same_shape("hinge", scores, labels)
+    _check_sign_labels("hinge", labels)
     scores, labels = at_least_float32(scores), at_least_float32(labels)
     return _reduce(jnp.maximum(0.0, 1.0 - labels.astype(scores.dtype) * scores), reduction)
 
@@ -220,14 +265,29 @@ def multiclass_hinge(
     return _reduce(jnp.mean(margins, axis=-1), reduction)
 
 
-def l1_penalty(params: Any) -> Array:
-    """``‖θ‖₁ = Σ |θ_i|`` over every leaf of a params pytree."""
-    return sum(jnp.sum(jnp.abs(leaf)) for leaf in jax.tree.leaves(params))
+def l1_penalty(params: Any, *, biases: bool = True) -> Array:
+    """``‖θ‖₁ = Σ |θ_i|`` over the leaves of a params pytree; ``biases=False`` leaves out
+    the leaves with fewer than two dimensions, as `l2_penalty`."""
+    return sum((jnp.sum(jnp.abs(leaf)) for leaf in _penalised(params, biases)), jnp.zeros(()))
 
 
-def l2_penalty(params: Any) -> Array:
-    """``½‖θ‖₂² = ½ Σ θ_i²`` over every leaf of a params pytree (its gradient is ``θ``)."""
-    return 0.5 * sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(params))
+def l2_penalty(params: Any, *, biases: bool = True) -> Array:
+    """``½‖θ‖₂² = ½ Σ θ_i²`` over the leaves of a params pytree.
+
+    The ½ makes the gradient ``θ`` itself, so adding ``λ·l2_penalty`` to a loss is the weight
+    decay ``θ ← θ − αλθ`` of SGD (`funcnet.optim.sgd(weight_decay=λ)` adds the same ``λθ``).
+    With ``biases=False`` the leaves with fewer than two dimensions (biases, and the scales
+    and offsets of norm layers) are left out, as the lecture's ``½λ Σ_l ‖W_l‖²`` does: they
+    do not multiply the input, so shrinking them does not make the function smoother.
+    """
+    return 0.5 * sum(
+        (jnp.sum(jnp.square(leaf)) for leaf in _penalised(params, biases)), jnp.zeros(())
+    )
+
+
+def _penalised(params: Any, biases: bool) -> list[Array]:
+    """The leaves a penalty counts: all, or (``biases=False``) those of two dimensions or more."""
+    return [leaf for leaf in jax.tree.leaves(params) if biases or jnp.ndim(leaf) >= 2]
 
 
 def accuracy(logits: Array, labels: Array) -> Array:

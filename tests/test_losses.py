@@ -60,6 +60,55 @@ def test_binary_cross_entropy_matches_optax_and_is_stable():
     np.testing.assert_allclose(grad, [1 / 3, -1 / 3, 0.0], atol=1e-7)
 
 
+def test_binary_cross_entropy_refuses_labels_outside_0_1():
+    # ±1 labels would make softplus(z) − y·z negative: −0.19 for z = 0.5, y = −1.
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\].*logistic_loss"):
+        losses.binary_cross_entropy(jnp.array([0.5, 2.0]), jnp.array([-1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"got values in \[0.0, 2.0\]"):
+        losses.binary_cross_entropy(jnp.zeros(2), jnp.array([0.0, 2.0]))
+    soft = losses.binary_cross_entropy(jnp.zeros(2), jnp.array([0.0, 0.3]))  # probabilities
+    np.testing.assert_allclose(soft, np.log(2), rtol=1e-6)
+
+
+def test_logistic_loss_is_the_margin_form_of_logistic_regression():
+    z = jnp.array([0.5, -2.0, 3.0, 0.0])
+    y = jnp.array([-1.0, 1.0, 1.0, -1.0])
+    expected = np.log1p(np.exp(-np.asarray(y) * np.asarray(z)))  # log(1 + e^(−yz))
+    np.testing.assert_allclose(losses.logistic_loss(z, y, reduction="none"), expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.logistic_loss(z, y), expected.mean(), rtol=1e-6)
+    # The same loss as binary cross-entropy with labels (y + 1)/2.
+    np.testing.assert_allclose(
+        losses.logistic_loss(z, y), losses.binary_cross_entropy(z, (y + 1) / 2), rtol=1e-6
+    )
+    # Stable at large margins: log(1 + e^1000) = 1000 and log(1 + e^−1000) = e^−1000 → 0.
+    big = losses.logistic_loss(jnp.array([1e3, 1e3]), jnp.array([-1.0, 1.0]), reduction="none")
+    np.testing.assert_allclose(big, [1e3, 0.0])
+    grad = jax.grad(lambda z: losses.logistic_loss(z, jnp.array([-1.0, 1.0])))(
+        jnp.array([1e3, 1e3])
+    )
+    np.testing.assert_allclose(grad, [0.5, 0.0])  # −y·σ(−yz)/2 per element
+    with pytest.raises(ValueError, match="logistic_loss: labels must be −1 or \\+1"):
+        losses.logistic_loss(z, (y + 1) / 2)
+
+
+def test_penalties_can_leave_out_biases_and_norm_parameters():
+    params = {
+        "dense_0": {"w": jnp.array([[1.0, -2.0], [3.0, 0.5]]), "b": jnp.array([4.0, -1.0])},
+        "batch_norm_1": {"scale": jnp.array([2.0, 2.0]), "offset": jnp.array([1.0, 0.0])},
+    }
+    everything = np.array([1.0, -2.0, 3.0, 0.5, 4.0, -1.0, 2.0, 2.0, 1.0, 0.0])
+    weights = np.array([1.0, -2.0, 3.0, 0.5])
+    np.testing.assert_allclose(losses.l2_penalty(params), 0.5 * np.sum(everything**2))
+    np.testing.assert_allclose(losses.l2_penalty(params, biases=False), 0.5 * np.sum(weights**2))
+    np.testing.assert_allclose(losses.l1_penalty(params), np.sum(np.abs(everything)))
+    np.testing.assert_allclose(losses.l1_penalty(params, biases=False), np.sum(np.abs(weights)))
+    # The ½ makes the gradient θ itself; the left-out leaves get a zero gradient.
+    grads = jax.grad(lambda p: losses.l2_penalty(p, biases=False))(params)
+    np.testing.assert_array_equal(grads["dense_0"]["w"], params["dense_0"]["w"])
+    np.testing.assert_array_equal(grads["dense_0"]["b"], 0.0)
+    assert losses.l2_penalty({"b": jnp.ones(3)}, biases=False) == 0.0
+
+
 def test_regression_losses_match_references():
     rng = np.random.default_rng(2)
     pred = rng.normal(size=(10, 4)) * 2
@@ -131,6 +180,7 @@ LOW_PRECISION_CASES = {
     "binary_cross_entropy": lambda z: losses.binary_cross_entropy(z, jnp.eye(2, 3, dtype=z.dtype)),
     "nll": lambda z: losses.nll(jax.nn.log_softmax(z.astype(jnp.float32)), jnp.array([2, 0])),
     "hinge": lambda z: losses.hinge(z, 2 * jnp.eye(2, 3, dtype=z.dtype) - 1),
+    "logistic_loss": lambda z: losses.logistic_loss(z, 2 * jnp.eye(2, 3, dtype=z.dtype) - 1),
     "multiclass_hinge": lambda z: losses.multiclass_hinge(z, jnp.array([1, 2])),
     "mse": lambda z: losses.mse(z, jnp.zeros_like(z)),
     "mae": lambda z: losses.mae(z, jnp.ones_like(z)),
@@ -202,6 +252,11 @@ CASES = {
         lambda rng, shape: (rng.normal(size=shape) * 3, rng.integers(0, 2, size=shape) * 1.0),
         lambda z, y: -y * np.log(special.expit(z)) - (1 - y) * np.log(special.expit(-z)),
     ),
+    "logistic_loss": (
+        losses.logistic_loss,
+        lambda rng, shape: (rng.normal(size=shape) * 3, rng.choice([-1.0, 1.0], size=shape)),
+        lambda z, y: np.log1p(np.exp(-y * z)),
+    ),
     "hinge": (
         losses.hinge,
         lambda rng, shape: (rng.normal(size=shape), rng.choice([-1.0, 1.0], size=shape)),
@@ -264,6 +319,7 @@ def _torch_losses(F):
         "mae": F.l1_loss,
         "huber": lambda a, b, reduction: F.huber_loss(a, b, reduction=reduction, delta=DELTA),
         "binary_cross_entropy": F.binary_cross_entropy_with_logits,
+        "logistic_loss": F.soft_margin_loss,
         "softmax_cross_entropy": lambda z, y, reduction: F.cross_entropy(
             classes_first(z), y, reduction=reduction
         ),
