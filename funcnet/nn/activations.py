@@ -19,6 +19,7 @@ __all__ = [
     "ACTIVATIONS",
     "SELU_ALPHA",
     "SELU_SCALE",
+    "celu",
     "elu",
     "gelu",
     "hard_tanh",
@@ -73,6 +74,15 @@ def elu(x: Array, *, alpha: float = 1.0) -> Array:
     """Exponential linear unit: ``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise."""
     negative = jnp.where(x > 0, jnp.zeros_like(x), x)
     return jnp.where(x > 0, x, alpha * jnp.expm1(negative))
+
+
+def celu(x: Array, *, alpha: float = 1.0) -> Array:
+    """Continuously differentiable ELU: ``x`` for ``x > 0``, ``α(e^{x/α} − 1)`` otherwise.
+
+    The ELU as it is often written on slides; it equals `elu` for ``α = 1`` and, unlike `elu`,
+    has slope 1 at 0 for every ``α`` (Barron, 2017; `torch.nn.CELU`). ``celu(x, α) = α·elu(x/α)``.
+    """
+    return alpha * elu(x / alpha)
 
 
 def selu(x: Array) -> Array:
@@ -138,10 +148,16 @@ def sinc(x: Array) -> Array:
     return jnp.where(small, 1 - x2 / 6 + x2 * x2 / 120, jnp.sin(safe) / safe)
 
 
-def step(x: Array, *, value_at_zero: float = 0.0) -> Array:
-    """Heaviside step: 1 for ``x > 0``, 0 for ``x < 0``, `value_at_zero` at 0; gradient 0."""
+def step(x: Array, *, threshold: float = 0.0, value_at_threshold: float = 0.0) -> Array:
+    """Heaviside step at `threshold` ``a``: 1 for ``x > a``, 0 for ``x < a``,
+    `value_at_threshold` at ``x = a``; gradient 0 everywhere.
+
+    The threshold unit of the perceptron, ``step(wᵀx, threshold=a)`` fires when ``wᵀx > a``.
+    """
     x = jax.lax.stop_gradient(x)
-    return jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, value_at_zero)).astype(x.dtype)
+    return jnp.where(x > threshold, 1.0, jnp.where(x < threshold, 0.0, value_at_threshold)).astype(
+        x.dtype
+    )
 
 
 @half_in_float32
@@ -177,6 +193,7 @@ ACTIVATIONS = {
         relu,
         leaky_relu,
         elu,
+        celu,
         selu,
         gelu,
         softplus,

@@ -26,6 +26,7 @@ REFERENCES = {
     "relu": lambda x: np.maximum(x, 0),
     "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "celu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),  # α = 1
     "selu": lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
     "gelu": lambda x: x * special.ndtr(x),
     "softplus": _np_softplus,
@@ -124,9 +125,28 @@ def test_relu_gradient_is_zero_at_zero():
     assert jax.grad(nn.relu)(1.0) == 1.0
 
 
-def test_step_has_zero_gradient_and_value_at_zero_option():
+def test_step_has_zero_gradient_a_threshold_and_a_value_at_the_threshold():
     assert jax.grad(nn.step)(0.7) == 0.0
-    assert nn.step(jnp.array(0.0), value_at_zero=0.5) == 0.5
+    assert nn.step(jnp.array(0.0), value_at_threshold=0.5) == 0.5
+    x = jnp.array([-1.0, 0.4, 0.5, 0.6, 2.0])
+    np.testing.assert_array_equal(nn.step(x, threshold=0.5), np.heaviside(np.asarray(x) - 0.5, 0))
+    np.testing.assert_array_equal(
+        nn.step(x, threshold=0.5, value_at_threshold=1.0), [0, 0, 1, 1, 1]
+    )
+    assert jax.grad(lambda t: nn.step(t, threshold=0.5))(0.5) == 0.0
+
+
+def test_celu_is_the_elu_of_the_slides_with_slope_one_at_zero(x64):
+    x = jnp.array([-40.0, -2.0, -1e-3, 0.0, 3.0])
+    for alpha in (0.5, 1.0, 2.0):
+        slide = np.where(np.asarray(x) > 0, x, alpha * np.expm1(np.asarray(x) / alpha))
+        np.testing.assert_allclose(nn.celu(x, alpha=alpha), slide, rtol=1e-14)
+        assert jax.grad(nn.celu)(0.0, alpha=alpha) == 1.0 or alpha != 1.0
+        left = jax.grad(lambda t, a=alpha: nn.celu(t, alpha=a))(-1e-9)
+        np.testing.assert_allclose(left, 1.0, rtol=1e-6)  # e^{x/α} → 1: no kink at 0
+    # elu's slope just left of 0 is α, celu's is 1.
+    np.testing.assert_allclose(jax.grad(lambda t: nn.elu(t, alpha=2.0))(-1e-9), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(nn.celu(x), nn.elu(x), rtol=1e-14)
 
 
 def test_gelu_tanh_approximation_is_close_to_exact():
