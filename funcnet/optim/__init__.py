@@ -68,6 +68,7 @@ from funcnet.optim.transforms import (
     apply_if_finite,
     clip,
     clip_by_global_norm,
+    freeze,
     masked,
     scale,
     scale_by_adadelta,
@@ -78,6 +79,7 @@ from funcnet.optim.transforms import (
     scale_by_lion,
     scale_by_nadam,
     scale_by_rms,
+    set_to_zero,
     trace,
 )
 
@@ -105,7 +107,9 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "apply_if_finite",
     "clip",
     "clip_by_global_norm",
+    "freeze",
     "masked",
+    "set_to_zero",
     "scale",
     "scale_by_adadelta",
     "scale_by_adagrad",

@@ -257,6 +257,7 @@ def adam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
+    bias_correction: bool = True,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adam (Kingma & Ba, 2015), as `torch.optim.Adam` (torch's `betas` are `(b1, b2)`).
@@ -276,11 +277,21 @@ def adam(
       eps: `ε`, added to the root.
       weight_decay: `λ`, the L2 penalty (coupled; see `adamw` for the decoupled form).
       amsgrad: keep the running maximum of `v` (Reddi et al., 2018), bias-corrected as torch.
+      bias_correction: divide by ``1 − β₁ᵗ`` and ``1 − β₂ᵗ``; ``False`` gives the update
+        ``m / (√v + ε)`` of the moments alone, whose first step is ``(1 − β₁)/√(1 − β₂) ≈ 3.2``
+        times Adam's for the defaults (docs/optimizers.md, the lecture's forms).
       moment_dtype: dtype of the moments; `None` keeps each param's dtype.
     """
     return chain(
         _decay(weight_decay),
-        scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
+        scale_by_adam(
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            amsgrad=amsgrad,
+            bias_correction=bias_correction,
+            moment_dtype=moment_dtype,
+        ),
         scale_by_learning_rate(learning_rate),
     )
 

@@ -21,7 +21,6 @@ from funcnet.optim.base import (
     PyTree,
     ScalarOrSchedule,
     Updates,
-    bias_correction,
     check_fits,
     global_norm,
     increment,
@@ -31,6 +30,7 @@ from funcnet.optim.base import (
     update_moment,
     zeros_like,
 )
+from funcnet.optim.base import bias_correction as correct_bias  # `bias_correction` is a flag
 
 __all__ = [
     "ApplyIfFiniteState",
@@ -49,6 +49,7 @@ __all__ = [
     "apply_if_finite",
     "clip",
     "clip_by_global_norm",
+    "freeze",
     "masked",
     "scale",
     "scale_by_adadelta",
@@ -59,6 +60,7 @@ __all__ = [
     "scale_by_lion",
     "scale_by_nadam",
     "scale_by_rms",
+    "set_to_zero",
     "trace",
 ]
 
@@ -210,6 +212,7 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     amsgrad: bool = False,
+    bias_correction: bool = True,
     moment_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     """Adam's rescaling (Kingma & Ba, 2015), with torch's AMSGrad variant.
@@ -221,6 +224,8 @@ def scale_by_adam(
         v_max ← max(v_max, v)                         (amsgrad only)
         u ← [m / (1 − β₁ᵗ)] / (√(v / (1 − β₂ᵗ)) + ε)  with v_max in place of v for amsgrad
 
+    Without bias correction the divisions by ``1 − βᵗ`` are dropped, ``u ← m / (√v + ε)``.
+
     As in `torch.optim.Adam`, AMSGrad keeps the maximum of the raw `v` and bias-corrects it;
     optax's `scale_by_amsgrad` takes the maximum of the bias-corrected `v` instead.
 
@@ -229,6 +234,8 @@ def scale_by_adam(
       b2: decay `β₂` of the second moment.
       eps: `ε`, added to the root of the second moment.
       amsgrad: use the running maximum of the second moment.
+      bias_correction: divide the moments by ``1 − βᵗ``; off, the moments start biased
+        towards 0 and the first steps differ (the slides' "not quite Adam").
       moment_dtype: dtype of `m`, `v` (and `v_max`); `None` keeps each param's dtype.
     """
     _check_decay("scale_by_adam's b1", b1)
@@ -250,8 +257,10 @@ def scale_by_adam(
         mu = update_moment(updates, state.mu, b1, 1)
         nu = update_moment(updates, state.nu, b2, 2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
-        mu_hat = bias_correction(mu, b1, count)
-        nu_hat = bias_correction(nu_max if amsgrad else nu, b2, count)
+        mu_hat, nu_hat = mu, nu_max if amsgrad else nu
+        if bias_correction:
+            mu_hat = correct_bias(mu_hat, b1, count)
+            nu_hat = correct_bias(nu_hat, b2, count)
         out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
         return _cast_like(out, updates), ScaleByAdamState(count, mu, nu, nu_max)
 
@@ -474,7 +483,7 @@ def scale_by_nadam(
         moment_coef = mu_next / (1.0 - mu_product * mu_next)
         mu = update_moment(updates, state.mu, b1, 1)
         nu = update_moment(updates, state.nu, b2, 2)
-        nu_hat = bias_correction(nu, b2, count)
+        nu_hat = correct_bias(nu, b2, count)
 
         def rule(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             g = g.astype(m.dtype)
@@ -644,6 +653,8 @@ def masked(
 ) -> GradientTransformation:
     """Applies `inner` to the leaves that `mask` selects and passes the others through unchanged.
 
+    Unchanged means the raw gradient: to hold the other leaves still, chain `freeze` after it.
+
     Args:
       inner: the transformation to apply to the selected leaves.
       mask: a pytree of Python bools with the structure of the params (or a prefix of it, a
@@ -677,6 +688,25 @@ def masked(
         return updates, MaskedState(inner_state=inner_state)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Replaces every update by zeros: ``u ← 0`` (exactly, even where ``g`` is not finite)."""
+    return stateless(lambda updates, params: jax.tree.map(jnp.zeros_like, updates))
+
+
+def freeze(mask: PyTree | Callable[[Params], PyTree]) -> GradientTransformation:
+    """Zeroes the updates of the leaves that `mask` selects, so those params never move.
+
+    `masked` alone does not freeze: the leaves it leaves out pass through unchanged, gradient
+    and all. To train only a head on a frozen trunk, apply the optimizer to the trainable
+    leaves and freeze the rest::
+
+        chain(masked(adam(1e-3), trainable), freeze(frozen))   # frozen = not trainable
+
+    `mask` is as in `masked` (`True` selects a leaf, here to freeze it).
+    """
+    return masked(set_to_zero(), mask)
 
 
 class ApplyIfFiniteState(NamedTuple):

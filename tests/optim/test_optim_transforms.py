@@ -186,6 +186,30 @@ def test_masked_runs_under_jit():
     np.testing.assert_allclose(flat(got), flat(want), rtol=1e-6)
 
 
+def test_freeze_holds_the_selected_leaves_still_and_matches_optax():
+    params, grads = random_tree(0), _grads()
+    frozen = {"dense": {"w": False, "b": True}, "blocks": [False]}
+    trainable = jax.tree.map(lambda f: not f, frozen)
+    tx = fo.chain(fo.masked(fo.adam(1e-2), trainable), fo.freeze(frozen))
+    state, moved = tx.init(params), params
+    for g in grads:
+        g = {**g, "dense": {**g["dense"], "b": g["dense"]["b"].at[0].set(jnp.inf)}}
+        updates, state = tx.update(g, state, moved)
+        moved = fo.apply_updates(moved, updates)
+    np.testing.assert_array_equal(moved["dense"]["b"], params["dense"]["b"])
+    assert not np.allclose(moved["dense"]["w"], params["dense"]["w"])
+    # optax's own freeze: zero updates for the frozen leaves, the optimizer on the rest.
+    want = optax.chain(
+        optax.masked(optax.adam(1e-2), trainable), optax.masked(optax.set_to_zero(), frozen)
+    )
+    got, _ = _updates(tx, grads, params)
+    expected, _ = _updates(want, grads, params)
+    np.testing.assert_allclose(flat(got, 1), flat(expected, 1), rtol=1e-5, atol=1e-7)
+    # masked alone passes the raw gradient of the left-out leaves through: it does not freeze.
+    passed, _ = _updates(fo.masked(fo.adam(1e-2), trainable), grads[:1], params)
+    np.testing.assert_array_equal(passed["dense"]["b"][0], grads[0]["dense"]["b"])
+
+
 # apply_if_finite
 
 
