@@ -29,7 +29,8 @@ from funcnet import nn
 
 def cnn() -> nn.Layer:
     def block(width):
-        return [nn.conv(width, 3, w_init="he_normal"), nn.batch_norm(), nn.relu]
+        # No bias before batch norm: it subtracts the batch mean, and a bias with it.
+        return [nn.conv(width, 3, w_init="he_normal", use_bias=False), nn.batch_norm(), nn.relu]
 
     return nn.serial(
         *block(32),

@@ -36,7 +36,10 @@ def mlp(
     """A multi-layer perceptron: ``[dense → (batch_norm) → activation → (dropout)] × L → dense``.
 
     Input ``(batch, features)``; output logits ``(batch, classes)``. `hidden` lists the widths
-    of the hidden layers; `dropout` is the probability of dropping a hidden unit.
+    of the hidden layers; `dropout` is the probability of dropping a hidden unit. With
+    `batch_norm` the dense layers before it have no bias: batch norm subtracts the batch mean,
+    so a bias ``b`` cancels, ``(xW + b) − mean(xW + b) = xW − mean(xW)``, and would get a zero
+    gradient; the norm's own offset takes its place.
     """
     act = _activation(activation)
     init = (
@@ -46,7 +49,7 @@ def mlp(
     )
     layers: list[Any] = []
     for width in hidden:
-        layers.append(nn.dense(width, w_init=init))
+        layers.append(nn.dense(width, w_init=init, use_bias=not batch_norm))
         if batch_norm:
             layers.append(nn.batch_norm())
         layers.append(act)
@@ -70,12 +73,12 @@ def cnn(
     ``[conv 3×3 → (batch_norm) → activation → max_pool 2×2]`` per entry of `channels`, each
     block halving the height and width, then ``flatten`` and an `mlp` head with `hidden`
     widths. Input ``(batch, height, width, channels)``; output ``(batch, classes)``. Two blocks
-    take 8×8 digits to 2×2.
+    take 8×8 digits to 2×2. With `batch_norm` the convolutions have no bias, as in `mlp`.
     """
     act = _activation(activation)
     layers: list[Any] = []
     for width in channels:
-        layers.append(nn.conv(width, 3, w_init="he_normal"))
+        layers.append(nn.conv(width, 3, w_init="he_normal", use_bias=not batch_norm))
         if batch_norm:
             layers.append(nn.batch_norm())
         layers += [act, nn.max_pool(2)]
