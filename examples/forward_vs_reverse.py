@@ -2,10 +2,14 @@
 
 For f: ℝⁿ → ℝᵐ the full Jacobian costs n Jacobian-vector products in forward mode
 (`jax.jacfwd`, one column each) and m vector-Jacobian products in reverse mode
-(`jax.jacrev`, one row each). Each product costs a small multiple of one evaluation of f,
-so forward mode should win when n < m and reverse mode when n > m, with the boundary near
-the diagonal n = m. Reverse mode also stores the forward pass, which tilts the boundary a
-little in forward mode's favour.
+(`jax.jacrev`, one row each). One forward pass `jax.jvp(f, (x,), (e_j,))` pushes the tangent
+e_j through f and gives the column J·e_j; one backward pass of the pullback from `jax.vjp`
+takes the cotangent e_i back to the row e_iᵀJ. The script first assembles a small Jacobian
+both ways, column by column and row by row, and checks it against `jax.jacfwd`.
+
+Each product costs a small multiple of one evaluation of f, so forward mode should win when
+n < m and reverse mode when n > m, with the boundary near the diagonal n = m. Reverse mode
+also stores the forward pass, which tilts the boundary a little in forward mode's favour.
 
 The function is a two-layer network f(x) = W₂ tanh(W₁ x) with a hidden width of 256. This
 script times both modes on a grid of (n, m), prints the table with the mode
@@ -41,6 +45,39 @@ def network(n: int, m: int, seed: int = 0):
     w2 = jnp.asarray(rng.normal(size=(m, HIDDEN)) / math.sqrt(HIDDEN), jnp.float32)
     x = jnp.asarray(rng.normal(size=n), jnp.float32)
     return lambda x: w2 @ jnp.tanh(w1 @ x), x
+
+
+def jacobian_by_columns(f, x: jax.Array) -> jax.Array:
+    """J of shape (m, n), one forward pass per column: J·e_j = jax.jvp(f, (x,), (e_j,))[1]."""
+    columns = [jax.jvp(f, (x,), (e,))[1] for e in jnp.eye(x.shape[0], dtype=x.dtype)]
+    return jnp.stack(columns, axis=1)
+
+
+def jacobian_by_rows(f, x: jax.Array) -> jax.Array:
+    """J of shape (m, n), one backward pass per row: e_iᵀJ = pullback(e_i).
+
+    `jax.vjp` runs f once and keeps what the backward passes need; each call of the
+    pullback is then one backward pass.
+    """
+    y, pullback = jax.vjp(f, x)
+    rows = [pullback(e)[0] for e in jnp.eye(y.shape[0], dtype=y.dtype)]
+    return jnp.stack(rows, axis=0)
+
+
+def show_products(n: int = 3, m: int = 2) -> float:
+    """Print a small Jacobian assembled from n jvps and from m vjps.
+
+    Returns the largest absolute difference of either assembly from `jax.jacfwd`.
+    """
+    f, x = network(n, m)
+    by_columns, by_rows = jacobian_by_columns(f, x), jacobian_by_rows(f, x)
+    reference = jax.jacfwd(f)(x)
+    error = max(float(jnp.max(jnp.abs(j - reference))) for j in (by_columns, by_rows))
+    print(f"Jacobian of f: ℝ{n} → ℝ{m} from {n} jvps (columns J·e_j) and {m} vjps (rows e_iᵀJ):")
+    for i, row in enumerate(by_rows.tolist()):
+        print(f"  row {i}: " + "  ".join(f"{v:+.5f}" for v in row))
+    print(f"  max |difference| of both from jax.jacfwd: {error:.1e}\n")
+    return error
 
 
 def seconds(fn, x, repeats: int, min_time: float = 0.05) -> float:
@@ -152,6 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     sizes = sorted(args.sizes)
+    show_products()
     rows = measure(sizes, args.repeats)
     print_table(rows)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,20 @@
 5. f(x₁, x₂, x₃) = (x₁x₂ sin x₃ + exp(x₁x₂))/x₃, evaluated as a trace of elementary
    operations and differentiated by hand, forward mode (one tangent sweep per input) and
    reverse mode (one adjoint sweep for the whole gradient).
+6. f(x) = ⟨Ax, x⟩ = xᵀAx, A not symmetric: df = ⟨Ax, dx⟩ + ⟨A dx, x⟩ = ⟨(A + Aᵀ)x, dx⟩,
+   so ∇f = (A + Aᵀ)x; the familiar 2Ax holds only when A = Aᵀ.
+7. f(X) = det X:  df = det X·tr(X⁻¹dX) = ⟨det X·X⁻ᵀ, dX⟩ (Jacobi's formula), so
+   ∇f = det X·X⁻ᵀ. Forward mode (`jax.jvp`) gives the number df along one dX; reverse
+   mode (`jax.vjp` with cotangent 1) gives the whole ∇f.
+8. F(X) = X⁻¹:  differentiating XX⁻¹ = I gives dX·X⁻¹ + X·d(X⁻¹) = 0, so
+   d(X⁻¹) = −X⁻¹dX X⁻¹.
+9. The second differential of f(x) = (xᵀAx)(xᵀBx), a bilinear form in h₁, h₂:
+   d²f[h₁, h₂] = h₁ᵀ∇²f h₂ = 2(xᵀBx)h₁ᵀAh₂ + 2(xᵀAx)h₁ᵀBh₂
+                 + 4(h₁ᵀAx·xᵀBh₂ + h₁ᵀBx·xᵀAh₂),
+   computed without the Hessian as a jvp of the gradient (forward-over-reverse).
+10. p = softmax(z), L = −log p_y:  dp = (diag(p) − ppᵀ)dz and ∇ₚL = −1_y/p_y (zero except
+    −1/p_y at y). The chain rule, with the symmetric Jacobian, gives
+    ∇_z L = (diag(p) − ppᵀ)(−1_y/p_y) = p − 1_y, the ∇z of item 4.
 
 Run: python examples/matrix_calculus.py
 """
@@ -182,6 +196,82 @@ def reverse_trace(x: tuple[float, float, float]) -> list[tuple]:
     ]
 
 
+# 6. Quadratic form with a non-symmetric matrix -----------------------------------------
+
+
+def quadratic_form(x: jax.Array, a: jax.Array) -> jax.Array:
+    """f(x) = ⟨Ax, x⟩ = xᵀAx; x of shape (n,), A of shape (n, n), not necessarily symmetric."""
+    return x @ a @ x
+
+
+def quadratic_form_grad(x: jax.Array, a: jax.Array) -> jax.Array:
+    """∇f = (A + Aᵀ)x, from df = ⟨A dx, x⟩ + ⟨Ax, dx⟩ = ⟨Aᵀx + Ax, dx⟩."""
+    return (a + a.T) @ x
+
+
+# 7. Determinant --------------------------------------------------------------------------
+
+
+def det_grad(x: jax.Array) -> jax.Array:
+    """∇ det X = det X·X⁻ᵀ for an invertible X of shape (n, n)."""
+    return jnp.linalg.det(x) * jnp.linalg.inv(x).T
+
+
+def det_differential(x: jax.Array, dx: jax.Array) -> jax.Array:
+    """d det X = det X·tr(X⁻¹dX) = ⟨det X·X⁻ᵀ, dX⟩, a scalar; X and dX of shape (n, n)."""
+    return jnp.linalg.det(x) * jnp.trace(jnp.linalg.inv(x) @ dx)
+
+
+# 8. Matrix inverse -----------------------------------------------------------------------
+
+
+def inverse_differential(x: jax.Array, dx: jax.Array) -> jax.Array:
+    """d(X⁻¹) = −X⁻¹dX X⁻¹, of shape (n, n), from d(XX⁻¹) = dX X⁻¹ + X d(X⁻¹) = 0."""
+    inv = jnp.linalg.inv(x)
+    return -inv @ dx @ inv
+
+
+# 9. Second differential of the product of two quadratic forms ---------------------------
+
+
+def quadratic_product_second_differential(
+    x: jax.Array, a: jax.Array, b: jax.Array, h1: jax.Array, h2: jax.Array
+) -> jax.Array:
+    """d²f[h₁, h₂] = h₁ᵀ∇²f h₂ for f = (xᵀAx)(xᵀBx), A and B symmetric; a scalar.
+
+    Differentiating df[h₂] = 2(xᵀBx)xᵀAh₂ + 2(xᵀAx)xᵀBh₂ along h₁:
+    d²f[h₁, h₂] = 2(xᵀBx)h₁ᵀAh₂ + 2(xᵀAx)h₁ᵀBh₂ + 4(h₁ᵀAx·xᵀBh₂ + h₁ᵀBx·xᵀAh₂).
+    """
+    ax, bx = a @ x, b @ x
+    return (
+        2 * (x @ bx) * (h1 @ a @ h2)
+        + 2 * (x @ ax) * (h1 @ b @ h2)
+        + 4 * ((h1 @ ax) * (bx @ h2) + (h1 @ bx) * (ax @ h2))
+    )
+
+
+# 10. Softmax and the negative log-probability -------------------------------------------
+
+
+def softmax_jacobian(z: jax.Array) -> jax.Array:
+    """∂p/∂z = diag(p) − ppᵀ for p = softmax(z); z of shape (c,), result (c, c), symmetric.
+
+    From pᵢ = e^{zᵢ}/Σₖe^{zₖ}: ∂pᵢ/∂zⱼ = pᵢ[i = j] − pᵢpⱼ.
+    """
+    p = jax.nn.softmax(z)
+    return jnp.diag(p) - jnp.outer(p, p)
+
+
+def neg_log_prob(p: jax.Array, y: int) -> jax.Array:
+    """L = −log p_y as a function of the probability vector p of shape (c,)."""
+    return -jnp.log(p[y])
+
+
+def neg_log_prob_grad(p: jax.Array, y: int) -> jax.Array:
+    """∇ₚL = −1_y/p_y: zero except −1/p_y at index y; shape (c,)."""
+    return -jax.nn.one_hot(y, p.shape[0], dtype=p.dtype) / p[y]
+
+
 # Checks ---------------------------------------------------------------------------------
 
 
@@ -242,9 +332,55 @@ def main() -> dict[str, float]:
         results["traced f reverse mode by hand"] = _rel(backward, jax.grad(traced_function)(xp))
         autodiff = jax.grad(traced_function)(xp).tolist()
 
+        # Reverse mode spelled out: ∇f is the vjp of f with cotangent 1 on its scalar output.
+        an = jnp.asarray(rng.normal(size=(5, 5)))
+        value, pullback = jax.vjp(lambda v: quadratic_form(v, an), x)
+        (by_vjp,) = pullback(jnp.ones_like(value))
+        results["⟨Ax, x⟩ gradient (A + Aᵀ)x, vjp"] = _rel(by_vjp, quadratic_form_grad(x, an))
+        wrong = _rel(2 * an @ x, by_vjp)
+
+        # Forward mode gives the differential along one dX, reverse mode the whole gradient.
+        xs = jnp.asarray(rng.normal(size=(4, 4)))
+        dxs = jnp.asarray(rng.normal(size=(4, 4)))
+        _, d_det = jax.jvp(jnp.linalg.det, (xs,), (dxs,))
+        results["d det X along dX, jvp"] = _rel(d_det, det_differential(xs, dxs))
+        value, pullback = jax.vjp(jnp.linalg.det, xs)
+        (det_by_vjp,) = pullback(jnp.ones_like(value))
+        results["∇ det X = det X·X⁻ᵀ, vjp"] = _rel(det_by_vjp, det_grad(xs))
+        _, d_inv = jax.jvp(jnp.linalg.inv, (xs,), (dxs,))
+        results["d(X⁻¹) along dX, jvp"] = _rel(d_inv, inverse_differential(xs, dxs))
+
+        h1, h2 = jnp.asarray(rng.normal(size=(2, 5)))
+        second = quadratic_product_second_differential(x, a, b, h1, h2)
+        fwd_over_rev = jax.jvp(jax.grad(f), (x,), (h2,))[1] @ h1
+        results["h₁ᵀ∇²f h₂, jvp of grad"] = _rel(fwd_over_rev, second)
+        results["h₁ᵀ∇²f h₂, funcnet.diff.hvp"] = _rel(fd.hvp(f, x, h2) @ h1, second)
+        results["h₁ᵀ∇²f h₂ vs closed-form ∇²f"] = _rel(
+            h1 @ quadratic_product_hessian(x, a, b) @ h2, second
+        )
+
+        z = params["w"] @ x + params["b"]
+        p = jax.nn.softmax(z)
+        results["softmax Jacobian, jacfwd"] = _rel(
+            jax.jacfwd(jax.nn.softmax)(z), softmax_jacobian(z)
+        )
+        results["softmax Jacobian, jacrev"] = _rel(
+            jax.jacrev(jax.nn.softmax)(z), softmax_jacobian(z)
+        )
+        grad_p = neg_log_prob_grad(p, label)
+        results["∇ₚ(−log p_y)"] = _rel(jax.grad(neg_log_prob)(p, label), grad_p)
+        chained = softmax_jacobian(z) @ grad_p
+        results["(diag(p) − ppᵀ)(−1_y/p_y) = ∇z"] = _rel(chained, ad_params["b"])
+        p_minus_e = p - jax.nn.one_hot(label, p.shape[0], dtype=p.dtype)
+
     print("closed form vs automatic differentiation (max relative difference, float64)")
     for name, value in results.items():
-        print(f"  {name:<34} {value:.2e}")
+        print(f"  {_pad(name, 34)} {value:.2e}")
+    print("\nwrong closed form: 2Ax against ∇⟨Ax, x⟩ = (A + Aᵀ)x for a non-symmetric A")
+    print(f"  {_pad('2Ax, relative error', 34)} {wrong:.2e}")
+    print(f"\nchain rule through softmax at z = Wx + b, y = {label}:")
+    print("  (diag(p) − ppᵀ)(−1_y/p_y) =", "  ".join(f"{v:+.6f}" for v in chained.tolist()))
+    print("  p − 1_y                   =", "  ".join(f"{v:+.6f}" for v in p_minus_e.tolist()))
 
     print(f"\nf(x1, x2, x3) = (x1·x2·sin x3 + exp(x1·x2))/x3 at x = {point}")
     print("\nforward mode, tangent seed ẋ = e1 (one sweep gives ∂f/∂x1):")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import funcnet.diff as fd
+from funcnet import nn
 
 
 def squire_trapp(x):
@@ -145,3 +146,32 @@ def test_numerical_references_reject_bad_functions(x64):
         fd.complex_step_grad(lambda x: jnp.sum(jnp.abs(x) ** 2), jnp.ones(3))
     with pytest.raises(TypeError, match="floating"):
         fd.numerical_grad(jnp.sum, jnp.arange(3))
+
+
+def test_check_grads_catches_a_layer_with_a_wrong_backward_pass():
+    # The failure docs/differentiation.md prints: a float32 dense layer whose hand-written
+    # backward pass scales one entry of ∇W by 1.05.
+    model = nn.serial(nn.dense(3))
+    x = jax.random.normal(jax.random.key(3), (5, 4))
+    _, params, _ = model.init(jax.random.key(0), x.shape)
+
+    def loss(params):
+        y, _ = model.apply(params, {}, x)
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    @jax.custom_vjp
+    def wrong_loss(params):
+        return loss(params)
+
+    def wrong_bwd(params, g):
+        grads = jax.grad(loss)(params)
+        w = grads["dense_0"]["w"].at[3, 0].mul(1.05)
+        return ({"dense_0": {**grads["dense_0"], "w": g * w}},)
+
+    wrong_loss.defvjp(lambda p: (loss(p), p), wrong_bwd)
+    fd.check_grads(loss, params)  # the true gradient passes in float32
+    with pytest.raises(AssertionError) as failure:
+        fd.check_grads(wrong_loss, params)
+    message = str(failure.value)
+    assert "gradient check (central) failed at x['dense_0']['w'][3, 0]" in message
+    assert "1 of 15 coordinates out of tolerance" in message
