@@ -1,11 +1,14 @@
-"""Normalisation layers: batch, layer, group and instance norm, and weight normalisation.
+"""Normalisation layers: batch, layer, RMS, group and instance norm, and weight normalisation.
 
-The feature (channel) axis is the last one. Each of the first four computes ``x̂ = (x − μ) /
-√(σ² + ε)`` over some axes and returns ``y = scale · x̂ + bias`` with params ``scale`` (ones)
-and ``bias`` (zeros) of shape ``(channels,)``; they differ in the axes of ``μ`` and ``σ²``:
+The feature (channel) axis is the last one. Batch, layer, group and instance norm compute
+``x̂ = (x − μ) / √(σ² + ε)`` over some axes; RMS norm skips the mean, ``x̂ = x / √(mean(x²) +
+ε)``. Each returns ``y = scale · x̂ + bias`` with params ``scale`` (ones) and ``bias`` (zeros) of
+shape ``(channels,)``, or for layer and RMS norm over several axes the shape of those axes;
+`use_scale` and `use_bias` leave either out. They differ in the axes of the statistics:
 
     batch_norm     every axis but the channels (batch and spatial), one statistic per channel
-    layer_norm     the last axis, one statistic per position
+    layer_norm     `axes` (the last by default), one statistic per position
+    rms_norm       `axes` (the last by default), one statistic per position, no mean subtracted
     group_norm     spatial axes and the channels of one group, per example and group
     instance_norm  spatial axes, per example and channel
 
@@ -14,6 +17,9 @@ and ``bias`` (zeros) of shape ``(channels,)``; they differ in the axes of ``μ``
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -21,34 +27,95 @@ from jax import lax
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
-__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "weight_norm"]
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "weight_norm"]
 
 Array = jax.Array
 
 
-def _affine_params(key, channels, scale_init, bias_init, dtype):
+def _affine_params(key, shape, scale_init, bias_init, dtype, use_scale=True, use_bias=True):
+    """``scale`` (when `use_scale`) and ``bias`` (when `use_bias`) of `shape`."""
     scale_key, bias_key = jax.random.split(key)
-    return {
-        "scale": scale_init(scale_key, (channels,), dtype),
-        "bias": bias_init(bias_key, (channels,), dtype),
-    }
+    params = {}
+    if use_scale:
+        params["scale"] = scale_init(scale_key, shape, dtype)
+    if use_bias:
+        params["bias"] = bias_init(bias_key, shape, dtype)
+    return params
 
 
-def _check_input(kind: str, x: Array, params, min_rank: int = 1) -> None:
-    """Checks `x` against the norm's params: floating point, ``(..., channels)``."""
-    channels = params["scale"].shape[0]
-    check_shape(
-        kind,
-        x.shape,
-        f"an input of rank >= {min_rank} with {channels} channels on the last axis",
-        min_rank=min_rank,
-        last=channels,
-    )
+def _scale_shift(x_hat: Array, params, shape=None) -> Array:
+    """``scale · x̂ + bias`` with whichever of the two `params` holds, reshaped to `shape`."""
+    if "scale" in params:
+        x_hat = x_hat * params["scale"].reshape(shape or params["scale"].shape)
+    if "bias" in params:
+        x_hat = x_hat + params["bias"].reshape(shape or params["bias"].shape)
+    return x_hat
+
+
+def _sizes(*trees) -> tuple[int, ...] | None:
+    """The shape of the first of ``scale``, ``bias``, ``mean`` in `trees`; None if none has one."""
+    for tree in trees:
+        for name in ("scale", "bias", "mean"):
+            if name in tree:
+                return tuple(tree[name].shape)
+    return None
+
+
+def _check_input(
+    kind: str, x: Array, sizes: tuple[int, ...] | None, axes=(-1,), min_rank: int = 1
+) -> None:
+    """Checks that `x` is floating point, of rank >= `min_rank`, with `sizes` on `axes`.
+
+    `sizes` are those of the params (or running statistics); None when the layer has neither,
+    and then any sizes are accepted.
+    """
+    min_rank = max(min_rank, -axes[0])
+    if sizes is None:
+        expected = f"an input of rank >= {min_rank}"
+    elif axes == (-1,):
+        expected = f"an input of rank >= {min_rank} with {sizes[0]} channels on the last axis"
+    else:
+        expected = f"an input of rank >= {min_rank} with sizes {sizes} on axes {axes}"
+    shape = tuple(x.shape)
+    if len(shape) < min_rank or (sizes is not None and tuple(shape[a] for a in axes) != sizes):
+        raise LayerError(kind, f"expected {expected}, got shape {shape}")
     check_floating(kind, x)
 
 
-def _normalize(x: Array, mean: Array, var: Array, eps: float, params) -> Array:
-    return (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+def _norm_axes(kind: str, axes: int | Sequence[int]) -> tuple[int, ...]:
+    """`axes` as a sorted tuple of distinct negative ints, or a ValueError naming `kind`."""
+    try:
+        given = tuple(axes) if isinstance(axes, Sequence) else (operator.index(axes),)
+        resolved = tuple(operator.index(a) for a in given)
+    except TypeError:
+        resolved = ()
+    if not resolved or any(a >= 0 for a in resolved) or len(set(resolved)) != len(resolved):
+        raise ValueError(
+            f"{kind}: axes must be one or more distinct negative axes, counted from the last "
+            f"(-1, or (-2, -1) for the last two), so the layer works at any batch rank; got {axes}"
+        )
+    return tuple(sorted(resolved))
+
+
+def _broadcast_shape(shape, axes: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape that lines params of shape ``shape[axes]`` up with the trailing axes of `x`."""
+    return tuple(shape[a] if a in axes else 1 for a in range(axes[0], 0))
+
+
+def _init_over_axes(kind: str, axes, scale_init, bias_init, dtype, use_scale, use_bias):
+    """The init of a per-position norm over `axes`: params of the input's shape on `axes`."""
+
+    def init(key, in_shape):
+        if axes == (-1,):
+            expected = "an input (..., features)"
+        else:
+            expected = f"an input of rank >= {-axes[0]} normalised over axes {axes}"
+        in_shape = check_shape(kind, in_shape, expected, min_rank=-axes[0])
+        shape = tuple(in_shape[a] for a in axes)
+        params = _affine_params(key, shape, scale_init, bias_init, dtype, use_scale, use_bias)
+        return in_shape, params, {}
+
+    return init
 
 
 def batch_norm(
@@ -56,6 +123,9 @@ def batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
     axis_name: str | None = None,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    track_running_stats: bool = True,
     scale_init: str | initializers.Initializer = "ones",
     bias_init: str | initializers.Initializer = "zeros",
     dtype=None,
@@ -78,6 +148,16 @@ def batch_norm(
     over that mapped axis too (under ``vmap(..., axis_name=...)`` or ``shard_map``), so a batch
     split across examples or devices is normalised as one; the layer must then run inside
     that mapping.
+
+    `use_scale=False` drops ``scale`` (``y = x̂ + bias``), `use_bias=False` drops ``bias``
+    (``y = scale·x̂``); with both False the params are ``{}`` and ``y = x̂``, as PyTorch's
+    ``affine=False``. `track_running_stats=False` keeps no running statistics, as PyTorch's
+    option of that name: the state is ``{}``, `momentum` is unused, and the layer normalises
+    with the batch's ``x̄`` and ``s²`` in training and in evaluation alike.
+
+    Batch statistics need ``n ≥ 2`` values per channel (batch times spatial positions, times
+    the size of the `axis_name` axis): a static input with fewer raises a `LayerError`, as
+    PyTorch refuses a batch of one ``(1, channels)`` in training.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must lie in [0, 1], got {momentum}")
@@ -88,16 +168,25 @@ def batch_norm(
             "batch_norm", in_shape, "an input (batch, ..., channels)", min_rank=2
         )
         channels = in_shape[-1]
-        params = _affine_params(key, channels, scale_init, bias_init, dtype)
-        state = {"mean": initializers.zeros(None, (channels,), dtype)}
-        state["var"] = initializers.ones(None, (channels,), dtype)
+        params = _affine_params(key, (channels,), scale_init, bias_init, dtype, use_scale, use_bias)
+        state = {}
+        if track_running_stats:
+            state["mean"] = initializers.zeros(None, (channels,), dtype)
+            state["var"] = initializers.ones(None, (channels,), dtype)
         return in_shape, params, state
 
     def apply(params, state, x, *, key=None, train=False):
         del key
-        _check_input("batch_norm", x, params, min_rank=2 - bool(axis_name))
-        if not train:
-            return _normalize(x, state["mean"], state["var"], eps, params), state
+        _check_input("batch_norm", x, _sizes(params, state), min_rank=2 - bool(axis_name))
+        if track_running_stats and not {"mean", "var"} <= set(state):
+            raise LayerError(
+                "batch_norm",
+                f"state must hold the running mean and var, got keys {sorted(state)}; was it "
+                "made by the init of a batch_norm with track_running_stats=False?",
+            )
+        if track_running_stats and not train:
+            x_hat = (x - state["mean"]) * lax.rsqrt(state["var"] + eps)
+            return _scale_shift(x_hat, params), state
         axes = tuple(range(x.ndim - 1))
         count = x.size // x.shape[-1]
         mean = jnp.mean(x, axes)
@@ -105,14 +194,19 @@ def batch_norm(
             mean = lax.pmean(mean, axis_name)
             count = count * lax.psum(1, axis_name)
         if isinstance(count, int) and count < 2:
+            what = "training" if train else "normalising with batch statistics"
             raise LayerError(
                 "batch_norm",
-                f"training needs more than one value per channel, got input shape {tuple(x.shape)}",
+                f"{what} needs more than one value per channel, got input shape "
+                f"{tuple(x.shape)}: {count} value(s) per channel over the batch and spatial axes"
+                f"{' and ' + repr(axis_name) if axis_name else ''}; use a batch of 2 or more",
             )
         var = jnp.mean(jnp.square(x - mean), axes)
         if axis_name is not None:
             var = lax.pmean(var, axis_name)
-        y = _normalize(x, mean, var, eps, params)
+        y = _scale_shift((x - mean) * lax.rsqrt(var + eps), params)
+        if not track_running_stats:
+            return y, state
         batch_mean, unbiased = lax.stop_gradient((mean, var * count / (count - 1)))
         new_state = {
             "mean": (1 - momentum) * state["mean"] + momentum * batch_mean,
@@ -125,31 +219,90 @@ def batch_norm(
 
 def layer_norm(
     *,
+    axes: int | Sequence[int] = -1,
     eps: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
     scale_init: str | initializers.Initializer = "ones",
     bias_init: str | initializers.Initializer = "zeros",
     dtype=None,
 ) -> Layer:
-    """Layer normalisation (Ba et al., 2016) over the last axis, the same in train and eval.
+    """Layer normalisation (Ba et al., 2016) over `axes`, the same in train and eval.
 
     ``y = scale·(x − μ)/√(σ² + ε) + bias`` with ``μ``, ``σ²`` the mean and biased variance of
-    ``x[..., :]`` at each position. Input ``(..., features)``, output the same shape. Params
-    ``scale`` and ``bias`` of shape ``(features,)``.
+    `x` over `axes` (by default the last axis, ``x[..., :]``), one pair per position of the
+    other axes. Input ``(..., features)``, output the same shape. Params ``scale`` and ``bias``
+    of shape ``(features,)``.
+
+    `axes` are negative (counted from the last), e.g. ``(-2, -1)``; the params then have the
+    shape of the input on those axes, ``(d₋₂, d₋₁)``, one value per normalised element.
+    ``layer_norm(axes=(-2, -1))`` on ``(N, T, D)`` is PyTorch's ``LayerNorm((T, D))``.
+    `use_bias=False` drops ``bias`` (PyTorch's ``bias=False``); with `use_scale=False` too the
+    params are ``{}`` and ``y = (x − μ)/√(σ² + ε)`` (PyTorch's ``elementwise_affine=False``).
     """
+    axes = _norm_axes("layer_norm", axes)
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
-    def init(key, in_shape):
-        in_shape = check_shape("layer_norm", in_shape, "an input (..., features)", min_rank=1)
-        return in_shape, _affine_params(key, in_shape[-1], scale_init, bias_init, dtype), {}
+    init = _init_over_axes("layer_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input("layer_norm", x, params)
-        mean = jnp.mean(x, -1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-        return _normalize(x, mean, var, eps, params), state
+        _check_input("layer_norm", x, _sizes(params), axes)
+        mean = jnp.mean(x, axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+        x_hat = (x - mean) * lax.rsqrt(var + eps)
+        return _scale_shift(x_hat, params, _broadcast_shape(x.shape, axes)), state
 
     return Layer(init, apply, kind="layer_norm")
+
+
+def rms_norm(
+    *,
+    axes: int | Sequence[int] = -1,
+    eps: float | None = None,
+    use_scale: bool = True,
+    use_bias: bool = False,
+    scale_init: str | initializers.Initializer = "ones",
+    bias_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+) -> Layer:
+    """RMS normalisation (Zhang & Sennrich, 2019) over `axes`, the same in train and eval.
+
+    No mean is subtracted and, by default, no offset added::
+
+        y = scale · x / √(mean(x², axes) + ε)        (+ bias with use_bias=True)
+
+    the mean taken over `axes` (by default the last axis) at each position of the other axes.
+    `eps=None` takes the machine epsilon of the computation dtype, as PyTorch's ``RMSNorm``
+    does: ``finfo(float32).eps ≈ 1.19e-7`` for float32 (and for float16 and bfloat16 inputs,
+    whose mean square is computed in float32), ``finfo(float64).eps ≈ 2.2e-16`` for float64.
+    Many models set it instead (1e-6 or 1e-5).
+
+    Input ``(..., features)``, output the same shape and dtype. Params ``scale`` (ones) of
+    shape ``(features,)``, and ``bias`` (zeros) with `use_bias`; `use_scale=False` drops
+    ``scale``. `axes` are negative (counted from the last), e.g. ``(-2, -1)``, and the params
+    then have the shape of the input on those axes. ``rms_norm(axes=(-2, -1))`` on
+    ``(N, T, D)`` is PyTorch's ``RMSNorm((T, D))``; `use_scale=False` its
+    ``elementwise_affine=False``.
+    """
+    axes = _norm_axes("rms_norm", axes)
+    if eps is not None and not eps >= 0:
+        raise ValueError(f"rms_norm: eps must be >= 0 (or None), got {eps}")
+    scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
+
+    init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        _check_input("rms_norm", x, _sizes(params), axes)
+        # Half-precision inputs take their mean square in float32, as PyTorch's does.
+        wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        epsilon = jnp.finfo(wide.dtype).eps if eps is None else eps
+        mean_square = jnp.mean(jnp.square(wide), axes, keepdims=True)
+        x_hat = (wide * lax.rsqrt(mean_square + epsilon)).astype(x.dtype)
+        return _scale_shift(x_hat, params, _broadcast_shape(x.shape, axes)), state
+
+    return Layer(init, apply, kind="rms_norm")
 
 
 def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, dtype) -> Layer:
@@ -170,18 +323,18 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
     def init(key, in_shape):
         in_shape = tuple(in_shape)
         check(in_shape)
-        return in_shape, _affine_params(key, in_shape[-1], scale_init, bias_init, dtype), {}
+        return in_shape, _affine_params(key, in_shape[-1:], scale_init, bias_init, dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input(kind, x, params)
+        _check_input(kind, x, _sizes(params))
         groups = check(tuple(x.shape))
         grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # spatial axes and channels within a group
         mean = jnp.mean(grouped, axes, keepdims=True)
         var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
         x_hat = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
-        return x_hat * params["scale"] + params["bias"], state
+        return _scale_shift(x_hat, params), state
 
     return Layer(init, apply, kind=kind)
 
