@@ -1,20 +1,46 @@
 """Recurrent layers over sequences: GRU and LSTM, run with `lax.scan` over time.
 
-Input ``(batch, time, features)``. Output ``(batch, time, hidden)`` with
-``return_sequences=True`` (the hidden state after every step), ``(batch, hidden)`` with
-``return_sequences=False`` (the last one). With ``bidirectional=True`` a second recurrence reads
-the sequence backwards; its states are put back in time order and concatenated to the forward
-ones on the feature axis (``2·hidden`` features), and its "last" state is the one after reading
-the first element, as in PyTorch's ``h_n``. The state starts at zero.
+Input ``x`` of shape ``(batch, time, features)``, or a tuple ``(x, mask)`` or
+``(x, mask, initial_state)`` (either of the last two may be None):
 
-Params, per direction, follow PyTorch with the kernels transposed to act on the right
-(``x W``): ``w_ih`` ``(features, G·hidden)`` and ``w_hh`` ``(hidden, G·hidden)`` hold the G gate
-blocks side by side. A bidirectional layer's params are ``{"forward": ..., "backward": ...}``.
-By default each gate's input block is Glorot-uniform and its recurrent block orthogonal.
+- ``mask``, bool ``(batch, time)``, True at a real step and False at padding (a prefix of True
+  per sequence, as in a padded batch). A padded step leaves the state unchanged and outputs
+  zeros, so the final state is the one after each sequence's last real step, and the backward
+  direction reads each sequence in reverse within its own length (PyTorch's
+  ``pack_padded_sequence`` and ``pad_packed_sequence`` give the same). A sequence without any
+  real step keeps its initial state.
+- ``initial_state``: the states the recurrences start from, zero when not given. For the GRU
+  ``h0`` ``(batch, num_layers·directions, hidden)``; for the LSTM the pair ``(h0, c0)``, each of
+  that shape. Entry ``l·directions + d`` belongs to layer ``l``, direction ``d`` (0 forward,
+  1 backward): PyTorch's ``h_0`` with the batch axis moved first, ``jnp.swapaxes(h_0, 0, 1)``.
+
+Output ``y``: ``(batch, time, directions·hidden)`` with ``return_sequences=True`` (the last
+layer's hidden state after every step), ``(batch, directions·hidden)`` with
+``return_sequences=False`` (its final states). With ``bidirectional=True`` a second recurrence
+reads the sequence backwards; its states are put back in time order and concatenated after the
+forward ones on the feature axis, and its final state is the one after reading the first
+element, as in PyTorch's ``h_n``. Given a mask, the sequence output is the pair ``(y, mask)``,
+so masked layers stack in `serial`. With ``return_state=True`` the output is
+``(output, final_state)``, ``final_state`` in the form and shape of ``initial_state``, so a long
+sequence can be run in chunks, each starting from the state the previous one ended in.
+
+``num_layers = L > 1`` stacks recurrences: layer ``l + 1`` reads the outputs of layer ``l``
+(both directions concatenated). With ``dropout = p > 0`` and ``train=True`` those inputs go
+through inverted dropout, ``m ⊙ y / (1 − p)`` with ``m ~ Bernoulli(1 − p)`` drawn per element
+of the batch-major ``(batch, time, directions·hidden)`` output from ``fold_in(key, l)``; there
+is none after the last layer, and training needs a key.
+
+Params of one layer, per direction, follow PyTorch with the kernels transposed to act on the
+right (``x W``): ``w_ih`` ``(features, G·hidden)`` and ``w_hh`` ``(hidden, G·hidden)`` hold the G
+gate blocks side by side. A bidirectional layer's params are ``{"forward": ..., "backward":
+...}``. A stack's params are ``{"layer_0": ..., "layer_1": ...}``, each a layer's params; layer
+``l > 0`` reads ``directions·hidden`` features. By default each gate's input block is
+Glorot-uniform and its recurrent block orthogonal.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -22,11 +48,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, check_floating, check_shape
+from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
 __all__ = ["gru", "lstm"]
 
 Array = jax.Array
+
+_INPUT_FORMS = "x, (x, mask) or (x, mask, initial_state)"
 
 
 def _recurrent(
@@ -38,22 +66,43 @@ def _recurrent(
     input_bias: Callable[[dict[str, Array]], Array],
     step: Callable[[dict[str, Array], Array, Array], tuple[Array, Array]],
     carry_size: int,
+    num_layers: int,
+    dropout: float,
     return_sequences: bool,
+    return_state: bool,
     bidirectional: bool,
     w_init,
     u_init,
     dtype,
 ) -> Layer:
-    """A layer running ``carry, h = step(params, carry, x_t W_ih + input_bias)`` over time.
+    """A stack of layers running ``carry, h = step(params, carry, x_t W_ih + input_bias)`` over
+    time.
 
-    The input projection of all steps is one matmul before the scan; only the recurrent part
-    runs inside it. The carry is ``carry_size`` states of width `hidden` side by side.
+    The input projection of all steps is one matmul before each scan; only the recurrent part
+    runs inside it. The carry is ``carry_size`` states of width `hidden` side by side, the
+    hidden state last (the LSTM's is ``[c | h]``).
     """
     if hidden < 1:
         raise ValueError(f"{kind}: hidden must be positive, got {hidden}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"{kind}: num_layers must be a positive int, got {num_layers!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            f"{kind}: dropout is the probability of dropping a unit between layers and must "
+            f"lie in [0, 1), got {dropout}"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            f"{kind}: dropout acts between stacked layers and has no effect with num_layers=1",
+            stacklevel=3,
+        )
     w_init, u_init = initializers.get(w_init), initializers.get(u_init)
     directions = ("forward", "backward") if bidirectional else ("forward",)
     width = hidden * len(directions)
+    state_what = "h0" if carry_size == 1 else "a pair (h0, c0), each"
+
+    def state_shape_of(batch):
+        return (batch, num_layers * len(directions), hidden)
 
     def init_direction(key, features):
         keys = jax.random.split(key, 2 * gates + 1)
@@ -62,40 +111,164 @@ def _recurrent(
         params = {"w_ih": jnp.concatenate(w_ih, 1), "w_hh": jnp.concatenate(w_hh, 1)}
         return {**params, **make_biases(keys[-1])}
 
-    def init(key, in_shape):
-        in_shape = check_shape(
-            kind, in_shape, "an input (batch, time, features)", min_rank=3, max_rank=3
-        )
+    def init_layer(key, features):
         per_direction = {
-            d: init_direction(jax.random.fold_in(key, i), in_shape[-1])
+            d: init_direction(jax.random.fold_in(key, i), features)
             for i, d in enumerate(directions)
         }
-        params = per_direction if bidirectional else per_direction["forward"]
-        batch, time, _ = in_shape
-        return ((batch, time, width) if return_sequences else (batch, width)), params, {}
+        return per_direction if bidirectional else per_direction["forward"]
 
-    def run(params, xs, reverse):
-        """One direction over time-major `xs` ``(time, batch, features)``."""
-        projected = xs @ params["w_ih"] + input_bias(params)
-        dtype = projected.dtype
-        carry = jnp.zeros((xs.shape[1], carry_size * hidden), dtype)
-        carry, hs = lax.scan(lambda c, p: step(params, c, p), carry, projected, reverse=reverse)
-        return hs, carry[:, -hidden:]
+    def split_shape(in_shape):
+        """``(x_shape, mask_shape, state_shape)`` from any of the input forms' shapes."""
+        in_shape = tuple(in_shape)
+        mask_shape = state_shape = None
+        if in_shape and isinstance(in_shape[0], (tuple, list)):
+            if len(in_shape) not in (2, 3):
+                raise LayerError(kind, f"expected {_INPUT_FORMS}, got {len(in_shape)} inputs")
+            x_shape, mask_shape, state_shape = (*in_shape, None)[:3]
+        else:
+            x_shape = in_shape
+        x_shape = check_shape(
+            kind, x_shape, "an input (batch, time, features)", min_rank=3, max_rank=3
+        )
+        if mask_shape is not None and tuple(mask_shape) != x_shape[:2]:
+            raise LayerError(
+                kind, f"the mask must have shape (batch, time) = {x_shape[:2]}, got {mask_shape}"
+            )
+        if state_shape is not None:
+            expected = state_shape_of(x_shape[0])
+            expected = expected if carry_size == 1 else (expected, expected)
+            try:
+                shapes = tuple(state_shape) if carry_size == 1 else tuple(map(tuple, state_shape))
+            except TypeError:
+                shapes = None
+            if shapes != expected:
+                raise LayerError(
+                    kind,
+                    f"the initial state must be {state_what} of shape (batch, "
+                    f"num_layers·directions, hidden) = {state_shape_of(x_shape[0])}, got "
+                    f"{state_shape}",
+                )
+        return x_shape, mask_shape, state_shape
 
-    def apply(params, state, x, *, key=None, train=False):
-        del key, train
-        per_direction = params if bidirectional else {"forward": params}
-        features = per_direction["forward"]["w_ih"].shape[0]
+    def out_shape(x_shape, mask_shape):
+        batch, time, _ = x_shape
+        y_shape = (batch, time, width) if return_sequences else (batch, width)
+        if mask_shape is not None and return_sequences:
+            y_shape = (y_shape, tuple(mask_shape))
+        if not return_state:
+            return y_shape
+        state = state_shape_of(batch)
+        return y_shape, (state if carry_size == 1 else (state, state))
+
+    def init(key, in_shape):
+        x_shape, mask_shape, _ = split_shape(in_shape)
+        if num_layers == 1:
+            params = init_layer(key, x_shape[-1])
+        else:
+            keys = jax.random.split(key, num_layers)
+            params = {
+                f"layer_{i}": init_layer(keys[i], x_shape[-1] if i == 0 else width)
+                for i in range(num_layers)
+            }
+        return out_shape(x_shape, mask_shape), params, {}
+
+    def split_input(inputs, features):
+        """``(x, mask, initial_state)``, checked; absent parts are None."""
+        mask = initial = None
+        if isinstance(inputs, (tuple, list)):
+            if len(inputs) not in (2, 3):
+                raise LayerError(kind, f"expected {_INPUT_FORMS}, got {len(inputs)} inputs")
+            x, mask, initial = (*inputs, None)[:3]
+        else:
+            x = inputs
         expected = f"an input (batch, time, {features})"
         check_shape(kind, x.shape, expected, min_rank=3, max_rank=3, last=features)
         check_floating(kind, x)
-        xs = jnp.swapaxes(x, 0, 1)
-        outputs = [run(per_direction[d], xs, d == "backward") for d in directions]
-        if return_sequences:
-            y = jnp.concatenate([jnp.swapaxes(hs, 0, 1) for hs, _ in outputs], axis=-1)
+        batch, time, _ = x.shape
+        if mask is not None and (mask.shape != (batch, time) or mask.dtype != jnp.bool_):
+            raise LayerError(
+                kind,
+                f"the mask must be a bool array of shape (batch, time) = {(batch, time)}, "
+                f"True at real steps; got {mask.dtype}{list(mask.shape)}",
+            )
+        if initial is not None:
+            states = (initial,) if carry_size == 1 else initial
+            expected = state_shape_of(batch)
+            if (
+                carry_size > 1
+                and not (isinstance(initial, (tuple, list)) and len(initial) == carry_size)
+            ) or any(getattr(s, "shape", None) != expected for s in states):
+                got = jax.tree.map(lambda s: getattr(s, "shape", type(s).__name__), initial)
+                raise LayerError(
+                    kind,
+                    f"the initial state must be {state_what} of shape (batch, "
+                    f"num_layers·directions, hidden) = {expected}, got {got}",
+                )
+            for s in states:
+                check_floating(kind, s)
+        return x, mask, initial
+
+    def run(params, xs, mask, carry, reverse):
+        """One direction over time-major `xs` ``(time, batch, features)`` from `carry`."""
+        projected = xs @ params["w_ih"] + input_bias(params)
+        if mask is None:
+            scan_step, sequence = (lambda c, p: step(params, c, p)), projected
         else:
-            y = jnp.concatenate([last for _, last in outputs], axis=-1)
-        return y, state
+
+            def scan_step(c, inputs):
+                p, real = inputs
+                new_c, h = step(params, c, p)
+                return jnp.where(real, new_c, c), jnp.where(real, h, jnp.zeros_like(h))
+
+            sequence = (projected, mask[..., None])
+        carry, hs = lax.scan(scan_step, carry.astype(projected.dtype), sequence, reverse=reverse)
+        return hs, carry
+
+    def apply(params, state, x, *, key=None, train=False):
+        layers = [params] if num_layers == 1 else [params[f"layer_{i}"] for i in range(num_layers)]
+        first = layers[0]["forward"] if bidirectional else layers[0]
+        x, mask, initial = split_input(x, first["w_ih"].shape[0])
+        drop = train and dropout > 0 and num_layers > 1
+        if drop and key is None:
+            raise LayerError(
+                kind,
+                f"train=True with dropout={dropout} between layers draws random masks and "
+                "needs a key: apply(..., key=key, train=True); pass train=False to evaluate",
+            )
+        batch = x.shape[0]
+        if initial is None:
+            zeros = jnp.zeros(state_shape_of(batch), x.dtype)
+            initial = zeros if carry_size == 1 else (zeros, zeros)
+        # The carry of each recurrence, [c | h] for the LSTM: (batch, num_layers·D, size·hidden).
+        carries = initial if carry_size == 1 else jnp.concatenate(initial[::-1], axis=-1)
+        xs = jnp.swapaxes(x, 0, 1)
+        mask_tm = None if mask is None else mask.T
+        finals = []
+        for i, layer_params in enumerate(layers):
+            per_direction = layer_params if bidirectional else {"forward": layer_params}
+            outputs = []
+            for j, d in enumerate(directions):
+                carry = carries[:, i * len(directions) + j]
+                hs, carry = run(per_direction[d], xs, mask_tm, carry, d == "backward")
+                outputs.append(hs)
+                finals.append(carry)
+            xs = jnp.concatenate(outputs, axis=-1)
+            if drop and i < num_layers - 1:
+                keep_shape = (xs.shape[1], xs.shape[0], xs.shape[2])
+                keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, keep_shape)
+                xs = jnp.where(keep.swapaxes(0, 1), xs / (1.0 - dropout), jnp.zeros_like(xs))
+        final = jnp.stack(finals, axis=1)  # (batch, num_layers·D, size·hidden)
+        if return_sequences:
+            y = jnp.swapaxes(xs, 0, 1)
+        else:
+            y = final[:, -len(directions) :, -hidden:].reshape(batch, width)
+        if mask is not None and return_sequences:
+            y = (y, mask)
+        if not return_state:
+            return y, state
+        final_state = final if carry_size == 1 else (final[..., hidden:], final[..., :hidden])
+        return (y, final_state), state
 
     return Layer(init, apply, kind=kind)
 
@@ -103,7 +276,10 @@ def _recurrent(
 def gru(
     hidden: int,
     *,
+    num_layers: int = 1,
+    dropout: float = 0.0,
     return_sequences: bool = True,
+    return_state: bool = False,
     bidirectional: bool = False,
     w_init: str | initializers.Initializer = "glorot_uniform",
     u_init: str | initializers.Initializer = "orthogonal",
@@ -115,13 +291,16 @@ def gru(
         r_t = σ(x_t W_ir + b_ir + h_{t−1} W_hr + b_hr)
         z_t = σ(x_t W_iz + b_iz + h_{t−1} W_hz + b_hz)
         n_t = tanh(x_t W_in + b_in + r_t ⊙ (h_{t−1} W_hn + b_hn))
-        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t−1},    h_0 = 0
+        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t−1},    h_0 given or 0
 
-    Input ``(batch, time, features)``; output ``(batch, time, hidden)`` (all states) or
-    ``(batch, hidden)`` (the last) by `return_sequences`, with ``2·hidden`` features when
-    `bidirectional` (see the module docstring). Params: ``w_ih`` ``(features, 3·hidden)``
-    ``= [W_ir | W_iz | W_in]``, ``w_hh`` ``(hidden, 3·hidden)`` ``= [W_hr | W_hz | W_hn]``,
-    ``b_ih`` and ``b_hh`` ``(3·hidden,)`` in the same gate order.
+    Input ``(batch, time, features)``, or ``(x, mask)`` / ``(x, mask, h0)`` with ``h0``
+    ``(batch, num_layers·directions, hidden)``; output ``(batch, time, hidden)`` (all states)
+    or ``(batch, hidden)`` (the last) by `return_sequences`, ``2·hidden`` features when
+    `bidirectional`, ``(output, h_n)`` with `return_state` (see the module docstring). Params
+    of one layer and direction: ``w_ih`` ``(features, 3·hidden)`` ``= [W_ir | W_iz | W_in]``,
+    ``w_hh`` ``(hidden, 3·hidden)`` ``= [W_hr | W_hz | W_hn]``, ``b_ih`` and ``b_hh``
+    ``(3·hidden,)`` in the same gate order; ``num_layers > 1`` nests them under
+    ``"layer_0"``, ``"layer_1"``, ..., with `dropout` between layers in training.
     """
     b_init = initializers.get(b_init)
 
@@ -150,7 +329,10 @@ def gru(
         input_bias=lambda params: params["b_ih"],
         step=step,
         carry_size=1,
+        num_layers=num_layers,
+        dropout=dropout,
         return_sequences=return_sequences,
+        return_state=return_state,
         bidirectional=bidirectional,
         w_init=w_init,
         u_init=u_init,
@@ -161,7 +343,10 @@ def gru(
 def lstm(
     hidden: int,
     *,
+    num_layers: int = 1,
+    dropout: float = 0.0,
     return_sequences: bool = True,
+    return_state: bool = False,
     bidirectional: bool = False,
     forget_bias: float = 1.0,
     w_init: str | initializers.Initializer = "glorot_uniform",
@@ -174,14 +359,18 @@ def lstm(
         f_t = σ(x_t W_if + h_{t−1} W_hf + b_f)        forget gate
         g_t = tanh(x_t W_ig + h_{t−1} W_hg + b_g)     candidate cell
         o_t = σ(x_t W_io + h_{t−1} W_ho + b_o)        output gate
-        c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t,    h_t = o_t ⊙ tanh(c_t),    h_0 = c_0 = 0
+        c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t,    h_t = o_t ⊙ tanh(c_t),    h_0, c_0 given or 0
 
-    Input ``(batch, time, features)``; output the hidden states ``h_t``: ``(batch, time,
-    hidden)`` or the last ``(batch, hidden)`` by `return_sequences`, ``2·hidden`` features when
-    `bidirectional`. Params: ``w_ih`` ``(features, 4·hidden)`` ``= [W_ii | W_if | W_ig | W_io]``,
-    ``w_hh`` ``(hidden, 4·hidden)`` likewise, and one bias ``b`` ``(4·hidden,)`` (PyTorch's
-    ``b_ih + b_hh``), zero except ``b_f = forget_bias`` (1 by default, so that the cell starts
-    by remembering; set 0 for PyTorch's initialisation).
+    Input ``(batch, time, features)``, or ``(x, mask)`` / ``(x, mask, (h0, c0))`` with ``h0``
+    and ``c0`` ``(batch, num_layers·directions, hidden)``; output the hidden states ``h_t``:
+    ``(batch, time, hidden)`` or the last ``(batch, hidden)`` by `return_sequences`,
+    ``2·hidden`` features when `bidirectional`, ``(output, (h_n, c_n))`` with `return_state`
+    (see the module docstring). Params of one layer and direction: ``w_ih`` ``(features,
+    4·hidden)`` ``= [W_ii | W_if | W_ig | W_io]``, ``w_hh`` ``(hidden, 4·hidden)`` likewise, and
+    one bias ``b`` ``(4·hidden,)`` (PyTorch's ``b_ih + b_hh``), zero except ``b_f =
+    forget_bias`` (1 by default, so that the cell starts by remembering; set 0 for PyTorch's
+    initialisation); ``num_layers > 1`` nests them under ``"layer_0"``, ``"layer_1"``, ...,
+    with `dropout` between layers in training.
     """
 
     def make_biases(key):
@@ -205,7 +394,10 @@ def lstm(
         input_bias=lambda params: params["b"],
         step=step,
         carry_size=2,
+        num_layers=num_layers,
+        dropout=dropout,
         return_sequences=return_sequences,
+        return_state=return_state,
         bidirectional=bidirectional,
         w_init=w_init,
         u_init=u_init,
