@@ -11,10 +11,14 @@ Output length along a spatial axis of length ``n``, for window ``k``, stride ``s
     "VALID":          ⌈(n − k' + 1) / s⌉
     "SAME":           ⌈n / s⌉           (zero padding split as evenly as possible, extra at the end)
     explicit (lo, hi): ⌊(n + lo + hi − k') / s⌋ + 1
+
+Pooling with ``ceil_mode=True`` rounds the last quotient up instead (see `max_pool`), and
+`conv_transpose` maps lengths the other way (see its docstring).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -26,21 +30,40 @@ from jax import lax
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
-__all__ = ["avg_pool", "conv", "flatten", "global_avg_pool", "global_max_pool", "max_pool"]
+__all__ = [
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "avg_pool",
+    "conv",
+    "conv_transpose",
+    "flatten",
+    "global_avg_pool",
+    "global_max_pool",
+    "max_pool",
+]
 
 Array = jax.Array
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
+# padding_mode -> jnp.pad mode; "zeros" pads inside the convolution itself.
+_PADDING_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
 
-def _per_axis(kind: str, what: str, value: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    """`value` as one positive int per spatial axis."""
+
+def _per_axis(
+    kind: str, what: str, value: int | Sequence[int], ndim: int, minimum: int = 1
+) -> tuple[int, ...]:
+    """`value` as one int ``>= minimum`` (positive by default) per spatial axis."""
     values = (value,) * ndim if isinstance(value, int) else tuple(value)
-    if len(values) != ndim or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise LayerError(
-            kind, f"{what} must be a positive int or {ndim} positive ints, got {value!r}"
-        )
+    if len(values) != ndim or not all(isinstance(v, int) and v >= minimum for v in values):
+        sort = "positive" if minimum == 1 else "non-negative"
+        raise LayerError(kind, f"{what} must be a {sort} int or {ndim} {sort} ints, got {value!r}")
     return values
 
 
@@ -80,6 +103,26 @@ def _pads(kind: str, padding: Padding, ndim: int) -> str | tuple[tuple[int, int]
     return pairs
 
 
+def _pairs(
+    in_spatial: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    pads: str | tuple[tuple[int, int], ...],
+) -> tuple[tuple[int, int], ...]:
+    """`pads` as one ``(low, high)`` pair per axis, with "SAME" and "VALID" resolved for
+    `in_spatial` as `lax.conv_general_dilated` resolves them."""
+    if pads == "VALID":
+        return ((0, 0),) * len(in_spatial)
+    if pads != "SAME":
+        return pads
+    pairs = []
+    for n, k, s, d in zip(in_spatial, window, strides, dilation, strict=True):
+        total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
 def _out_length(n: int, k: int, s: int, d: int, pad: str | tuple[int, int]) -> int:
     span = d * (k - 1) + 1
     if pad == "SAME":
@@ -108,6 +151,24 @@ def _check_spatial(kind: str, shape: tuple[int, ...], ndim: int | None) -> int:
     return ndim
 
 
+def _check_mode_pads(mode: str, shape: tuple[int, ...], pairs: tuple[tuple[int, int], ...]):
+    """Refuses reflect padding of ``length`` or more cells, circular padding of more than
+    ``length`` cells, and any padding of an empty axis, as PyTorch does."""
+    for axis, (n, pair) in enumerate(zip(shape[1:-1], pairs, strict=True)):
+        limit = {"reflect": n - 1, "circular": n}.get(mode, None if n else 0)
+        if limit is not None and max(pair) > limit:
+            rule = {
+                "reflect": "reflect padding must be shorter than the axis",
+                "circular": "circular padding may wrap around the axis at most once",
+            }.get(mode, "an empty axis cannot be padded")
+            raise LayerError(
+                "conv",
+                f"padding_mode={mode!r} cannot pad {pair} (low, high) cells on spatial axis "
+                f"{axis} of length {n} (input shape {shape}): {rule}, so at most {limit} cells "
+                "a side",
+            )
+
+
 def conv(
     features: int,
     kernel_size: int | Sequence[int],
@@ -116,6 +177,7 @@ def conv(
     padding: Padding = "SAME",
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    padding_mode: str = "zeros",
     use_bias: bool = True,
     w_init: str | initializers.Initializer = "lecun_normal",
     b_init: str | initializers.Initializer = "zeros",
@@ -138,14 +200,24 @@ def conv(
     shape ``(features,)`` (absent with ``use_bias=False``).
 
     `padding` is ``"SAME"``, ``"VALID"``, an int (zeros on both sides of every axis), one int
-    per axis, or one ``(low, high)`` pair per axis. `dilation` spaces the kernel taps
-    (atrous convolution). `groups` must divide both channel counts; ``groups = in_channels``
-    is a depthwise convolution.
+    per axis, or one ``(low, high)`` pair per axis. `padding_mode` says what the padded cells
+    hold, as PyTorch's ``padding_mode``: ``"zeros"``; ``"reflect"``, the input mirrored about
+    its edge cell (``x[1], x[0] | x[0], x[1], …``; at most ``length − 1`` cells a side);
+    ``"replicate"``, the edge cell repeated; ``"circular"``, the input wrapped around (at most
+    ``length`` cells a side). The output shape does not depend on it. `dilation` spaces the
+    kernel taps (atrous convolution). `groups` must divide both channel counts;
+    ``groups = in_channels`` is a depthwise convolution.
     """
     if features < 1:
         raise ValueError(f"conv: features must be positive, got {features}")
     if groups < 1 or features % groups:
         raise ValueError(f"conv: groups={groups} must be positive and divide features={features}")
+    if padding_mode not in _PADDING_MODES:
+        raise LayerError(
+            "conv",
+            f"padding_mode must be one of {', '.join(map(repr, _PADDING_MODES))}, "
+            f"got {padding_mode!r}",
+        )
     fixed = _fixed_ndim("conv", kernel_size, strides, dilation, padding)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
@@ -166,6 +238,10 @@ def conv(
                 "conv", f"groups={groups} does not divide the {in_channels} input channels"
             )
         window, stride, dil, pads = settings(ndim)
+        if padding_mode != "zeros":
+            _check_mode_pads(
+                padding_mode, in_shape, _pairs(in_shape[1:-1], window, stride, dil, pads)
+            )
         w_key, b_key = jax.random.split(key)
         params = {"w": w_init(w_key, (*window, in_channels // groups, features), dtype)}
         if use_bias:
@@ -199,6 +275,11 @@ def conv(
             f"{tuple(w.shape)}, groups={groups})",
             last=w.shape[-2] * groups,
         )
+        if padding_mode != "zeros":
+            pairs = _pairs(x.shape[1:-1], window, stride, dil, pads)
+            _check_mode_pads(padding_mode, tuple(x.shape), pairs)
+            x = jnp.pad(x, ((0, 0), *pairs, (0, 0)), mode=_PADDING_MODES[padding_mode])
+            pads = "VALID"
         layout = "N" + _SPATIAL[ndim] + "C"
         dtype = jnp.result_type(x, w)
         y = lax.conv_general_dilated(
@@ -217,11 +298,213 @@ def conv(
     return Layer(init, apply, kind="conv")
 
 
+def conv_transpose(
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    output_padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "lecun_normal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+) -> Layer:
+    """Channels-last transposed convolution: the gradient of `conv` with respect to its input.
+
+    Each input cell spreads its channels over a kernel-sized patch of the output, the patches
+    of neighbouring cells `strides` apart. In 1-D, with ``C_g = in_channels / groups`` input
+    and ``F_g = features / groups`` output channels per group, and ``lo`` cells cropped from
+    the start::
+
+        y[n, s·i + d·p − lo, g·F_g + f] += x[n, i, g·C_g + c] · w[p, g·C_g + c, f]
+
+    summed over every input cell ``i``, kernel tap ``p``, group ``g`` and channel ``c``, plus
+    ``b``. 2-D and 3-D read the same with one index per axis. It is the transpose (adjoint) of
+    the `conv` from `features` channels to `in_channels` with the same kernel size, strides,
+    dilation, padding and groups and the kernel ``swapaxes(w, -1, -2)``, and equals PyTorch's
+    ``ConvTranspose1d/2d/3d``.
+
+    Input: a float array ``(batch, *spatial, in_channels)``; output
+    ``(batch, *out_spatial, features)``. Params: ``w`` of shape
+    ``(*kernel_size, in_channels, features // groups)`` and ``b`` of shape ``(features,)``
+    (absent with ``use_bias=False``). PyTorch's weight of shape
+    ``(in_channels, features // groups, *kernel_size)`` is ``w`` with its kernel axes moved to
+    the front: ``w = weight.permute(2, 3, 0, 1)`` in 2-D.
+
+    Output length along an axis of length ``n``, with effective window
+    ``k' = d·(k − 1) + 1``::
+
+        "SAME":            n·s   (the input length of a "SAME" conv with stride s that gives n)
+        "VALID":           (n − 1)·s + k' + output_padding
+        explicit (lo, hi): (n − 1)·s + k' − lo − hi + output_padding
+
+    An explicit int ``p`` crops ``p`` cells from both ends, PyTorch's ``padding=p`` (PyTorch's
+    default ``padding=0`` is ``"VALID"``). `output_padding` adds cells at the end of an axis,
+    choosing among the ``s`` input lengths that a strided conv maps to the same length; as in
+    PyTorch it must be less than the stride or the dilation, and is not taken with ``"SAME"``.
+    """
+    kind = "conv_transpose"
+    if features < 1:
+        raise LayerError(kind, f"features must be positive, got {features}")
+    if groups < 1 or features % groups:
+        raise LayerError(kind, f"groups={groups} must be positive and divide features={features}")
+    fixed = _fixed_ndim(kind, kernel_size, strides, dilation, padding, output_padding)
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def settings(ndim):
+        window = _per_axis(kind, "kernel_size", kernel_size, ndim)
+        stride = _per_axis(kind, "strides", strides, ndim)
+        dil = _per_axis(kind, "dilation", dilation, ndim)
+        extra = _per_axis(kind, "output_padding", output_padding, ndim, minimum=0)
+        pads = _pads(kind, padding, ndim)
+        if pads == "SAME" and any(extra):
+            raise LayerError(
+                kind,
+                f"output_padding={output_padding!r} is not taken with 'SAME' padding, "
+                "whose output length is the input length times the stride",
+            )
+        for axis, (e, s, d) in enumerate(zip(extra, stride, dil, strict=True)):
+            if e >= max(s, d):
+                raise LayerError(
+                    kind,
+                    f"output_padding {e} on spatial axis {axis} must be less than the stride "
+                    f"{s} or the dilation {d}",
+                )
+        return window, stride, dil, pads, extra
+
+    settings(fixed or 1)  # refuses bad settings when the layer is built
+
+    def crops(in_shape, window, stride, dil, pads, extra):
+        """Per axis: cells cropped from the full output's (start, end), the output length."""
+        pairs, out = [], []
+        per_axis = (pads,) * len(window) if isinstance(pads, str) else pads
+        for axis, (n, k, s, d, pad, e) in enumerate(
+            zip(in_shape[1:-1], window, stride, dil, per_axis, extra, strict=True)
+        ):
+            span = d * (k - 1) + 1
+            if pad == "SAME":
+                lo = max(span - s, 0) // 2
+                pad = (lo, span - s - lo)  # a negative end crop pads zeros
+            elif pad == "VALID":
+                pad = (0, 0)
+            length = (n - 1) * s + span - pad[0] - pad[1] + e
+            if length < 1:
+                raise LayerError(
+                    kind,
+                    f"padding {pad} crops the whole output of spatial axis {axis} (input shape "
+                    f"{in_shape}, kernel {k}, stride {s}, dilation {d}): output length {length}",
+                )
+            pairs.append(pad)
+            out.append(length)
+        return tuple(pairs), tuple(out)
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        ndim = _check_spatial(kind, in_shape, fixed)
+        in_channels = in_shape[-1]
+        if in_channels % groups:
+            raise LayerError(
+                kind, f"groups={groups} does not divide the {in_channels} input channels"
+            )
+        window, stride, dil, pads, extra = settings(ndim)
+        _, out_spatial = crops(in_shape, window, stride, dil, pads, extra)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*window, in_channels, features // groups), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return (in_shape[0], *out_spatial, features), params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        w = params["w"]
+        ndim = w.ndim - 2
+        _check_spatial(kind, tuple(x.shape), ndim)
+        check_floating(kind, x)
+        window, stride, dil, pads, extra = settings(ndim)
+        bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
+        if (
+            tuple(w.shape[:-2]) != tuple(window)
+            or w.shape[-1] * groups != features
+            or bias_shape != (features,)
+        ):
+            shapes = {k: tuple(v.shape) for k, v in params.items()}
+            raise LayerError(
+                kind,
+                f"params of shapes {shapes} do not belong to a conv_transpose layer of "
+                f"{features} features, {groups} groups and kernel {tuple(window)}; were they "
+                "made by another model's init?",
+            )
+        in_channels = w.shape[-2]
+        check_shape(
+            kind,
+            x.shape,
+            f"{in_channels} input channels on the last axis (kernel w has shape {tuple(w.shape)})",
+            last=in_channels,
+        )
+        pairs, _ = crops(tuple(x.shape), window, stride, dil, pads, extra)
+        # The gradient of a conv is a conv of the stride-dilated input with the flipped kernel,
+        # regrouped from (*k, C, F/G) to the conv layout (*k, C/G, F).
+        c_g, f_g = in_channels // groups, w.shape[-1]
+        kernel = w.reshape(*window, groups, c_g, f_g)
+        kernel = jnp.swapaxes(kernel, ndim, ndim + 1).reshape(*window, c_g, features)
+        kernel = jnp.flip(kernel, axis=tuple(range(ndim)))
+        conv_pads = [
+            (d * (k - 1) - lo, d * (k - 1) - hi + e)
+            for k, d, (lo, hi), e in zip(window, dil, pairs, extra, strict=True)
+        ]
+        layout = "N" + _SPATIAL[ndim] + "C"
+        dtype = jnp.result_type(x, w)
+        y = lax.conv_general_dilated(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            window_strides=(1,) * ndim,
+            padding=conv_pads,
+            lhs_dilation=stride,
+            rhs_dilation=dil,
+            dimension_numbers=(layout, _SPATIAL[ndim] + "IO", layout),
+            feature_group_count=groups,
+        )
+        if "b" in params:
+            y = y + params["b"]
+        return y, state
+
+    return Layer(init, apply, kind=kind)
+
+
+def _pool_axis(
+    kind: str, n: int, k: int, s: int, pad: tuple[int, int], ceil_mode: bool, axis: int
+) -> tuple[int, int]:
+    """Output length of a pooled axis, and the padding its last window reaches past the input.
+
+    With `ceil_mode` the length rounds up, as PyTorch's: ``⌈(n + lo + hi − k) / s⌉ + 1``, less
+    one when the last window would start past the input and its low padding."""
+    lo, hi = pad
+    if ceil_mode:
+        out = -(-(n + lo + hi - k) // s) + 1
+        if (out - 1) * s >= n + lo:
+            out -= 1
+    else:
+        out = (n + lo + hi - k) // s + 1
+    out = max(out, 0)
+    if out and (lo >= k or (out - 1) * s - lo >= n):
+        raise LayerError(
+            kind,
+            f"with padding {pad} on spatial axis {axis} of length {n}, a window of {k} cells "
+            f"(stride {s}) covers padding only; each window needs at least one input cell",
+        )
+    return out, max((out - 1) * s + k - n - lo, hi) if out else hi
+
+
 def _pool(
     kind: str,
     window: int | Sequence[int],
     strides: int | Sequence[int] | None,
     padding: Padding,
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
 ) -> Layer:
     fixed = _fixed_ndim(kind, window, strides, padding)
 
@@ -232,21 +515,29 @@ def _pool(
 
     settings(fixed or 1)
 
+    def geometry(shape):
+        """The output spatial shape, window, strides, (low, high) padding of each spatial axis,
+        and that padding with its high side widened to where the last window reaches."""
+        ndim = _check_spatial(kind, shape, fixed)
+        win, stride, pads = settings(ndim)
+        pairs = _pairs(shape[1:-1], win, stride, (1,) * ndim, pads)
+        out, reach = [], []
+        for axis, (n, k, s, pad) in enumerate(zip(shape[1:-1], win, stride, pairs, strict=True)):
+            length, high = _pool_axis(kind, n, k, s, pad, ceil_mode, axis)
+            out.append(length)
+            reach.append((pad[0], high))
+        return tuple(out), win, stride, pairs, tuple(reach)
+
     def init(key, in_shape):
         del key
         in_shape = tuple(in_shape)
-        ndim = _check_spatial(kind, in_shape, fixed)
-        win, stride, pads = settings(ndim)
-        out_spatial = _spatial_out(in_shape[1:-1], win, stride, (1,) * ndim, pads)
+        out_spatial = geometry(in_shape)[0]
         return (in_shape[0], *out_spatial, in_shape[-1]), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        ndim = _check_spatial(kind, tuple(x.shape), fixed)
-        win, stride, pads = settings(ndim)
-        dims, steps = (1, *win, 1), (1, *stride, 1)
-        if not isinstance(pads, str):
-            pads = ((0, 0), *pads, (0, 0))
+        out, win, stride, pairs, reach = geometry(tuple(x.shape))
+        dims, steps, pads = (1, *win, 1), (1, *stride, 1), ((0, 0), *reach, (0, 0))
         # numpy scalars as init values, so that lax picks its differentiable max/sum windows
         if kind == "max_pool":
             floating = jnp.issubdtype(x.dtype, jnp.floating)
@@ -256,10 +547,16 @@ def _pool(
             y = lax.reduce_window(x, lowest, lax.max, dims, steps, pads)
         else:
             check_floating(kind, x)
-            zero = np.array(0, x.dtype)
-            total = lax.reduce_window(x, zero, lax.add, dims, steps, pads)
-            ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
-            y = total / lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
+            total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, steps, pads)
+            # The cells each window averages, per axis: input cells only, or also the padding
+            # (not the cells that ceil_mode's last window reaches past it).
+            counts = []
+            for n, o, k, s, (lo, hi) in zip(x.shape[1:-1], out, win, stride, pairs, strict=True):
+                start = np.arange(o) * s - lo
+                low, high = (-lo, n + hi) if count_include_pad else (0, n)
+                counts.append(np.minimum(start + k, high) - np.maximum(start, low))
+            divisor = functools.reduce(np.multiply.outer, counts)
+            y = total / divisor[None, ..., None].astype(x.dtype)
         return y, state
 
     return Layer(init, apply, kind=kind)
@@ -270,14 +567,21 @@ def max_pool(
     *,
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    ceil_mode: bool = False,
 ) -> Layer:
     """Max pooling: ``y[n, i, j, c] = max_{p, q} x[n, s·i + p, s·j + q, c]`` over each window.
 
     Input ``(batch, *spatial, channels)``, output ``(batch, *out_spatial, channels)``.
     `strides` default to the window (non-overlapping windows). Padded cells never win the max.
     No params.
+
+    With ``ceil_mode=True`` the output length along an axis of length ``n`` with padding
+    ``(lo, hi)`` rounds up, as PyTorch's ``ceil_mode``: ``⌈(n + lo + hi − k) / s⌉ + 1``, less
+    one if that last window would start past the input and its low padding
+    (``(out − 1)·s ≥ n + lo``). The last window may then reach past the input; it pools the
+    cells it covers. Every window must cover at least one input cell.
     """
-    return _pool("max_pool", window, strides, padding)
+    return _pool("max_pool", window, strides, padding, ceil_mode)
 
 
 def avg_pool(
@@ -285,14 +589,108 @@ def avg_pool(
     *,
     strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
 ) -> Layer:
     """Average pooling: the mean of ``x`` over each window, per channel.
 
     Input ``(batch, *spatial, channels)``, output ``(batch, *out_spatial, channels)``.
     `strides` default to the window. With padding, each output is the mean of the input cells
-    its window covers; padded cells are not counted (TensorFlow's "SAME" convention). No params.
+    its window covers; padded cells are not counted (TensorFlow's "SAME" convention). With
+    ``count_include_pad=True`` the padding cells a window covers count as zeros (PyTorch's
+    default); the cells that a ``ceil_mode`` window reaches past the padding never count.
+    `ceil_mode` rounds the output length up as in `max_pool`. No params.
     """
-    return _pool("avg_pool", window, strides, padding)
+    return _pool("avg_pool", window, strides, padding, ceil_mode, count_include_pad)
+
+
+def _adaptive_windows(n: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window ``i`` of ``out`` over ``n`` cells is ``[⌊i·n/out⌋, ⌈(i + 1)·n/out⌉)``. Returns the
+    cells of each window as an ``(out, widest)`` index array padded by repeating its last cell,
+    the mask of the true cells, and each window's size."""
+    i = np.arange(out)
+    start, end = i * n // out, -(-(i + 1) * n // out)
+    cells = start[:, None] + np.arange(np.max(end - start))
+    return np.minimum(cells, end[:, None] - 1), cells < end[:, None], end - start
+
+
+def _adaptive_pool(kind: str, output_size: int | Sequence[int | None]) -> Layer:
+    if isinstance(output_size, int):
+        sizes = None
+    else:
+        sizes = tuple(output_size)
+        if not 1 <= len(sizes) <= 3:
+            raise LayerError(kind, f"output_size must have 1 to 3 entries, got {output_size!r}")
+    entries = (output_size,) if sizes is None else sizes
+    if not all(s is None or (isinstance(s, int) and s >= 1) for s in entries):
+        raise LayerError(
+            kind,
+            f"output_size must be a positive int or 1 to 3 positive ints (None keeps an axis), "
+            f"got {output_size!r}",
+        )
+
+    def out_spatial(shape):
+        ndim = _check_spatial(kind, shape, None if sizes is None else len(sizes))
+        if 0 in shape[1:-1]:
+            raise LayerError(kind, f"expected non-empty spatial axes, got shape {shape}")
+        wanted = (output_size,) * ndim if sizes is None else sizes
+        return tuple(n if o is None else o for n, o in zip(shape[1:-1], wanted, strict=True))
+
+    def init(key, in_shape):
+        del key
+        in_shape = tuple(in_shape)
+        return (in_shape[0], *out_spatial(in_shape), in_shape[-1]), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params, key, train
+        out = out_spatial(tuple(x.shape))
+        if kind == "adaptive_max_pool":
+            if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
+                raise LayerError(kind, f"expected a float or integer input, got dtype {x.dtype}")
+        else:
+            check_floating(kind, x)
+        # A box's max (mean) is the max (mean) along one axis after another.
+        for axis, o in enumerate(out, start=1):
+            n = x.shape[axis]
+            if o == n:
+                continue
+            cells, inside, size = _adaptive_windows(n, o)
+            windows = jnp.take(x, cells, axis=axis)  # the axis becomes (out, widest)
+            if kind == "adaptive_max_pool":
+                x = jnp.max(windows, axis=axis + 1)  # repeated cells leave the max as it is
+            else:
+                trailing = (None,) * (x.ndim - axis - 1)  # the axes after the pooled one
+                total = jnp.sum(jnp.where(inside[(..., *trailing)], windows, 0), axis=axis + 1)
+                x = total / size[(..., *trailing)].astype(x.dtype)
+        return x, state
+
+    return Layer(init, apply, kind=kind)
+
+
+def adaptive_avg_pool(output_size: int | Sequence[int | None]) -> Layer:
+    """Average pooling to a fixed output size, whatever the input size (PyTorch's
+    ``AdaptiveAvgPool1d/2d/3d``).
+
+    Along an axis of length ``n`` pooled to ``out`` cells, output cell ``i`` averages the input
+    cells ``⌊i·n/out⌋ ≤ t < ⌈(i + 1)·n/out⌉``; windows of neighbouring cells may overlap by one
+    when ``out`` does not divide ``n``, and repeat cells when ``out > n``. Over several axes the
+    window is the product of the per-axis ranges.
+
+    Input ``(batch, *spatial, channels)``, output ``(batch, *output_size, channels)``.
+    `output_size` is an int (every spatial axis) or one entry per spatial axis, which fixes the
+    layer to 1-D, 2-D or 3-D; an entry ``None`` keeps that axis's length. No params.
+    """
+    return _adaptive_pool("adaptive_avg_pool", output_size)
+
+
+def adaptive_max_pool(output_size: int | Sequence[int | None]) -> Layer:
+    """Max pooling to a fixed output size, with the windows of `adaptive_avg_pool` (PyTorch's
+    ``AdaptiveMaxPool1d/2d/3d``).
+
+    Input ``(batch, *spatial, channels)``, output ``(batch, *output_size, channels)``; float or
+    integer inputs. No params.
+    """
+    return _adaptive_pool("adaptive_max_pool", output_size)
 
 
 def _global_pool(kind: str, reduce) -> Layer:
