@@ -2,7 +2,11 @@
 
 Each one is written so that its value and gradient stay finite at extreme inputs (±1e4 and
 beyond): exponentials only ever see non-positive arguments, and the branches of a `where`
-are themselves safe so that no NaN leaks into the gradient of the branch not taken.
+are themselves safe so that no NaN leaks into the gradient of the branch not taken. At a
+kink the gradient is one of the one-sided slopes; where a docstring names it, it is the one
+PyTorch takes.
+
+`prelu`, the one activation with a learned parameter, is a layer; it closes the module.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 
 from funcnet._precision import half_in_float32
+from funcnet.nn import initializers
+from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
 __all__ = [
     "ACTIVATIONS",
@@ -22,12 +28,17 @@ __all__ = [
     "celu",
     "elu",
     "gelu",
+    "glu",
+    "hard_sigmoid",
+    "hard_swish",
     "hard_tanh",
     "leaky_relu",
     "log_sigmoid",
     "log_softmax",
     "mish",
+    "prelu",
     "relu",
+    "relu6",
     "selu",
     "sigmoid",
     "silu",
@@ -70,10 +81,51 @@ def leaky_relu(x: Array, *, negative_slope: float = 1e-2) -> Array:
     return jnp.where(x >= 0, x, negative_slope * x)
 
 
+def relu6(x: Array) -> Array:
+    """``min(max(x, 0), 6)``; gradient 1 on ``(0, 6)`` and 0 elsewhere, kinks included (as
+    `torch.nn.functional.relu6`)."""
+    return jnp.where(x <= 0, jnp.zeros_like(x), jnp.where(x >= 6, jnp.full_like(x, 6), x))
+
+
+def hard_sigmoid(x: Array) -> Array:
+    """Piecewise-linear sigmoid ``relu6(x + 3) / 6``: 0 for ``x ≤ −3``, 1 for ``x ≥ 3``,
+    ``x/6 + 1/2`` between; gradient ``1/6`` on ``(−3, 3)`` and 0 at the kinks (as
+    `torch.nn.functional.hardsigmoid`)."""
+    return relu6(x + 3) / 6
+
+
+def hard_swish(x: Array) -> Array:
+    """``x · hard_sigmoid(x)``: 0 for ``x ≤ −3``, ``x`` for ``x ≥ 3``, ``x(x + 3)/6`` between
+    (MobileNetV3). Gradient ``(2x + 3)/6`` on ``(−3, 3)``, 0 at ``−3`` and 1 at ``3``, the
+    slopes of the outer pieces (as `torch.nn.functional.hardswish`)."""
+    return x * hard_sigmoid(x)
+
+
+@jax.custom_jvp
+def _expm1(x: Array) -> Array:
+    """``e^x − 1``, whose derivative is computed as ``e^x``.
+
+    JAX differentiates `jnp.expm1` as ``expm1(x) + 1``, which cancels to 0 once ``e^x`` is
+    below the float's resolution at 1 (``x ≲ −17`` in float32); ``e^x`` itself stays exact
+    down to its underflow (``x ≈ −87`` in float32, ``−708`` in float64).
+    """
+    return jnp.expm1(x)
+
+
+@_expm1.defjvp
+def _expm1_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return jnp.expm1(x), jnp.exp(x) * t
+
+
 def elu(x: Array, *, alpha: float = 1.0) -> Array:
-    """Exponential linear unit: ``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise."""
+    """Exponential linear unit: ``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise.
+
+    Gradient 1 for ``x > 0`` and ``α e^x`` otherwise (``α`` at 0, as PyTorch), exact far into
+    the negative tail: nonzero until ``e^x`` underflows.
+    """
     negative = jnp.where(x > 0, jnp.zeros_like(x), x)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(negative))
+    return jnp.where(x > 0, x, alpha * _expm1(negative))
 
 
 def celu(x: Array, *, alpha: float = 1.0) -> Array:
@@ -103,9 +155,23 @@ def gelu(x: Array, *, approximate: bool = False) -> Array:
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
-def softplus(x: Array) -> Array:
-    """``log(1 + e^x)``, computed as ``max(x, 0) + log1p(e^{−|x|})``."""
-    return jnp.logaddexp(x, jnp.zeros_like(x))
+@half_in_float32
+def softplus(x: Array, *, beta: float = 1.0, threshold: float | None = None) -> Array:
+    """``(1/β) log(1 + e^{βx})``, computed as ``(max(βx, 0) + log1p(e^{−|βx|})) / β``.
+
+    The formula is stable for every input, so by default it is used everywhere. With a
+    `threshold`, inputs where ``βx > threshold`` return ``x`` itself (gradient 1), as
+    `torch.nn.functional.softplus` does with its default ``threshold=20``; the two differ there
+    by less than ``e^{−threshold}/β``. Gradient ``σ(βx)``. `beta` must be positive.
+    Half-precision inputs are computed in float32.
+    """
+    if not beta > 0:
+        raise ValueError(f"softplus: beta must be positive, got {beta}")
+    scaled = beta * x
+    y = jnp.logaddexp(scaled, jnp.zeros_like(scaled)) / beta
+    if threshold is not None:
+        y = jnp.where(scaled > threshold, x, y)
+    return y
 
 
 def softsign(x: Array) -> Array:
@@ -172,6 +238,23 @@ def hard_tanh(x: Array, *, min_val: float = -1.0, max_val: float = 1.0) -> Array
     return jnp.where(x < min_val, min_val, jnp.where(x > max_val, max_val, x)).astype(x.dtype)
 
 
+@half_in_float32
+def glu(x: Array, *, axis: int = -1) -> Array:
+    """Gated linear unit ``a ⊙ σ(b)``, where ``a`` and ``b`` are the first and second halves of
+    `x` along `axis` (Dauphin et al., 2017; `torch.nn.functional.glu`).
+
+    Input ``(..., 2n, ...)``; output ``(..., n, ...)``: the one activation here that changes the
+    shape, which is why `ACTIVATIONS` (elementwise functions for a configurable hidden layer)
+    leaves it out. Half-precision inputs are computed in float32.
+    """
+    if x.ndim == 0 or x.shape[axis] % 2:
+        raise ValueError(
+            f"glu: expected an even size along axis {axis}, got shape {tuple(x.shape)}"
+        )
+    a, b = jnp.split(x, 2, axis=axis)
+    return a * sigmoid(b)
+
+
 def softmax(x: Array, *, axis: int = -1) -> Array:
     """``e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``."""
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
@@ -191,6 +274,7 @@ ACTIVATIONS = {
         sigmoid,
         tanh,
         relu,
+        relu6,
         leaky_relu,
         elu,
         celu,
@@ -206,9 +290,64 @@ ACTIVATIONS = {
         step,
         sine,
         hard_tanh,
+        hard_sigmoid,
+        hard_swish,
         softmax,
         log_softmax,
     )
 }
 """Every activation above by its name (``"relu"``, ``"gelu"``, ...): the names that model
 configurations and the command line accept. Treat it as read-only."""
+
+
+# The one activation with a learned parameter, hence a layer rather than a plain function.
+def prelu(
+    *,
+    per_channel: bool = False,
+    slope_init: float | str | initializers.Initializer = 0.25,
+    dtype=None,
+) -> Layer:
+    """Parametric ReLU ``y = x`` for ``x > 0``, ``a · x`` otherwise, with a learned slope ``a``
+    (He et al., 2015; `torch.nn.PReLU`).
+
+    Params: ``slope``, of shape ``()`` (one slope for every unit, as ``PReLU()``) or, with
+    `per_channel`, ``(channels,)`` for the last axis (as ``PReLU(num_parameters=channels)``
+    in channels-last layout). `slope_init` is a number (0.25 by default, as PyTorch) or an
+    initializer; `dtype` is the slope's dtype (JAX's default float when None). Input: any
+    floating-point array ``(..., channels)``; output: the same shape. Gradient at ``x = 0``:
+    ``a`` for ``x`` and 0 for ``a``, the slopes of the negative piece, as PyTorch.
+    """
+    if isinstance(slope_init, (int, float)):
+        slope_init = initializers.constant(float(slope_init))
+    else:
+        slope_init = initializers.get(slope_init)
+
+    def init(key, in_shape):
+        if per_channel:
+            in_shape = check_shape("prelu", in_shape, "an input (..., channels)", min_rank=1)
+            shape = (in_shape[-1],)
+        else:
+            shape = ()
+        return tuple(in_shape), {"slope": slope_init(key, shape, dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        slope = params["slope"]
+        check_floating("prelu", x)
+        if slope.ndim == 1:
+            check_shape(
+                "prelu",
+                x.shape,
+                f"an input with {slope.shape[0]} channels on the last axis (one slope each)",
+                min_rank=1,
+                last=slope.shape[0],
+            )
+        elif slope.ndim != 0:
+            raise LayerError(
+                "prelu",
+                f"slope of shape {tuple(slope.shape)} is neither one slope () nor one per "
+                "channel (channels,); was it made by another model's init?",
+            )
+        return jnp.where(x > 0, x, slope * x), state
+
+    return Layer(init, apply, kind="prelu")

@@ -16,6 +16,7 @@ def embedding(
     num_embeddings: int,
     features: int,
     *,
+    padding_idx: int | None = None,
     table_init: str | initializers.Initializer | None = None,
     dtype=None,
 ) -> Layer:
@@ -25,18 +26,35 @@ def embedding(
     without forming the one-hot array. Input: integer ids of any shape with values in
     ``[0, num_embeddings)``; output ``(*ids.shape, features)``. Params: ``table`` of shape
     ``(num_embeddings, features)``, drawn by `table_init` (``N(0, 1)`` when None, as in PyTorch).
-    Out-of-range ids are refused when the ids are concrete (outside `jit`); inside `jit` they
-    are clamped to the table.
+
+    `padding_idx` marks one id as padding, as in `torch.nn.Embedding`: its row starts at zero
+    and the lookup never sends it a gradient, so training leaves it where it is; its output is
+    that row. A negative `padding_idx` counts from the end (``−1`` is the last row).
+
+    Out-of-range ids (negative ones included: they are never wrapped around) are refused with
+    a `LayerError` when the ids are concrete (outside `jit`). Inside `jit`, `vmap` or a
+    `lax.scan` the values are unknown, so each such id gets a row of NaNs instead: the loss
+    turns non-finite, and `funcnet.train.fit` stops with `NonFiniteLossError` rather than train
+    on a wrong row. Those NaN rows send no gradient into the table.
     """
     if num_embeddings < 1 or features < 1:
         raise ValueError(
             f"embedding: num_embeddings and features must be positive, got "
             f"{num_embeddings} and {features}"
         )
+    if padding_idx is not None:
+        if not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(
+                f"embedding: padding_idx must lie in [-{num_embeddings}, {num_embeddings}), "
+                f"got {padding_idx}"
+            )
+        padding_idx %= num_embeddings
     table_init = initializers.normal(1.0) if table_init is None else initializers.get(table_init)
 
     def init(key, in_shape):
         table = table_init(key, (num_embeddings, features), dtype)
+        if padding_idx is not None:
+            table = table.at[padding_idx].set(0)
         return (*tuple(in_shape), features), {"table": table}, {}
 
     def apply(params, state, ids, *, key=None, train=False):
@@ -48,14 +66,24 @@ def embedding(
                 f"expected integer ids, got dtype {jnp.result_type(ids)}; "
                 f"convert them with ids.astype(jnp.int32)",
             )
+        size = table.shape[0]
         if not isinstance(ids, jax.core.Tracer):
             values = np.asarray(ids)
-            if values.size and (values.min() < 0 or values.max() >= table.shape[0]):
+            if values.size and (values.min() < 0 or values.max() >= size):
                 raise LayerError(
                     "embedding",
-                    f"ids must lie in [0, {table.shape[0]}), got values in "
-                    f"[{values.min()}, {values.max()}]",
+                    f"ids must lie in [0, {size}), got values in [{values.min()}, {values.max()}]",
                 )
-        return jnp.take(table, ids, axis=0, mode="clip"), state
+        ids = jnp.asarray(ids)
+        # An explicit mask rather than jnp.take(mode="fill"), which wraps negative ids around.
+        # Bounds beyond the ids' dtype are left out: they would wrap around in the comparison.
+        largest = jnp.iinfo(ids.dtype).max
+        inside = ids >= 0
+        if size <= largest:
+            inside = inside & (ids < size)
+        rows = jnp.take(table, jnp.where(inside, ids, 0), axis=0, mode="clip")
+        if padding_idx is not None and padding_idx <= largest:
+            rows = jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
+        return jnp.where(inside[..., None], rows, jnp.nan), state
 
     return Layer(init, apply, kind="embedding")

@@ -11,6 +11,7 @@ import pytest
 from scipy import special
 
 from funcnet import nn
+from funcnet.nn import activations
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
@@ -24,6 +25,7 @@ REFERENCES = {
     "sigmoid": special.expit,
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
     "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
     "celu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),  # α = 1
@@ -39,6 +41,8 @@ REFERENCES = {
     "step": lambda x: np.heaviside(x, 0.0),
     "sine": lambda x: np.sin(30.0 * x),
     "hard_tanh": lambda x: np.clip(x, -1, 1),
+    "hard_sigmoid": lambda x: np.clip(x / 6 + 0.5, 0, 1),
+    "hard_swish": lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
     "softmax": lambda x: special.softmax(x, axis=-1),
     "log_softmax": lambda x: special.log_softmax(x, axis=-1),
 }
@@ -47,13 +51,15 @@ NAMES = sorted(REFERENCES)
 
 def test_catalogue_is_complete():
     for name in NAMES:
-        assert callable(getattr(nn, name))
+        assert callable(getattr(activations, name))
+        assert getattr(nn, name) is getattr(activations, name)
 
 
 def test_activations_table_names_every_activation():
-    assert sorted(nn.ACTIVATIONS) == NAMES
-    for name, fn in nn.ACTIVATIONS.items():
-        assert fn is getattr(nn, name)
+    assert nn.ACTIVATIONS is activations.ACTIVATIONS
+    assert sorted(activations.ACTIVATIONS) == NAMES
+    for name, fn in activations.ACTIVATIONS.items():
+        assert fn is getattr(activations, name)
 
 
 def test_selu_constants_are_the_papers():
@@ -65,7 +71,7 @@ def test_selu_constants_are_the_papers():
 def test_matches_reference_in_float64(name, x64):
     x = np.linspace(-6, 6, 121).reshape(11, 11)
     x = x[np.abs(x) > 1e-9] if name == "step" else x  # Heaviside's value at 0 is a convention
-    got = np.asarray(getattr(nn, name)(jnp.asarray(x)))
+    got = np.asarray(getattr(activations, name)(jnp.asarray(x)))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, REFERENCES[name](x), rtol=1e-12, atol=1e-14)
 
@@ -73,7 +79,7 @@ def test_matches_reference_in_float64(name, x64):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("extreme", [-1e4, 1e4, -1e30, 1e30])
 def test_finite_value_and_gradient_at_extremes(name, extreme):
-    fn = getattr(nn, name)
+    fn = getattr(activations, name)
     x = jnp.array([extreme, -1.0, 0.0, 2.0], jnp.float32)
     if name in ("softmax", "log_softmax"):
         value, grad = fn(x), jax.grad(lambda v: fn(v)[0])(x)
@@ -91,7 +97,7 @@ def _central_difference(fn, x, h=1e-6):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in ("softmax", "log_softmax")])
 def test_gradient_matches_finite_differences(name, x64):
-    fn = getattr(nn, name)
+    fn = getattr(activations, name)
     # Away from kinks (relu, leaky_relu, elu's second derivative, step, hard_tanh at ±1).
     x = jnp.array([-3.3, -1.7, -0.4, 0.3, 0.8, 2.1, 4.2])
     if name == "sine":
@@ -103,7 +109,7 @@ def test_gradient_matches_finite_differences(name, x64):
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_jacobian_matches_finite_differences(name, x64):
-    fn = getattr(nn, name)
+    fn = getattr(activations, name)
     x = jnp.array([0.3, -1.2, 2.5, 0.0])
     auto = jax.jacobian(fn)(x)
     eye = jnp.eye(4)
@@ -164,7 +170,7 @@ def test_parameters_of_parametrised_activations(x64):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_vmap_shapes_and_dtypes(name):
-    fn = getattr(nn, name)
+    fn = getattr(activations, name)
     x = jax.random.normal(jax.random.key(1), (3, 5), jnp.float32)
     eager = fn(x)
     jitted = jax.jit(fn)(x)
@@ -178,7 +184,7 @@ def test_jit_vmap_shapes_and_dtypes(name):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("name", NAMES)
 def test_low_precision_stays_finite(name, dtype):
-    fn = functools.partial(getattr(nn, name))
+    fn = functools.partial(getattr(activations, name))
     # ±3e4: the widest inputs whose log-softmax (down to -6e4) float16 can still hold.
     x = jnp.array([-3e4, -3.0, 0.0, 2.0, 3e4], dtype)
     y = fn(x)
