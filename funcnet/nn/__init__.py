@@ -14,12 +14,17 @@ from funcnet.nn.activations import (
     celu,
     elu,
     gelu,
+    glu,
+    hard_sigmoid,
+    hard_swish,
     hard_tanh,
     leaky_relu,
     log_sigmoid,
     log_softmax,
     mish,
+    prelu,
     relu,
+    relu6,
     selu,
     sigmoid,
     silu,
@@ -34,8 +39,11 @@ from funcnet.nn.activations import (
 )
 from funcnet.nn.attention import multi_head_attention, transformer_block
 from funcnet.nn.conv import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
     avg_pool,
     conv,
+    conv_transpose,
     flatten,
     global_avg_pool,
     global_max_pool,
@@ -58,7 +66,14 @@ from funcnet.nn.core import (
 from funcnet.nn.dropout import alpha_dropout, dropout
 from funcnet.nn.embedding import embedding
 from funcnet.nn.linear import dense
-from funcnet.nn.norm import batch_norm, group_norm, instance_norm, layer_norm, weight_norm
+from funcnet.nn.norm import (
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+    weight_norm,
+)
 from funcnet.nn.recurrent import gru, lstm
 from funcnet.nn.summary import summary
 
@@ -68,6 +83,8 @@ __all__ = [
     "SELU_SCALE",
     "Layer",
     "LayerError",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
     "alpha_dropout",
     "as_layer",
     "avg_pool",
@@ -75,6 +92,7 @@ __all__ = [
     "celu",
     "concat",
     "conv",
+    "conv_transpose",
     "dense",
     "dropout",
     "elu",
@@ -85,8 +103,11 @@ __all__ = [
     "gelu",
     "global_avg_pool",
     "global_max_pool",
+    "glu",
     "group_norm",
     "gru",
+    "hard_sigmoid",
+    "hard_swish",
     "hard_tanh",
     "initializers",
     "instance_norm",
@@ -101,8 +122,11 @@ __all__ = [
     "multi_head_attention",
     "parallel",
     "param_count",
+    "prelu",
     "relu",
+    "relu6",
     "residual",
+    "rms_norm",
     "selu",
     "serial",
     "sigmoid",
