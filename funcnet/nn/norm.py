@@ -278,7 +278,9 @@ def rms_norm(
     whose mean square is computed in float32), ``finfo(float64).eps ≈ 2.2e-16`` for float64.
     Many models set it instead (1e-6 or 1e-5).
 
-    Input ``(..., features)``, output the same shape and dtype. Params ``scale`` (ones) of
+    Input ``(..., features)``, output the same shape, in the dtype of ``x̂ · scale`` (a
+    bfloat16 input with float32 params gives float32; build with ``dtype=jnp.bfloat16`` to
+    keep bfloat16). Params ``scale`` (ones) of
     shape ``(features,)``, and ``bias`` (zeros) with `use_bias`; `use_scale=False` drops
     ``scale``. `axes` are negative (counted from the last), e.g. ``(-2, -1)``, and the params
     then have the shape of the input on those axes. ``rms_norm(axes=(-2, -1))`` on
