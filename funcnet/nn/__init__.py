@@ -37,7 +37,7 @@ from funcnet.nn.activations import (
     swish,
     tanh,
 )
-from funcnet.nn.attention import multi_head_attention, transformer_block
+from funcnet.nn.attention import cross_attention, multi_head_attention, transformer_block
 from funcnet.nn.conv import (
     adaptive_avg_pool,
     adaptive_max_pool,
@@ -93,6 +93,7 @@ __all__ = [
     "concat",
     "conv",
     "conv_transpose",
+    "cross_attention",
     "dense",
     "dropout",
     "elu",

@@ -1,11 +1,37 @@
-"""Multi-head self-attention and the pre-norm transformer block.
+"""Multi-head self- and cross-attention, and the pre-norm transformer block.
 
-Both take a sequence ``x`` of shape ``(batch, time, features)``, or a pair ``(x, mask)`` with a
-padding mask of shape ``(batch, time)``, boolean, True where a position holds a real token and
-False where it is padding. Padded positions are never attended to (as keys); their own outputs
-are computed but meaningless (a query that sees no key at all, such as a padded first position
-under a causal mask, averages all values uniformly). The output has the form of the input:
-``y`` for ``x``, and ``(y, mask)`` for ``(x, mask)``, so masked layers stack in `serial`.
+Inputs and masks. The self-attention layers (`multi_head_attention`, `transformer_block`) take
+
+- ``x`` of shape ``(batch, time, features)``;
+- ``(x, mask)``, with a padding mask of shape ``(batch, time)``, boolean, True where a position
+  holds a real token and False where it is padding;
+- ``(x, mask, attention_mask)``, adding an arbitrary boolean attention mask of shape
+  ``(batch or 1, heads or 1, q_time, k_time)``, True where query ``i`` may attend to key ``j``.
+  ``mask`` may be None here when there is no padding.
+
+`cross_attention` takes queries from ``x`` and keys and values from a second sequence
+``context`` of shape ``(batch, k_time, context_features)``: ``(x, context)``,
+``(x, context, context_mask)`` with the context's padding mask ``(batch, k_time)``, or
+``(x, context, context_mask, attention_mask)``.
+
+A query attends to key ``j`` only where every mask given allows it: the padding mask of the
+keys, the attention mask, and, with ``causal=True``, ``j ≤ i``. Padded positions are never
+attended to (as keys); their own outputs are computed but meaningless (a query that sees no
+key at all, such as a padded first position under a causal mask, averages all values
+uniformly). The output has the form of the input, with ``y`` of shape ``(batch, q_time,
+features)`` in the place of ``x``: ``y`` for ``x``, ``(y, mask)`` for ``(x, mask)``,
+``(y, context, context_mask)`` for ``(x, context, context_mask)`` and so on, so masked layers
+stack in `serial`. `init` takes ``in_shape`` in the same form, with None for a missing mask.
+
+Options of the attention layers:
+
+- ``dropout_rate``: dropout on the attention weights (the probability of dropping one), in
+  training only; it then needs a key.
+- ``return_weights=True``: the output becomes ``(out, weights)``, ``out`` as above and
+  ``weights`` the attention weights of shape ``(batch, heads, q_time, k_time)``, after
+  dropout. The same params serve a layer built with and without it.
+- ``cache_length`` (causal self-attention and `transformer_block`): step-by-step decoding with
+  a cache of past keys and values, kept in the layer's ``state`` (see `multi_head_attention`).
 """
 
 from __future__ import annotations
@@ -14,6 +40,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu
@@ -22,55 +49,202 @@ from funcnet.nn.dropout import dropout
 from funcnet.nn.linear import dense
 from funcnet.nn.norm import layer_norm
 
-__all__ = ["multi_head_attention", "transformer_block"]
+__all__ = ["cross_attention", "multi_head_attention", "transformer_block"]
 
 Array = jax.Array
 
+_SELF_FORM = "x, (x, mask) or (x, mask, attention_mask)"
+_CROSS_FORM = (
+    "(x, context), (x, context, context_mask) or (x, context, context_mask, attention_mask)"
+)
 
-def _split_shape(kind: str, in_shape) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """``(x_shape, mask_shape or None)`` from ``x_shape`` or ``(x_shape, mask_shape)``."""
-    in_shape = tuple(in_shape)
-    if len(in_shape) == 2 and all(isinstance(s, (tuple, list)) for s in in_shape):
-        x_shape, mask_shape = tuple(in_shape[0]), tuple(in_shape[1])
+
+def _is_shape(s) -> bool:
+    return isinstance(s, (tuple, list)) and all(isinstance(d, int) for d in s)
+
+
+def _split_shape(kind: str, in_shape, *, cross: bool = False) -> list:
+    """The parts of ``in_shape`` as a list ``[x_shape, …]`` of tuples or None, in input order."""
+    form = _CROSS_FORM if cross else _SELF_FORM
+    if _is_shape(in_shape) and not cross:
+        parts = [tuple(in_shape)]
+    elif (
+        isinstance(in_shape, (tuple, list))
+        and 2 <= len(in_shape) <= (4 if cross else 3)
+        and all(s is None or _is_shape(s) for s in in_shape)
+    ):
+        parts = [None if s is None else tuple(s) for s in in_shape]
     else:
-        x_shape, mask_shape = in_shape, None
-    if len(x_shape) != 3 or not all(isinstance(d, int) for d in x_shape):
-        raise LayerError(
-            kind,
-            f"expected x of shape (batch, time, features) or a pair (x, mask), got {in_shape}",
-        )
-    if mask_shape is not None and mask_shape != x_shape[:2]:
-        raise LayerError(
-            kind, f"the mask must have shape (batch, time) = {x_shape[:2]}, got {mask_shape}"
-        )
-    return x_shape, mask_shape
-
-
-def _split_input(kind: str, inputs) -> tuple[Array, Array | None]:
-    if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 2:
-            raise LayerError(kind, f"expected x or a pair (x, mask), got {len(inputs)} inputs")
-        x, mask = inputs
-    else:
-        x, mask = inputs, None
-    check_shape(kind, x.shape, "x of shape (batch, time, features)", min_rank=3, max_rank=3)
-    check_floating(kind, x)
-    if mask is not None:
-        if mask.shape != x.shape[:2] or mask.dtype != jnp.bool_:
+        raise LayerError(kind, f"expected the shapes of {form}, got {in_shape}")
+    sequences = parts[:2] if cross else parts[:1]
+    for name, shape in zip(["x", "context"], sequences, strict=False):
+        if shape is None or len(shape) != 3:
             raise LayerError(
                 kind,
-                f"the mask must be a bool array of shape (batch, time) = {tuple(x.shape[:2])}, "
-                f"True = keep; got {mask.dtype}{list(mask.shape)}",
+                f"expected {name} of shape (batch, time, features) in {form}, got {in_shape}",
             )
-    return x, mask
+    return parts
 
 
-def _out_shape(x_shape: tuple[int, ...], mask_shape: tuple[int, ...] | None):
-    return x_shape if mask_shape is None else (x_shape, mask_shape)
+def _check_masks_shape(kind: str, parts: list, num_heads: int, *, cross: bool, k_time=None):
+    """Checks the padding and attention mask shapes in `parts` (from `_split_shape`)."""
+    x_shape = parts[0]
+    keys = parts[1] if cross else x_shape
+    if len(parts) > 1 + cross and parts[1 + cross] is not None:
+        name = "context_mask" if cross else "mask"
+        if parts[1 + cross] != keys[:2]:
+            raise LayerError(
+                kind,
+                f"the {name} must have shape (batch, time) = {keys[:2]}, got {parts[1 + cross]}",
+            )
+    if len(parts) > 2 + cross and parts[2 + cross] is not None:
+        _check_attention_mask(
+            kind, parts[2 + cross], x_shape[0], num_heads, x_shape[1], k_time or keys[1]
+        )
 
 
-def _like_input(inputs, y: Array, mask: Array | None):
-    return y if mask is None and not isinstance(inputs, (tuple, list)) else (y, mask)
+def _check_attention_mask(kind, shape, batch, num_heads, q_time, k_time):
+    shape = None if shape is None else tuple(shape)
+    if (
+        shape is None
+        or len(shape) != 4
+        or shape[0] not in (1, batch)
+        or shape[1] not in (1, num_heads)
+        or shape[2:] != (q_time, k_time)
+    ):
+        raise LayerError(
+            kind,
+            f"the attention mask must have shape (batch or 1, heads or 1, q_time, k_time) = "
+            f"({batch} or 1, {num_heads} or 1, {q_time}, {k_time}), got {shape}",
+        )
+
+
+def _split_input(kind: str, inputs, *, cross: bool = False) -> list:
+    """The parts of `inputs` as a list ``[x, …]`` in input order, each checked."""
+    form = _CROSS_FORM if cross else _SELF_FORM
+    if isinstance(inputs, (tuple, list)):
+        parts = list(inputs)
+        if not (2 <= len(parts) <= (4 if cross else 3)):
+            raise LayerError(kind, f"expected {form}, got {len(parts)} inputs")
+    elif cross:
+        raise LayerError(kind, f"expected {form}, got a single array")
+    else:
+        parts = [inputs]
+    sequences = parts[:2] if cross else parts[:1]
+    for name, z in zip(["x", "context"], sequences, strict=False):
+        check_shape(
+            kind, z.shape, f"{name} of shape (batch, time, features)", min_rank=3, max_rank=3
+        )
+        check_floating(kind, z)
+    keys = parts[1] if cross else parts[0]
+    if len(parts) > 1 + cross and parts[1 + cross] is not None:
+        mask = parts[1 + cross]
+        if mask.shape != keys.shape[:2] or mask.dtype != jnp.bool_:
+            name = "context_mask" if cross else "mask"
+            raise LayerError(
+                kind,
+                f"the {name} must be a bool array of shape (batch, time) = "
+                f"{tuple(keys.shape[:2])}, True = keep; got {mask.dtype}{list(mask.shape)}",
+            )
+    if len(parts) > 2 + cross and parts[2 + cross] is not None:
+        attention_mask = parts[2 + cross]
+        if attention_mask.dtype != jnp.bool_:
+            raise LayerError(
+                kind,
+                f"the attention mask must be a bool array, True = may attend; got "
+                f"{attention_mask.dtype}{list(attention_mask.shape)}",
+            )
+    return parts
+
+
+def _output(parts: list, y):
+    """``y`` in the place of ``x``: the output has the form of the input (shapes, in `init`)."""
+    return y if len(parts) == 1 else (y, *parts[1:])
+
+
+def _check_rate(kind: str, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(
+            f"{kind}: dropout_rate is the probability of dropping an attention weight and must "
+            f"lie in [0, 1), got {rate}"
+        )
+
+
+def _check_heads(kind: str, num_heads: int, head_dim: int | None) -> None:
+    if num_heads < 1 or (head_dim is not None and head_dim < 1):
+        raise ValueError(
+            f"{kind}: num_heads and head_dim must be positive, got {num_heads} and {head_dim}"
+        )
+
+
+def _init_projections(
+    kind, key, features, context_features, num_heads, head_dim, w_init, b_init, dtype
+):
+    """Params ``q`` (features → H·d), ``k``, ``v`` (context_features → H·d), ``o`` (H·d →
+    features)."""
+    if head_dim is None and features % num_heads:
+        raise LayerError(
+            kind, f"{features} features do not split into {num_heads} heads; pass head_dim"
+        )
+    width = num_heads * (head_dim or features // num_heads)
+    params = {}
+    for i, (name, shape) in enumerate(
+        [
+            ("q", (features, width)),
+            ("k", (context_features, width)),
+            ("v", (context_features, width)),
+            ("o", (width, features)),
+        ]
+    ):
+        w_key, b_key = jax.random.split(jax.random.fold_in(key, i))
+        params[name] = {"w": w_init(w_key, shape, dtype), "b": b_init(b_key, shape[1:], dtype)}
+    return params
+
+
+def _heads(params, name: str, z: Array, num_heads: int) -> Array:
+    """``z W + b`` split into heads: ``(batch, time, ·) -> (batch, heads, time, d)``."""
+    batch, time, _ = z.shape
+    h = z @ params[name]["w"] + params[name]["b"]
+    return h.reshape(batch, time, num_heads, -1).transpose(0, 2, 1, 3)
+
+
+def _attend(kind, params, q, k, v, visible, *, rate, key, train) -> tuple[Array, Array]:
+    """``(y, weights)``: softmax attention of `q` over `k`, `v` where `visible`, heads merged
+    and projected by ``o``; `weights` after dropout."""
+    batch, num_heads, q_time, d = q.shape
+    scores = jnp.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(d)
+    # A finite floor rather than -inf: a row with no visible key averages uniformly
+    # instead of turning into NaN.
+    scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if train and rate > 0.0:
+        if key is None:
+            raise LayerError(
+                kind,
+                "train=True with dropout_rate > 0 drops attention weights at random and needs "
+                "a key: apply(..., key=key, train=True); pass train=False to evaluate",
+            )
+        keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - rate), jnp.zeros_like(weights))
+    out = jnp.einsum("bhij,bhjd->bhid", weights, v)
+    out = out.transpose(0, 2, 1, 3).reshape(batch, q_time, num_heads * d)
+    return out @ params["o"]["w"] + params["o"]["b"], weights
+
+
+def _visible(q_time, k_time, key_mask, attention_mask, q_start=None) -> Array:
+    """Where query ``i`` may attend to key ``j``: ``(batch or 1, 1 or heads, q_time, k_time)``.
+
+    `key_mask` ``(batch, k_time)`` or None; `attention_mask` or None; with `q_start` (causal),
+    query ``i`` sits at position ``q_start + i`` and sees the keys ``j ≤ q_start + i``.
+    """
+    visible = jnp.ones((1, 1, q_time, k_time), bool)
+    if key_mask is not None:
+        visible = visible & key_mask[:, None, None, :]
+    if attention_mask is not None:
+        visible = visible & attention_mask
+    if q_start is not None:
+        visible = visible & (jnp.arange(k_time) <= q_start + jnp.arange(q_time)[:, None])
+    return visible
 
 
 def multi_head_attention(
@@ -78,6 +252,9 @@ def multi_head_attention(
     *,
     head_dim: int | None = None,
     causal: bool = False,
+    dropout_rate: float = 0.0,
+    return_weights: bool = False,
+    cache_length: int | None = None,
     w_init: str | initializers.Initializer = "glorot_uniform",
     b_init: str | initializers.Initializer = "zeros",
     dtype=None,
@@ -87,75 +264,216 @@ def multi_head_attention(
     For each head ``h`` with ``Q_h = x W_q,h + b_q,h`` (and likewise ``K_h``, ``V_h``), each of
     width ``d = head_dim``::
 
-        A_h = softmax(Q_h K_hᵀ / √d + M),    y = [A_1 V_1 | ... | A_H V_H] W_o + b_o
+        A_h = Dropout(softmax(Q_h K_hᵀ / √d + M)),    y = [A_1 V_1 | ... | A_H V_H] W_o + b_o
 
     the softmax over keys, with ``M`` = −∞ at the keys a query may not see: padding (mask
-    False) and, with ``causal=True``, later positions (``j > i``).
+    False), the attention mask False and, with ``causal=True``, later positions (``j > i``).
 
-    Input ``x`` ``(batch, time, features)`` or ``(x, mask)`` (module docstring); output of the
-    same form, ``y`` of shape ``(batch, time, features)``. `head_dim` defaults to
-    ``features // num_heads``. Params ``q``, ``k``, ``v``, each ``{"w": (features, H·d),
-    "b": (H·d,)}``, and ``o`` ``{"w": (H·d, features), "b": (features,)}``.
+    Input ``x`` ``(batch, time, features)``, ``(x, mask)`` or ``(x, mask, attention_mask)``
+    (module docstring); output of the same form, ``y`` of shape ``(batch, time, features)``,
+    and with ``return_weights=True`` the pair ``(output, A)``, ``A`` of shape ``(batch, heads,
+    time, k_time)``. `head_dim` defaults to ``features // num_heads``. Params ``q``, ``k``,
+    ``v``, each ``{"w": (features, H·d), "b": (H·d,)}``, and ``o`` ``{"w": (H·d, features),
+    "b": (features,)}``.
+
+    `dropout_rate` drops attention weights in training, ``A ⊙ m / (1 − rate)`` with ``m =
+    jax.random.bernoulli(key, 1 − rate, A.shape)`` from the layer's key, which is then
+    required. ``train=False`` or ``rate = 0`` leaves ``A`` as it is.
+
+    ``cache_length=N`` (needs ``causal=True``) runs the layer on successive chunks of one
+    sequence — a prompt, then one token at a time — with the keys and values of the earlier
+    chunks kept in ``state["cache"]``: ``{"k", "v"}`` of shape ``(batch, heads, N, d)``,
+    ``"valid"`` ``(batch, N)`` (the padding mask of the cached positions) and ``"index"``, the
+    number of positions filled (int32). `init` allocates it empty for the batch of
+    ``in_shape``; each `apply` on ``x`` of shape ``(batch, t, features)`` writes positions
+    ``index … index + t − 1``, attends causally over everything written, and returns the
+    state with ``index + t``. Fed a sequence chunk by chunk it gives the outputs of one causal
+    pass over the whole sequence, and with fixed chunk shapes the step compiles once. Here
+    ``k_time = N``: an attention mask has shape ``(batch or 1, heads or 1, t, N)`` and
+    returned weights ``(batch, heads, t, N)``. Writing past ``N`` raises an error when the
+    index is concrete; under `jit` it cannot be checked and gives wrong outputs. Start a new
+    sequence from the state of `init` (or with ``index`` set to 0).
     """
-    if num_heads < 1 or (head_dim is not None and head_dim < 1):
-        raise ValueError(
-            f"multi_head_attention: num_heads and head_dim must be positive, got "
-            f"{num_heads} and {head_dim}"
-        )
+    kind = "multi_head_attention"
+    _check_heads(kind, num_heads, head_dim)
+    _check_rate(kind, dropout_rate)
+    if cache_length is not None:
+        if cache_length < 1:
+            raise ValueError(f"{kind}: cache_length must be positive, got {cache_length}")
+        if not causal:
+            raise ValueError(
+                f"{kind}: cache_length needs causal=True: decoding from a cache of past keys "
+                "sees only the past"
+            )
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
     def init(key, in_shape):
-        x_shape, mask_shape = _split_shape("multi_head_attention", in_shape)
-        features = x_shape[-1]
-        if head_dim is None and features % num_heads:
-            raise LayerError(
-                "multi_head_attention",
-                f"{features} features do not split into {num_heads} heads; pass head_dim",
-            )
-        width = num_heads * (head_dim or features // num_heads)
-        params = {}
-        for i, (name, shape) in enumerate(
-            [
-                ("q", (features, width)),
-                ("k", (features, width)),
-                ("v", (features, width)),
-                ("o", (width, features)),
-            ]
-        ):
-            w_key, b_key = jax.random.split(jax.random.fold_in(key, i))
-            params[name] = {"w": w_init(w_key, shape, dtype), "b": b_init(b_key, shape[1:], dtype)}
-        return _out_shape(x_shape, mask_shape), params, {}
+        parts = _split_shape(kind, in_shape)
+        batch, time, features = parts[0]
+        _check_masks_shape(kind, parts, num_heads, cross=False, k_time=cache_length)
+        params = _init_projections(
+            kind, key, features, features, num_heads, head_dim, w_init, b_init, dtype
+        )
+        state = {}
+        if cache_length is not None:
+            d = params["k"]["w"].shape[1] // num_heads
+            zeros = jnp.zeros((batch, num_heads, cache_length, d), params["k"]["w"].dtype)
+            state = {
+                "cache": {
+                    "k": zeros,
+                    "v": zeros,
+                    "valid": jnp.zeros((batch, cache_length), bool),
+                    "index": jnp.zeros((), jnp.int32),
+                }
+            }
+        out_shape = _output(parts, parts[0])
+        if return_weights:
+            out_shape = (out_shape, (batch, num_heads, time, cache_length or time))
+        return out_shape, params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
-        del key, train
-        x, mask = _split_input("multi_head_attention", inputs)
+        parts = _split_input(kind, inputs)
+        x = parts[0]
+        mask = parts[1] if len(parts) > 1 else None
+        attention_mask = parts[2] if len(parts) > 2 else None
         features = params["q"]["w"].shape[0]
-        expected = f"{features} features on the last axis"
-        check_shape("multi_head_attention", x.shape, expected, last=features)
+        check_shape(kind, x.shape, f"{features} features on the last axis", last=features)
         batch, time, _ = x.shape
-        d = params["q"]["w"].shape[1] // num_heads
+        q, k, v = (_heads(params, name, x, num_heads) for name in "qkv")
+        if cache_length is None:
+            if attention_mask is not None:
+                _check_attention_mask(kind, attention_mask.shape, batch, num_heads, time, time)
+            visible = _visible(time, time, mask, attention_mask, 0 if causal else None)
+        else:
+            cache = state.get("cache") if isinstance(state, dict) else None
+            if cache is None:
+                raise LayerError(
+                    kind,
+                    f"built with cache_length={cache_length}, it needs the state made by its "
+                    "init, which holds the cache",
+                )
+            if attention_mask is not None:
+                _check_attention_mask(
+                    kind, attention_mask.shape, batch, num_heads, time, cache_length
+                )
+            if cache["k"].shape[0] != batch:
+                raise LayerError(
+                    kind,
+                    f"the cache holds a batch of {cache['k'].shape[0]} sequences, got x of "
+                    f"shape {tuple(x.shape)}",
+                )
+            index = cache["index"]
+            if not isinstance(index, jax.core.Tracer) and int(index) + time > cache_length:
+                raise LayerError(
+                    kind,
+                    f"the cache holds {cache_length} positions, {int(index)} are filled and "
+                    f"{time} more do not fit",
+                )
+            new_mask = jnp.ones((batch, time), bool) if mask is None else mask
+            cache = {
+                "k": lax.dynamic_update_slice_in_dim(
+                    cache["k"], k.astype(cache["k"].dtype), index, 2
+                ),
+                "v": lax.dynamic_update_slice_in_dim(
+                    cache["v"], v.astype(cache["v"].dtype), index, 2
+                ),
+                "valid": lax.dynamic_update_slice_in_dim(cache["valid"], new_mask, index, 1),
+                "index": index + time,
+            }
+            k, v = cache["k"], cache["v"]
+            visible = _visible(time, cache_length, cache["valid"], attention_mask, index)
+            state = {**state, "cache": cache}
+        y, weights = _attend(
+            kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
+        )
+        out = _output(parts, y)
+        return ((out, weights) if return_weights else out), state
 
-        def heads(name):  # (batch, time, features) -> (batch, heads, time, d)
-            z = x @ params[name]["w"] + params[name]["b"]
-            return z.reshape(batch, time, num_heads, d).transpose(0, 2, 1, 3)
+    return Layer(init, apply, kind=kind)
 
-        q, k, v = heads("q"), heads("k"), heads("v")
-        scores = jnp.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(d)
-        visible = jnp.ones((batch, 1, time, time), bool)
-        if mask is not None:
-            visible = visible & mask[:, None, None, :]
-        if causal:
-            visible = visible & jnp.tril(jnp.ones((time, time), bool))
-        # A finite floor rather than -inf: a row with no visible key averages uniformly
-        # instead of turning into NaN.
-        scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bhij,bhjd->bhid", weights, v)
-        out = out.transpose(0, 2, 1, 3).reshape(batch, time, num_heads * d)
-        y = out @ params["o"]["w"] + params["o"]["b"]
-        return _like_input(inputs, y, mask), state
 
-    return Layer(init, apply, kind="multi_head_attention")
+def cross_attention(
+    num_heads: int,
+    *,
+    head_dim: int | None = None,
+    dropout_rate: float = 0.0,
+    return_weights: bool = False,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+) -> Layer:
+    """Multi-head attention of the queries of one sequence over another (encoder-decoder)::
+
+        Q_h = x W_q,h + b_q,h,    K_h = c W_k,h + b_k,h,    V_h = c W_v,h + b_v,h
+        A_h = Dropout(softmax(Q_h K_hᵀ / √d + M)),    y = [A_1 V_1 | ... | A_H V_H] W_o + b_o
+
+    with ``x`` the queries' sequence ``(batch, q_time, features)``, ``c`` the context
+    ``(batch, k_time, context_features)``, and ``M`` = −∞ where the context is padding
+    (context_mask False) or the attention mask is False.
+
+    Input ``(x, context)``, ``(x, context, context_mask)`` or ``(x, context, context_mask,
+    attention_mask)`` (module docstring); output the same tuple with ``y`` ``(batch, q_time,
+    features)`` in the place of ``x``, and with ``return_weights=True`` the pair ``(output,
+    A)``, ``A`` of shape ``(batch, heads, q_time, k_time)``. `head_dim` defaults to
+    ``features // num_heads``. Params ``q`` ``{"w": (features, H·d), "b": (H·d,)}``, ``k`` and
+    ``v`` ``{"w": (context_features, H·d), "b": (H·d,)}``, ``o`` ``{"w": (H·d, features),
+    "b": (features,)}``. `dropout_rate` as in `multi_head_attention`.
+    """
+    kind = "cross_attention"
+    _check_heads(kind, num_heads, head_dim)
+    _check_rate(kind, dropout_rate)
+    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+
+    def init(key, in_shape):
+        parts = _split_shape(kind, in_shape, cross=True)
+        (batch, q_time, features), context_shape = parts[0], parts[1]
+        if context_shape[0] != batch:
+            raise LayerError(
+                kind,
+                f"x and context must have one batch size, got shapes {parts[0]} and "
+                f"{context_shape}",
+            )
+        _check_masks_shape(kind, parts, num_heads, cross=True)
+        params = _init_projections(
+            kind, key, features, context_shape[2], num_heads, head_dim, w_init, b_init, dtype
+        )
+        out_shape = _output(parts, parts[0])
+        if return_weights:
+            out_shape = (out_shape, (batch, num_heads, q_time, context_shape[1]))
+        return out_shape, params, {}
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        parts = _split_input(kind, inputs, cross=True)
+        x, context = parts[0], parts[1]
+        context_mask = parts[2] if len(parts) > 2 else None
+        attention_mask = parts[3] if len(parts) > 3 else None
+        features, context_features = params["q"]["w"].shape[0], params["k"]["w"].shape[0]
+        check_shape(kind, x.shape, f"x with {features} features on the last axis", last=features)
+        check_shape(
+            kind,
+            context.shape,
+            f"context with {context_features} features on the last axis",
+            last=context_features,
+        )
+        (batch, q_time, _), k_time = x.shape, context.shape[1]
+        if context.shape[0] != batch:
+            raise LayerError(
+                kind,
+                f"x and context must have one batch size, got shapes {tuple(x.shape)} and "
+                f"{tuple(context.shape)}",
+            )
+        if attention_mask is not None:
+            _check_attention_mask(kind, attention_mask.shape, batch, num_heads, q_time, k_time)
+        q = _heads(params, "q", x, num_heads)
+        k, v = _heads(params, "k", context, num_heads), _heads(params, "v", context, num_heads)
+        visible = _visible(q_time, k_time, context_mask, attention_mask)
+        y, weights = _attend(
+            kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
+        )
+        out = _output(parts, y)
+        return ((out, weights) if return_weights else out), state
+
+    return Layer(init, apply, kind=kind)
 
 
 def transformer_block(
@@ -163,7 +481,9 @@ def transformer_block(
     mlp_dim: int,
     *,
     dropout_rate: float = 0.0,
+    attention_dropout_rate: float = 0.0,
     causal: bool = False,
+    cache_length: int | None = None,
     head_dim: int | None = None,
     eps: float = 1e-5,
 ) -> Layer:
@@ -172,15 +492,28 @@ def transformer_block(
         h = x + Dropout(MHA(LN₁(x)))
         y = h + MLP(LN₂(h)),    MLP = Dense(mlp_dim) → GELU → Dropout → Dense(features) → Dropout
 
-    Input ``x`` ``(batch, time, features)`` or ``(x, mask)`` (module docstring); output of the
-    same form and shape. Params: ``norm_1`` and ``norm_2`` (`layer_norm`), ``attention``
-    (`multi_head_attention`) and ``mlp`` (``{"dense_0", "gelu_1", "dropout_2", "dense_3",
-    "dropout_4"}``). Dropout needs a key when ``train=True`` and ``dropout_rate > 0``.
+    Input ``x`` ``(batch, time, features)``, ``(x, mask)`` or ``(x, mask, attention_mask)``
+    (module docstring); output of the same form and shape. Params: ``norm_1`` and ``norm_2``
+    (`layer_norm`), ``attention`` (`multi_head_attention`) and ``mlp`` (``{"dense_0",
+    "gelu_1", "dropout_2", "dense_3", "dropout_4"}``). `dropout_rate` is the rate of the
+    dropouts above, `attention_dropout_rate` that of the attention weights inside MHA; either
+    needs a key when ``train=True`` and it is positive.
+
+    ``cache_length=N`` (needs ``causal=True``) gives the attention a cache of past keys and
+    values, ``state["attention"]["cache"]`` (see `multi_head_attention`), for decoding one
+    chunk at a time; the params are those of the block without it. The state is ``{}``
+    otherwise.
     """
     if mlp_dim < 1:
         raise ValueError(f"transformer_block: mlp_dim must be positive, got {mlp_dim}")
     norm_1, norm_2 = layer_norm(eps=eps), layer_norm(eps=eps)
-    attention = multi_head_attention(num_heads, head_dim=head_dim, causal=causal)
+    attention = multi_head_attention(
+        num_heads,
+        head_dim=head_dim,
+        causal=causal,
+        dropout_rate=attention_dropout_rate,
+        cache_length=cache_length,
+    )
     attention_dropout = dropout(dropout_rate)
 
     def mlp(features):
@@ -189,9 +522,11 @@ def transformer_block(
         )
 
     def init(key, in_shape):
-        x_shape, mask_shape = _split_shape("transformer_block", in_shape)
+        parts = _split_shape("transformer_block", in_shape)
+        _check_masks_shape("transformer_block", parts, num_heads, cross=False, k_time=cache_length)
+        x_shape = parts[0]
         keys = jax.random.split(key, 4)
-        params = {}
+        params, state = {}, {}
         for name, child, k in [
             ("norm_1", norm_1, keys[0]),
             ("attention", attention, keys[1]),
@@ -199,17 +534,32 @@ def transformer_block(
             ("mlp", mlp(x_shape[-1]), keys[3]),
         ]:
             with scope(name):
-                _, params[name], _ = child.init(k, x_shape)
-        return _out_shape(x_shape, mask_shape), params, {}
+                _, params[name], child_state = child.init(k, x_shape)
+            if child_state:
+                state[name] = child_state
+        return _output(parts, x_shape), params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
-        x, mask = _split_input("transformer_block", inputs)
+        parts = _split_input("transformer_block", inputs)
+        x = parts[0]
         attention_key, mlp_key = (None, None) if key is None else jax.random.split(key)
+        # The attention weights' key is derived only when that dropout is on; the keys of the
+        # other dropouts do not depend on attention_dropout_rate.
+        weights_key = None
+        if attention_key is not None and attention_dropout_rate > 0.0:
+            weights_key = jax.random.fold_in(attention_key, 1)
         with scope("norm_1"):
             h, _ = norm_1.apply(params["norm_1"], {}, x)
         with scope("attention"):
-            h, _ = attention.apply(params["attention"], {}, h if mask is None else (h, mask))
-            h = h if mask is None else h[0]
+            attention_state = state.get("attention", {}) if isinstance(state, dict) else {}
+            h, attention_state = attention.apply(
+                params["attention"],
+                attention_state,
+                h if len(parts) == 1 else (h, *parts[1:]),
+                key=weights_key,
+                train=train,
+            )
+            h = h if len(parts) == 1 else h[0]
         with scope("dropout"):
             h, _ = attention_dropout.apply({}, {}, h, key=attention_key, train=train)
         x = x + h
@@ -217,6 +567,7 @@ def transformer_block(
             h, _ = norm_2.apply(params["norm_2"], {}, x)
         with scope("mlp"):
             h, _ = mlp(x.shape[-1]).apply(params["mlp"], {}, h, key=mlp_key, train=train)
-        return _like_input(inputs, x + h, mask), state
+        new_state = {**state, "attention": attention_state} if attention_state else state
+        return _output(parts, x + h), new_state
 
     return Layer(init, apply, kind="transformer_block")
