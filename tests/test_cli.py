@@ -142,7 +142,7 @@ def test_bench_forwards_its_arguments_or_explains_its_absence(monkeypatch, capsy
     assert "benchmarks/run.py" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "plot", "hessian", "bench"])
+@pytest.mark.parametrize("command", [m.__name__.rsplit(".", 1)[1] for m in cli.COMMANDS])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])

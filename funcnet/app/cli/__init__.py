@@ -6,12 +6,13 @@
     funcnet predict --checkpoint runs/mine/checkpoint.npz --data new.csv --out preds.csv
     funcnet plot runs/a runs/b --out compare.png             # curves of several runs
     funcnet hessian --checkpoint runs/digits/checkpoint.npz --top-k 5
+    funcnet landscape --checkpoint runs/digits/checkpoint.npz --dims 2 --out landscape.png
     funcnet bench --smoke                                    # the benchmark suite
 
-One module per subcommand (`train`, `eval`, `predict`, `plot`, `hessian`, `bench`), each with
-``add_parser`` and ``run``; `common` holds what they share. A checkpoint written by ``train``
-stores the whole configuration (data, architecture, optimizer) in its metadata, so the other
-commands rebuild the model from the file alone.
+One module per subcommand (`train`, `eval`, `predict`, `plot`, `hessian`, `landscape`,
+`bench`), each with ``add_parser`` and ``run``; `common` holds what they share. A checkpoint
+written by ``train`` stores the whole configuration (data, architecture, optimizer) in its
+metadata, so the other commands rebuild the model from the file alone.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from funcnet.app.cli import bench, eval, hessian, plot, predict, train
+from funcnet.app.cli import bench, eval, hessian, landscape, plot, predict, train
 from funcnet.app.cli.common import CommandError, Data, Parser, load_data
 
 __all__ = ["CommandError", "Data", "build_parser", "load_data", "main"]
 
-COMMANDS = (train, eval, predict, plot, hessian, bench)
+COMMANDS = (train, eval, predict, plot, hessian, landscape, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
