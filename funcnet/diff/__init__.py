@@ -11,10 +11,27 @@ Spectra (`spectrum.py`), matrix-free over a params pytree: `hessian_eigs` (Lancz
 power iteration), `hessian_trace` (Hutchinson), `hessian_density` and `density_on_grid`
 (stochastic Lanczos quadrature).
 
+The empirical neural tangent kernel (`ntk.py`): `empirical_ntk` and `layer_ntk`,
+Θ(x₁, x₂) = J(x₁) J(x₂)ᵀ by Jacobian contraction, NTK-vector products or the structured rule
+for dense kernels; full, trace-only or diagonal.
+
+Loss landscapes (`landscape.py`): `linear_interpolation` between two params, `loss_line` and
+`loss_surface` along directions from `random_direction` (filter-normalised,
+`filter_normalize`), each grid one compiled `vmap`.
+
 Numerical references (`numerical.py`): `numerical_grad` (finite differences),
 `complex_step_grad`, and `check_grads`, which compares autodiff with either.
 """
 
+from funcnet.diff.landscape import (
+    LossLine,
+    LossSurface,
+    filter_normalize,
+    linear_interpolation,
+    loss_line,
+    loss_surface,
+    random_direction,
+)
 from funcnet.diff.modes import (
     flat_hessian,
     gnvp,
@@ -22,6 +39,7 @@ from funcnet.diff.modes import (
     hvp,
     jacobian,
 )
+from funcnet.diff.ntk import empirical_ntk, layer_ntk
 from funcnet.diff.numerical import (
     GradCheck,
     check_grads,
@@ -44,9 +62,13 @@ __all__ = [
     "HessianDensity",
     "HessianEigs",
     "HessianTrace",
+    "LossLine",
+    "LossSurface",
     "check_grads",
     "complex_step_grad",
     "density_on_grid",
+    "empirical_ntk",
+    "filter_normalize",
     "flat_hessian",
     "gnvp",
     "hessian",
@@ -55,6 +77,11 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "jacobian",
+    "layer_ntk",
+    "linear_interpolation",
+    "loss_line",
+    "loss_surface",
     "numerical_grad",
     "per_example_grads",
+    "random_direction",
 ]
