@@ -8,7 +8,9 @@ The protocol is optax's, so either library's pieces mix with the other's::
     params = funcnet.optim.apply_updates(params, updates)
 
 Named optimizers follow the `torch.optim` class of the same name; each docstring states its
-update rule. `learning_rate` is a number or a schedule `step -> rate`.
+update rule. `learning_rate` is a number or a schedule `step -> rate`. The curvature
+optimizers (`hessian_free`, `sophia`, `adahessian`) follow their papers and take what they need
+besides the gradient as extra args of `update`, which `funcnet.train`'s steps pass.
 """
 
 from funcnet.optim.alias import (
@@ -27,13 +29,16 @@ from funcnet.optim.alias import (
 from funcnet.optim.base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Params,
     ScalarOrSchedule,
     Schedule,
     TransformInitFn,
+    TransformUpdateExtraArgsFn,
     TransformUpdateFn,
     Updates,
+    accepts_extra_args,
     apply_updates,
     bias_correction,
     chain,
@@ -41,6 +46,17 @@ from funcnet.optim.base import (
     identity,
     stateless,
     update_moment,
+    with_extra_args_support,
+)
+from funcnet.optim.curvature import (
+    HessianFreeState,
+    ScaleByAdaHessianState,
+    ScaleBySophiaState,
+    adahessian,
+    hessian_free,
+    scale_by_adahessian,
+    scale_by_sophia,
+    sophia,
 )
 from funcnet.optim.schedules import (
     constant_schedule,
@@ -87,17 +103,21 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     # The protocol and its combinators.
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "OptState",
     "Params",
     "ScalarOrSchedule",
     "Schedule",
     "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
     "TransformUpdateFn",
     "Updates",
+    "accepts_extra_args",
     "apply_updates",
     "chain",
     "identity",
     "stateless",
+    "with_extra_args_support",
     # Tree helpers the rules share.
     "bias_correction",
     "global_norm",
@@ -144,6 +164,15 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "nesterov",
     "rmsprop",
     "sgd",
+    # Optimizers that take curvature as extra args of `update`, with their states.
+    "adahessian",
+    "hessian_free",
+    "scale_by_adahessian",
+    "scale_by_sophia",
+    "sophia",
+    "HessianFreeState",
+    "ScaleByAdaHessianState",
+    "ScaleBySophiaState",
     # Schedules `step -> rate`.
     "constant_schedule",
     "cosine_decay_schedule",

@@ -7,6 +7,9 @@ A gradient transformation is a pair of pure functions::
     params = apply_updates(params, updates)
 
 This is the protocol of optax, so the pieces of either library compose with the other's.
+An optimizer that needs more than the gradient is a `GradientTransformationExtraArgs`, whose
+``update(grads, state, params, **extra_args)`` takes it as keyword arguments (optax's
+extra-args convention); `chain` forwards them to the members that take them.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from funcnet._trees import check_same_shapes
 __all__ = [
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "OptState",
     "Params",
     "ScalarOrSchedule",
     "Schedule",
     "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
     "TransformUpdateFn",
     "Updates",
+    "accepts_extra_args",
     "apply_updates",
     "bias_correction",
     "chain",
@@ -37,6 +43,7 @@ __all__ = [
     "identity",
     "stateless",
     "update_moment",
+    "with_extra_args_support",
 ]
 
 PyTree = Any
@@ -77,6 +84,57 @@ class GradientTransformation(NamedTuple):
     update: TransformUpdateFn
 
 
+class TransformUpdateExtraArgsFn(Protocol):
+    """An update that also takes keyword arguments beyond the gradient (optax's extra args)."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A gradient transformation whose `update` takes keyword arguments besides the gradient.
+
+    `update(updates, state, params=None, **extra_args) -> (updates, state)`, the convention of
+    optax's class of the same name. An optimizer that needs more than the gradient (the loss,
+    the loss as a function of the params, a random key, curvature products) reads it from
+    `extra_args` and ignores the names it does not use. The training step
+    (`funcnet.train.train_step`) passes, to such an optimizer only:
+
+    - `value`: the loss `L(θ)` of the batch, a scalar;
+    - `grad`: `∇L(θ)`, shaped like the params (the raw gradient, before any transformation);
+    - `value_fn`: `θ ↦ L(θ)` on the same batch, model state and dropout key, train mode;
+    - `outputs_fn`: `θ ↦ z`, the model's outputs on the batch (same state and key);
+    - `loss_of_outputs`: `z ↦ L`, so that `value_fn = loss_of_outputs ∘ outputs_fn` (the pair
+      gives Gauss-Newton products, `funcnet.diff.gnvp`);
+    - `key`: a typed key fresh at every step and distinct from the model's dropout key.
+    """
+
+    update: TransformUpdateExtraArgsFn
+
+
+def accepts_extra_args(tx: Any) -> bool:
+    """Whether `tx.update` takes extra keyword arguments: `tx` is a
+    `GradientTransformationExtraArgs`, funcnet's or optax's (recognised by its class name, so
+    optax is not imported)."""
+    return any(cls.__name__ == "GradientTransformationExtraArgs" for cls in type(tx).__mro__)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """`tx` as a `GradientTransformationExtraArgs`: one that takes extra args is returned with
+    its own `update`; for any other, the new `update` drops the extra args and calls `tx`."""
+    if accepts_extra_args(tx):
+        return GradientTransformationExtraArgs(tx.init, tx.update)
+
+    def update_fn(
+        updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]:
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
@@ -105,14 +163,21 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Applies `transforms` one after another; the state is the tuple of their states.
 
     Any object with optax's `init` / `update` signature may appear in the chain, optax's own
-    transformations included.
+    transformations included. When some of them take extra args (`accepts_extra_args`), the
+    chain is a `GradientTransformationExtraArgs` whose `update(g, state, params, **extra_args)`
+    hands the extra args to those and calls the others as `update(g, state, params)`; a chain
+    of plain transformations is a plain one.
     """
+    takes_extra = tuple(accepts_extra_args(tx) for tx in transforms)
 
     def init_fn(params: Params) -> tuple[OptState, ...]:
         return tuple(tx.init(params) for tx in transforms)
 
-    def update_fn(
-        updates: Updates, state: tuple[OptState, ...], params: Params | None = None
+    def apply(
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None,
+        extra_args: dict[str, Any],
     ) -> tuple[Updates, tuple[OptState, ...]]:
         if len(state) != len(transforms):
             raise ValueError(
@@ -120,12 +185,32 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 "entries; build the state with this chain's `init`."
             )
         new_state = []
-        for tx, inner_state in zip(transforms, state, strict=True):
-            updates, inner_state = tx.update(updates, inner_state, params)
+        for tx, inner_state, extra in zip(transforms, state, takes_extra, strict=True):
+            if extra:
+                updates, inner_state = tx.update(updates, inner_state, params, **extra_args)
+            else:
+                updates, inner_state = tx.update(updates, inner_state, params)
             new_state.append(inner_state)
         return updates, tuple(new_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    if not any(takes_extra):
+
+        def update_fn(
+            updates: Updates, state: tuple[OptState, ...], params: Params | None = None
+        ) -> tuple[Updates, tuple[OptState, ...]]:
+            return apply(updates, state, params, {})
+
+        return GradientTransformation(init_fn, update_fn)
+
+    def update_extra_fn(
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, tuple[OptState, ...]]:
+        return apply(updates, state, params, extra_args)
+
+    return GradientTransformationExtraArgs(init_fn, update_extra_fn)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -16,11 +16,13 @@ from jax.typing import DTypeLike
 
 from funcnet.optim.base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Params,
     PyTree,
     ScalarOrSchedule,
     Updates,
+    accepts_extra_args,
     check_fits,
     global_norm,
     increment,
@@ -732,6 +734,9 @@ def apply_if_finite(
     Args:
       inner: the transformation to guard.
       max_consecutive_errors: how many non-finite steps in a row are skipped.
+
+    When `inner` takes extra args (`accepts_extra_args`), so does the guard, and it passes
+    them on.
     """
 
     def init_fn(params: Params) -> ApplyIfFiniteState:
@@ -743,7 +748,7 @@ def apply_if_finite(
         )
 
     def update_fn(
-        updates: Updates, state: ApplyIfFiniteState, params: Params | None = None
+        updates: Updates, state: ApplyIfFiniteState, params: Params | None = None, **extra_args
     ) -> tuple[Updates, ApplyIfFiniteState]:
         finite = jnp.array(True)
         for g in jax.tree.leaves(updates):
@@ -752,7 +757,7 @@ def apply_if_finite(
         total_notfinite = jnp.where(finite, state.total_notfinite, increment(state.total_notfinite))
         take = finite | (notfinite_count > max_consecutive_errors)
 
-        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         new_updates = jax.tree.map(lambda u: jnp.where(take, u, jnp.zeros_like(u)), new_updates)
         inner_state = jax.tree.map(
             lambda new, old: jnp.where(take, new, old), new_inner, state.inner_state
@@ -764,4 +769,6 @@ def apply_if_finite(
             inner_state=inner_state,
         )
 
+    if accepts_extra_args(inner):  # a curvature optimizer: pass the step's extra args on
+        return GradientTransformationExtraArgs(init_fn, update_fn)
     return GradientTransformation(init_fn, update_fn)

@@ -28,7 +28,7 @@ from funcnet.train.fit import (
 from funcnet.train.loop import Members, NonFiniteLossError, run_loop
 from funcnet.train.sharding import data_mesh, local_copy, process_share
 from funcnet.train.state import TrainState, init_train_state, shuffle_key, step_key
-from funcnet.train.step import eval_step, make_evaluate, make_step, train_step
+from funcnet.train.step import eval_step, make_evaluate, make_step, optimizer_key, train_step
 
 __all__ = [
     "UNCHECKED",
@@ -54,6 +54,7 @@ __all__ = [
     "local_copy",
     "make_evaluate",
     "make_step",
+    "optimizer_key",
     "process_share",
     "run_loop",
     "select",

@@ -22,7 +22,13 @@ from jax import lax
 
 from funcnet.losses import accuracy
 from funcnet.nn.core import Layer
-from funcnet.optim import ApplyIfFiniteState, GradientTransformation, apply_updates, global_norm
+from funcnet.optim import (
+    ApplyIfFiniteState,
+    GradientTransformation,
+    accepts_extra_args,
+    apply_updates,
+    global_norm,
+)
 from funcnet.train.batching import batch_plan, data_size, take
 from funcnet.train.state import TrainState, check_opt_state, step_key
 
@@ -30,6 +36,7 @@ __all__ = [
     "eval_step",
     "make_evaluate",
     "make_step",
+    "optimizer_key",
     "train_step",
 ]
 
@@ -80,6 +87,20 @@ def batch_metrics(
     return weighted_mean(loss_fn), {name: weighted_mean(fn) for name, fn in fns.items()}
 
 
+_OPTIMIZER_STREAM = 2**32 - 1
+
+
+def optimizer_key(state: TrainState) -> jax.Array:
+    """The key handed to the optimizer (extra arg `key`) in the step `state.step` takes:
+    ``fold_in(step_key(state), 2³² − 1)``.
+
+    Derived from the model's key of the same step, with a number no combinator folds in (they
+    fold in small layer indices), so it is fresh at every step and shared with no layer, and
+    it differs from every `shuffle_key`.
+    """
+    return jax.random.fold_in(step_key(state), _OPTIMIZER_STREAM)
+
+
 def train_step(
     model: Layer,
     optimizer: GradientTransformation,
@@ -97,7 +118,14 @@ def train_step(
     ``finite`` (the loss and the update were finite; when not, the step was skipped) and
     ``fatal`` (a non-finite step let through after ``m`` skipped in a row), which are flags
     for the epoch, not metrics. The skip decision lives here and nowhere else.
+
+    An optimizer that takes extra args (`funcnet.optim.accepts_extra_args`) gets them as
+    keywords of its `update`: `value`, `grad`, `value_fn`, `outputs_fn`, `loss_of_outputs`
+    (see `funcnet.optim.GradientTransformationExtraArgs`) and `key` (`optimizer_key`). Any
+    other optimizer is called as ``update(g, opt_state, θ)``, and its step is the same program
+    as without this feature.
     """
+    extra_args = accepts_extra_args(optimizer)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         check_opt_state(optimizer, state.params, state.opt_state)  # at trace time only
@@ -119,7 +147,27 @@ def train_step(
         (loss, (model_state, values)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if extra_args:
+
+            def outputs_fn(params):
+                return model.apply(params, state.model_state, x, key=step_key(state), train=True)[0]
+
+            def loss_of_outputs(outputs):
+                return batch_metrics(loss_fn, {}, outputs, y, w)[0]
+
+            updates, opt_state = optimizer.update(
+                grads,
+                state.opt_state,
+                state.params,
+                value=loss,
+                grad=grads,
+                value_fn=lambda params: loss_of_outputs(outputs_fn(params)),
+                outputs_fn=outputs_fn,
+                loss_of_outputs=loss_of_outputs,
+                key=optimizer_key(state),
+            )
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         values = {"loss": loss, **values}
         if skip_nonfinite is not None:
             finite = opt_state.last_finite & jnp.isfinite(loss)
@@ -158,6 +206,10 @@ def make_step(
         outputs ← model.apply(θ, model_state, x, key=k, train=True)
         g       ← ∇_θ L
         u, s    ← optimizer.update(g, opt_state, θ);   θ ← θ + u;   step ← step + 1
+
+    An optimizer that needs more than `g` (`funcnet.optim.sophia`, `adahessian`,
+    `hessian_free`, any `GradientTransformationExtraArgs`) also gets the loss, `θ ↦ L(θ)` on
+    this batch, the model's outputs and a fresh key as keyword arguments (see `train_step`).
 
     The train state is donated: its buffers are reused for the new state, so the state
     passed in is consumed (reading it afterwards raises), as with any donated `jax.jit`.
