@@ -57,6 +57,70 @@ def windows(ids: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
     return inputs, targets
 
 
+def train(
+    model: nn.Layer,
+    params,
+    state,
+    train_ids: jax.Array,
+    test_ids: jax.Array,
+    *,
+    baseline: float,
+    steps: int,
+    batch_size: int,
+    window: int,
+    learning_rate: float,
+    seed: int,
+    reports: int = 6,
+):
+    """Teacher forcing with Adam on random windows of `train_ids`; prints the training and
+    held-out loss `reports` times. Returns ``(params, train_loss, test_loss, seconds)``."""
+    cut = len(train_ids)
+    opt = fn.optim.adam(
+        fn.optim.cosine_decay_schedule(learning_rate, steps, end_value=0.1 * learning_rate)
+    )
+    opt_state = opt.init(params)
+
+    def loss_fn(params, inputs, targets, key=None):
+        logits, _ = model.apply(params, state, inputs, key=key, train=key is not None)
+        return fn.losses.softmax_cross_entropy(logits, targets)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        window_key, dropout_key = jax.random.split(key)
+        starts = jax.random.randint(window_key, (batch_size,), 0, cut - window - 1)
+        take = starts[:, None] + jnp.arange(window)
+        loss, grads = jax.value_and_grad(loss_fn)(
+            params, train_ids[take], train_ids[take + 1], dropout_key
+        )
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return fn.optim.apply_updates(params, updates), opt_state, loss
+
+    evaluate = jax.jit(loss_fn)
+    test_inputs, test_targets = windows(test_ids, window)
+
+    start = time.perf_counter()
+    key = jax.random.key(seed + 1)
+    recent = []
+    for i in range(1, steps + 1):
+        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
+        recent.append(loss)
+        if i % -(-steps // reports) == 0 or i == steps:
+            train_loss = float(jnp.mean(jnp.stack(recent)))
+            recent = []
+            test_loss = float(evaluate(params, test_inputs, test_targets))
+            print(
+                f"step {i:4d}  train loss {train_loss:.3f}  held-out loss {test_loss:.3f} "
+                f"nats/char  (unigram baseline {baseline:.3f})"
+            )
+    seconds = time.perf_counter() - start
+    print(
+        f"held-out cross-entropy {test_loss:.3f} nats/char = {test_loss / math.log(2):.2f} "
+        f"bits/char, against the unigram's {baseline:.3f} nats = "
+        f"{baseline / math.log(2):.2f} bits ({seconds:.0f} s)"
+    )
+    return params, train_loss, test_loss, seconds
+
+
 def sample(model, params, state, prompt_ids, length, temperature, key) -> jax.Array:
     """`length` characters after `prompt_ids`, each drawn from ``softmax(logits / T)``.
 
@@ -97,48 +161,18 @@ def main(
 
     model = language_model(vocab_size, hidden)
     _, params, state = model.init(jax.random.key(seed), (batch_size, window))
-    opt = fn.optim.adam(
-        fn.optim.cosine_decay_schedule(learning_rate, steps, end_value=0.1 * learning_rate)
-    )
-    opt_state = opt.init(params)
-
-    def loss_fn(params, inputs, targets, key=None):
-        logits, _ = model.apply(params, state, inputs, key=key, train=key is not None)
-        return fn.losses.softmax_cross_entropy(logits, targets)
-
-    @jax.jit
-    def step(params, opt_state, key):
-        window_key, dropout_key = jax.random.split(key)
-        starts = jax.random.randint(window_key, (batch_size,), 0, cut - window - 1)
-        take = starts[:, None] + jnp.arange(window)
-        loss, grads = jax.value_and_grad(loss_fn)(
-            params, train_ids[take], train_ids[take + 1], dropout_key
-        )
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return fn.optim.apply_updates(params, updates), opt_state, loss
-
-    evaluate = jax.jit(loss_fn)
-    test_inputs, test_targets = windows(test_ids, window)
-
-    start = time.perf_counter()
-    key = jax.random.key(seed + 1)
-    recent = []
-    for i in range(1, steps + 1):
-        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
-        recent.append(loss)
-        if i % -(-steps // 6) == 0 or i == steps:
-            train_loss = float(jnp.mean(jnp.stack(recent)))
-            recent = []
-            test_loss = float(evaluate(params, test_inputs, test_targets))
-            print(
-                f"step {i:4d}  train loss {train_loss:.3f}  held-out loss {test_loss:.3f} "
-                f"nats/char  (unigram baseline {baseline:.3f})"
-            )
-    seconds = time.perf_counter() - start
-    print(
-        f"held-out cross-entropy {test_loss:.3f} nats/char = {test_loss / math.log(2):.2f} "
-        f"bits/char, against the unigram's {baseline:.3f} nats = "
-        f"{baseline / math.log(2):.2f} bits ({seconds:.0f} s)"
+    params, train_loss, test_loss, seconds = train(
+        model,
+        params,
+        state,
+        train_ids,
+        test_ids,
+        baseline=baseline,
+        steps=steps,
+        batch_size=batch_size,
+        window=window,
+        learning_rate=learning_rate,
+        seed=seed,
     )
 
     prompt = "And the Raven"

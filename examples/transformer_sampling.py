@@ -29,7 +29,8 @@ whole buffer, and the script measures the time per character of each.
 from __future__ import annotations
 
 import argparse
-import math
+import pathlib
+import sys
 import time
 
 import jax
@@ -38,6 +39,10 @@ import numpy as np
 
 import funcnet as fn
 from funcnet import nn
+
+# The data, the baseline and the training loop are char_rnn.py's, next to this file.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from char_rnn import train, unigram_cross_entropy
 
 PROMPT = "And the Raven"
 
@@ -94,19 +99,6 @@ def language_model(
         nn.layer_norm(),
         nn.dense(vocab_size),
     )
-
-
-def unigram_cross_entropy(train_ids: np.ndarray, test_ids: np.ndarray, vocab_size: int) -> float:
-    """Cross-entropy (nats per character) on `test_ids` of the training text's frequencies."""
-    counts = np.bincount(train_ids, minlength=vocab_size) + 1.0
-    log_p = np.log(counts / counts.sum())
-    return float(-np.mean(log_p[test_ids]))
-
-
-def windows(ids: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
-    """Non-overlapping ``(inputs, targets)`` windows, targets shifted by one character."""
-    n = (len(ids) - 1) // length
-    return ids[: n * length].reshape(n, length), ids[1 : n * length + 1].reshape(n, length)
 
 
 def _draw(key, t, logits, temperature):
@@ -177,47 +169,19 @@ def main(
     model = build(dropout_rate=0.1)
     _, params, state = model.init(jax.random.key(seed), (batch_size, window))
     print(f"{nn.param_count(params):,} params")
-    opt = fn.optim.adam(
-        fn.optim.cosine_decay_schedule(learning_rate, steps, end_value=0.1 * learning_rate)
-    )
-    opt_state = opt.init(params)
-
-    def loss_fn(params, inputs, targets, key=None):
-        logits, _ = model.apply(params, state, inputs, key=key, train=key is not None)
-        return fn.losses.softmax_cross_entropy(logits, targets)
-
-    @jax.jit
-    def step(params, opt_state, key):
-        window_key, dropout_key = jax.random.split(key)
-        starts = jax.random.randint(window_key, (batch_size,), 0, cut - window - 1)
-        take = starts[:, None] + jnp.arange(window)
-        loss, grads = jax.value_and_grad(loss_fn)(
-            params, train_ids[take], train_ids[take + 1], dropout_key
-        )
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return fn.optim.apply_updates(params, updates), opt_state, loss
-
-    evaluate = jax.jit(loss_fn)
-    test_inputs, test_targets = windows(test_ids, window)
-
-    start = time.perf_counter()
-    key = jax.random.key(seed + 1)
-    recent = []
-    for i in range(1, steps + 1):
-        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
-        recent.append(loss)
-        if i % -(-steps // 4) == 0 or i == steps:
-            train_loss = float(jnp.mean(jnp.stack(recent)))
-            recent = []
-            test_loss = float(evaluate(params, test_inputs, test_targets))
-            print(
-                f"step {i:4d}  train loss {train_loss:.3f}  held-out loss {test_loss:.3f} "
-                f"nats/char  (unigram baseline {baseline:.3f})"
-            )
-    seconds = time.perf_counter() - start
-    print(
-        f"held-out cross-entropy {test_loss:.3f} nats/char = {test_loss / math.log(2):.2f} "
-        f"bits/char, against the unigram's {baseline:.3f} nats ({seconds:.0f} s)"
+    params, train_loss, test_loss, seconds = train(
+        model,
+        params,
+        state,
+        train_ids,
+        test_ids,
+        baseline=baseline,
+        steps=steps,
+        batch_size=batch_size,
+        window=window,
+        learning_rate=learning_rate,
+        seed=seed,
+        reports=4,
     )
 
     # Generation fills the positions the model was trained on: the prompt and the rest of a
