@@ -23,6 +23,17 @@ A checkpoint is a zip archive in numpy's ``.npz`` layout, stored uncompressed, s
   (``opt_state/1/mu/dense_0/w``). Dtypes that ``.npy`` cannot name (``bfloat16``, ``float8_*``)
   are stored as unsigned integers of the same width and viewed back on load.
 
+Loading treats the file as untrusted. Before any array memory is allocated, and without ever
+writing to disk or unpickling, `load` and `metadata` check the zip's central directory (at
+most `MAX_MEMBERS` members; unique, UTF-8, relative names without ``..``; stored or deflated
+members only, a deflated member expanding at most `MAX_COMPRESSION_RATIO` times; members
+inside the file and not overlapping; at most `MAX_HEADER_BYTES` of header and
+`MAX_TOTAL_BYTES` in all) and the header (well-formed, one member per listed leaf and no
+other); `load` then checks every leaf's ``.npy`` header (plain numeric dtype, the shape and
+dtype the header lists, exactly shape x itemsize bytes of data). With a template (``like=``)
+the file must also hold exactly the template's leaves, so it can allocate no more than the
+template's size.
+
 Writes are atomic: the archive is written to ``<path>.tmp-<pid>`` in the same folder,
 flushed and fsynced, renamed over `path` with `os.replace`, and the folder is fsynced. A
 writer killed midway leaves the previous checkpoint at `path` intact (and a stray temporary
@@ -34,11 +45,14 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
+import math
 import os
 import pathlib
 import zipfile
-from typing import Any
+import zlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +69,26 @@ FORMAT = "funcnet.checkpoint"
 VERSION = 1
 HEADER = "__header__.json"
 
-__all__ = ["CheckpointError", "load", "metadata", "save"]
+MAX_MEMBERS = 100_000
+"""The most members (leaves plus the header) a checkpoint archive may list."""
+MAX_HEADER_BYTES = 64 * 2**20
+"""The largest ``__header__.json`` read, in bytes."""
+MAX_TOTAL_BYTES = 64 * 2**30
+"""The most uncompressed bytes all members together may declare; raise it to load larger trees."""
+MAX_COMPRESSION_RATIO = 100
+"""The most a deflated member may expand (`save` stores members uncompressed)."""
+_CHUNK = 16 * 2**20  # leaf data is read in pieces of this size into its preallocated array
+
+__all__ = [
+    "MAX_COMPRESSION_RATIO",
+    "MAX_HEADER_BYTES",
+    "MAX_MEMBERS",
+    "MAX_TOTAL_BYTES",
+    "CheckpointError",
+    "load",
+    "metadata",
+    "save",
+]
 
 
 class CheckpointError(ValueError):
@@ -66,10 +99,10 @@ class CheckpointError(ValueError):
 
 
 def _check_name(name: str, where: str) -> str:
-    if not name or "/" in name:
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
         raise ValueError(
             f"cannot checkpoint the entry {name!r} under {where or 'the root'}: tree keys must "
-            "be non-empty and contain no '/'"
+            "be non-empty, not '.' or '..', and contain no '/', '\\' or NUL"
         )
     return name
 
@@ -251,39 +284,189 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
     return path
 
 
-# Loading.
+# Loading. The file is untrusted: everything that sizes an allocation is checked first.
 
 
-def _open(path: pathlib.Path) -> tuple[zipfile.ZipFile, dict[str, Any]]:
+def _refuse(path: pathlib.Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {reason}; refusing to load it")
+
+
+def _name_fault(name: str, orig: str) -> str | None:
+    """Why a member name is unsafe to use, or None."""
+    if "\0" in orig:
+        return "contains a NUL byte"
+    if name.startswith(("/", "\\")):
+        return "is an absolute path"
+    parts = name.replace("\\", "/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' component"
+    return None
+
+
+def _check_directory(path: pathlib.Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, once the central directory shows nothing hostile."""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _refuse(
+            path, f"the archive lists {len(infos)} members, more than MAX_MEMBERS={MAX_MEMBERS}"
+        )
+    size = path.stat().st_size
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if not info.flag_bits & 0x800 and not name.isascii():
+            raise _refuse(path, f"member name {name!r} is not marked as UTF-8")
+        fault = _name_fault(name, info.orig_filename)
+        if fault:
+            raise _refuse(path, f"member name {info.orig_filename!r} {fault}")
+        if name in members:
+            raise _refuse(path, f"member {name!r} appears more than once")
+        members[name] = info
+        if info.flag_bits & 0x1:
+            raise _refuse(path, f"member {name!r} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise _refuse(
+                    path,
+                    f"stored member {name!r} declares {info.file_size} bytes but occupies "
+                    f"{info.compress_size}",
+                )
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+                raise _refuse(
+                    path,
+                    f"member {name!r} would expand {info.compress_size} bytes to "
+                    f"{info.file_size}, more than MAX_COMPRESSION_RATIO={MAX_COMPRESSION_RATIO} "
+                    "times (a zip bomb?)",
+                )
+        else:
+            raise _refuse(
+                path,
+                f"member {name!r} uses compression method {info.compress_type}; only stored "
+                "and deflated members are read",
+            )
+        if info.header_offset + info.compress_size > size:
+            raise _refuse(path, f"member {name!r} extends past the end of the file (truncated?)")
+    spans = sorted((info.header_offset, info.compress_size, info.filename) for info in infos)
+    for (start, length, name), (next_start, _, next_name) in itertools.pairwise(spans):
+        if start + length > next_start:
+            raise _refuse(path, f"members {name!r} and {next_name!r} overlap (a zip bomb?)")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise _refuse(
+            path,
+            f"its members declare {total} bytes in all, more than "
+            f"MAX_TOTAL_BYTES={MAX_TOTAL_BYTES} (raise funcnet.checkpoint.MAX_TOTAL_BYTES "
+            "to load a tree this large)",
+        )
+    return members
+
+
+def _stored_dtype(dtype: str) -> np.dtype | None:
+    """The numpy dtype a header dtype name is stored as, None for keys; raises if unknown."""
+    if dtype == "key":
+        return None
+    parsed = jnp.dtype(dtype)
+    if parsed.name != dtype or parsed.hasobject or parsed.names is not None:
+        raise ValueError(dtype)
+    if parsed.kind in "biufc":
+        return np.dtype(parsed)
+    if parsed.type.__module__ != "ml_dtypes":
+        raise ValueError(dtype)
+    return np.dtype(f"u{parsed.itemsize}")
+
+
+def _check_leaves(
+    path: pathlib.Path, header: dict[str, Any], members: dict[str, zipfile.ZipInfo]
+) -> None:
+    """Checks the header's leaf list: well-formed, one member per leaf and no other member, and
+    no leaf declaring more bytes than its member holds."""
+    leaves = header.get("leaves")
+    if not isinstance(leaves, list) or not isinstance(header.get("sha256"), str):
+        raise _refuse(path, "malformed checkpoint header (no leaf list or checksum)")
+    listed = {HEADER}
+    for i, info in enumerate(leaves):
+        leaf = info.get("path") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        ok = isinstance(leaf, str) and isinstance(shape, list) and len(shape) <= 64
+        ok = ok and all(type(n) is int and n >= 0 for n in shape)
+        try:
+            dtype = _stored_dtype(info["dtype"]) if ok else None
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok or (info["dtype"] == "key" and not isinstance(info.get("key_impl"), str | None)):
+            raise _refuse(path, f"malformed checkpoint header: leaf entry {i} is {info!r:.200}")
+        name = f"{leaf}.npy"
+        if name in listed:
+            raise _refuse(path, f"the header lists leaf {leaf} more than once")
+        listed.add(name)
+        if name not in members:
+            raise CheckpointError(f"{path}: leaf {leaf} is listed but not stored")
+        if dtype is not None:
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > members[name].file_size:
+                raise _refuse(
+                    path,
+                    f"leaf {leaf} is declared {_describe_leaf(info)}, {declared} bytes, but its "
+                    f"member holds {members[name].file_size}",
+                )
+    extra = sorted(set(members) - listed)
+    if extra:
+        raise _refuse(path, f"member {extra[0]!r} is not a leaf listed in the header")
+
+
+def _open(path: pathlib.Path) -> tuple[zipfile.ZipFile, dict[str, Any], dict[str, zipfile.ZipInfo]]:
     try:
         archive = zipfile.ZipFile(path)
+    except UnicodeDecodeError as err:
+        raise _refuse(path, f"a member name marked as UTF-8 is not valid UTF-8 ({err})") from err
     except zipfile.BadZipFile as err:
         raise CheckpointError(
             f"{path}: not a readable checkpoint archive (truncated or corrupted?): {err}"
         ) from err
     try:
-        header = json.loads(archive.read(HEADER))
-    except KeyError as err:
+        members = _check_directory(path, archive)
+        if HEADER not in members:
+            raise CheckpointError(f"{path}: not a funcnet checkpoint (no {HEADER})")
+        if members[HEADER].file_size > MAX_HEADER_BYTES:
+            raise _refuse(
+                path,
+                f"its header declares {members[HEADER].file_size} bytes, more than "
+                f"MAX_HEADER_BYTES={MAX_HEADER_BYTES}",
+            )
+        try:
+            header = json.loads(archive.read(HEADER))
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            ValueError,
+            OSError,
+            EOFError,
+            RecursionError,
+        ) as err:
+            raise CheckpointError(
+                f"{path}: unreadable checkpoint header (corrupted?): {err}"
+            ) from err
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            found = header.get("format") if isinstance(header, dict) else None
+            raise CheckpointError(f"{path}: not a funcnet checkpoint (format {found!r})")
+        if header.get("version") != VERSION:
+            raise CheckpointError(
+                f"{path}: checkpoint format version {header.get('version')} is not supported "
+                f"(this funcnet reads version {VERSION})"
+            )
+        if not isinstance(header.get("metadata"), dict):
+            raise _refuse(path, "malformed checkpoint header (metadata is not a JSON object)")
+        _check_leaves(path, header, members)
+    except BaseException:
         archive.close()
-        raise CheckpointError(f"{path}: not a funcnet checkpoint (no {HEADER})") from err
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        archive.close()
-        raise CheckpointError(f"{path}: unreadable checkpoint header (corrupted?): {err}") from err
-    if header.get("format") != FORMAT:
-        archive.close()
-        raise CheckpointError(f"{path}: not a funcnet checkpoint (format {header.get('format')!r})")
-    if header.get("version") != VERSION:
-        archive.close()
-        raise CheckpointError(
-            f"{path}: checkpoint format version {header.get('version')} is not supported "
-            f"(this funcnet reads version {VERSION})"
-        )
-    return archive, header
+        raise
+    return archive, header, members
 
 
 def metadata(path: PathLike) -> dict[str, Any]:
     """The metadata dict stored in a checkpoint, read without loading the arrays."""
-    archive, header = _open(pathlib.Path(path))
+    archive, header, _ = _open(pathlib.Path(path))
     archive.close()
     return header["metadata"]
 
@@ -309,22 +492,98 @@ def _check_like(path: pathlib.Path, stored: list[dict[str, Any]], like: PyTree) 
     return paths
 
 
-def _read_leaf(path: pathlib.Path, archive: zipfile.ZipFile, info: dict[str, Any]) -> np.ndarray:
+class _Layout(NamedTuple):
+    """Where a leaf's data starts in its member, and the array it holds."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+
+
+def _npy_layout(
+    path: pathlib.Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo, info: dict[str, Any]
+) -> _Layout:
+    """Reads and checks a leaf's ``.npy`` header, without reading its data: a plain numeric
+    dtype (never objects, so nothing is unpickled), the shape and dtype the checkpoint header
+    lists, and exactly shape x itemsize bytes of data after it."""
+    leaf = info["path"]
     try:
-        with archive.open(f"{info['path']}.npy") as member:
-            array = np.lib.format.read_array(member, allow_pickle=False)
-    except KeyError as err:
-        raise CheckpointError(f"{path}: leaf {info['path']} is listed but not stored") from err
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        with archive.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, fortran, dtype = read_header(stream)
+            offset = stream.tell()
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, SyntaxError) as err:
         raise CheckpointError(
-            f"{path}: leaf {info['path']} is unreadable (corrupted?): {err}"
+            f"{path}: leaf {leaf} has an unreadable .npy header (corrupted?): {err}"
         ) from err
-    return array
+    if dtype.hasobject or dtype.names is not None or dtype.kind not in "biufc":
+        raise _refuse(
+            path,
+            f"leaf {leaf} is stored with dtype {dtype}; checkpoints hold plain numeric arrays "
+            "and never unpickle objects",
+        )
+    expected = _stored_dtype(info["dtype"])
+    declared = tuple(info["shape"])
+    if expected is None:  # a key's data: the key shape, then the implementation's own axes
+        fits = dtype.kind == "u" and shape[: len(declared)] == declared
+    else:
+        fits = dtype == expected and shape == declared
+    if not fits:
+        raise _refuse(
+            path,
+            f"leaf {leaf} is stored as {dtype}{shape}, but the header lists it as "
+            f"{_describe_leaf(info)}",
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if member.file_size - offset != nbytes:
+        raise _refuse(
+            path,
+            f"leaf {leaf} is {dtype}{shape}, {nbytes} bytes, but its member holds "
+            f"{member.file_size - offset} bytes of data",
+        )
+    return _Layout(offset, shape, dtype, fortran)
 
 
-def _restore(array: np.ndarray, info: dict[str, Any]) -> Any:
+def _read_leaf(
+    path: pathlib.Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo, layout: _Layout
+) -> np.ndarray:
+    """The leaf's array, read into memory sized by its checked layout."""
+    array = np.empty(math.prod(layout.shape), layout.dtype)
+    view = array.view(np.uint8)
+    filled = 0
+    try:
+        with archive.open(member) as stream:
+            stream.read(layout.offset)
+            while filled < view.size:
+                chunk = stream.read(min(_CHUNK, view.size - filled))
+                if not chunk:
+                    break
+                view[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                filled += len(chunk)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+        raise CheckpointError(
+            f"{path}: leaf {member.filename[:-4]} is unreadable (corrupted?): {err}"
+        ) from err
+    if filled != view.size:
+        raise CheckpointError(
+            f"{path}: leaf {member.filename[:-4]} ends after {filled} of its {view.size} bytes "
+            "(truncated or corrupted?)"
+        )
+    return array.reshape(layout.shape, order="F" if layout.fortran else "C")
+
+
+def _restore(path: pathlib.Path, array: np.ndarray, info: dict[str, Any]) -> Any:
     if info["dtype"] == "key":
-        return jax.random.wrap_key_data(array, impl=info.get("key_impl"))
+        try:
+            return jax.random.wrap_key_data(array, impl=info.get("key_impl"))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: leaf {info['path']} is not valid {_describe_leaf(info)} key data: {err}"
+            ) from err
     dtype = jnp.dtype(info["dtype"])
     return array if array.dtype == dtype else array.view(dtype)
 
@@ -344,25 +603,41 @@ def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
     NamedTuples as namedtuples of the same name and fields, other nodes as dicts; leaves are
     numpy arrays (typed PRNG keys are jax key arrays).
 
+    The file is checked before any array memory is allocated (see the module doc and its
+    limits `MAX_MEMBERS`, `MAX_HEADER_BYTES`, `MAX_TOTAL_BYTES`, `MAX_COMPRESSION_RATIO`);
+    nothing is written to disk and nothing is unpickled.
+
     Raises:
-      CheckpointError (a ValueError): the file is not a readable funcnet checkpoint, fails
-        its checksum, or does not match `like` (the message lists every missing, extra and
+      CheckpointError (a ValueError): the file is not a readable funcnet checkpoint, is
+        malformed or hostile (the message names the member and the limit), fails its
+        checksum, or does not match `like` (the message lists every missing, extra and
         mismatched leaf by path).
     """
     path = pathlib.Path(path)
-    archive, header = _open(path)
+    archive, header, members = _open(path)
     with archive:
         stored = header["leaves"]
         order = _check_like(path, stored, like) if like is not None else None
-        raw = [_read_leaf(path, archive, info) for info in stored]
+        entries = [members[f"{info['path']}.npy"] for info in stored]
+        layouts = [
+            _npy_layout(path, archive, entry, info)
+            for entry, info in zip(entries, stored, strict=True)
+        ]
+        raw = [
+            _read_leaf(path, archive, entry, layout)
+            for entry, layout in zip(entries, layouts, strict=True)
+        ]
     digest = hashlib.sha256()
     for array in raw:
         digest.update(_raw_bytes(array))
     if digest.hexdigest() != header["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupted")
-    arrays = [_restore(array, info) for array, info in zip(raw, stored, strict=True)]
+    arrays = [_restore(path, array, info) for array, info in zip(raw, stored, strict=True)]
     if order is None:
-        return _rebuild(header["structure"], arrays)
+        try:
+            return _rebuild(header["structure"], arrays)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError, RecursionError) as err:
+            raise _refuse(path, f"malformed tree structure in its header ({err!r:.200})") from err
 
     by_path = dict(zip((info["path"] for info in stored), arrays, strict=True))
     like_leaves, treedef = jax.tree.flatten(like)
