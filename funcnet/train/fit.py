@@ -25,10 +25,10 @@ from funcnet.optim import (
 )
 from funcnet.train.batching import check_finite, steps_per_epoch
 from funcnet.train.epoch import EpochOutput, epoch_fn, select
-from funcnet.train.loop import EpochCallback, History, Members, run_loop
+from funcnet.train.loop import EpochCallback, History, Members, StopFn, run_loop
 from funcnet.train.sharding import check_mesh, place_data, replicate
 from funcnet.train.state import TrainState, check_train_state, init_train_state
-from funcnet.train.step import LossFn, MetricFn, Metrics
+from funcnet.train.step import LossFn, MetricFn, Metrics, check_not_empty
 
 __all__ = [
     "CompiledEpoch",
@@ -139,9 +139,16 @@ def build_optimizer(
 
 
 def _check_inputs(
-    epochs: int, batch_size: int, patience: int | None, train_data: Any, eval_data: Any
+    epochs: int,
+    batch_size: int,
+    patience: int | None,
+    train_data: Any,
+    eval_data: Any,
+    *,
+    where: str = "fit",
 ) -> None:
-    """Refuses bad settings, and data sets holding NaN or ±inf (see `check_finite`)."""
+    """Refuses bad settings, and data sets that are empty or hold NaN or ±inf (see
+    `check_finite`)."""
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     if batch_size < 1:
@@ -151,8 +158,10 @@ def _check_inputs(
             raise ValueError(f"patience must be at least 1, got {patience}")
         if eval_data is None:
             raise ValueError("early stopping (patience) needs eval_data to watch")
+    check_not_empty(where, "train_data", train_data)
     check_finite(train_data, "train_data")
     if eval_data is not None:
+        check_not_empty(where, "eval_data", eval_data)
         check_finite(eval_data, "eval_data")
 
 
@@ -234,6 +243,7 @@ def fit(
     max_consecutive_skips: int = 10,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
+    stop: StopFn | None = None,
     mesh: Mesh | None = None,
 ) -> FitResult:
     """Trains `model` by minibatch descent, each epoch one compiled `lax.scan`.
@@ -270,6 +280,9 @@ def fit(
       progress: draw a tqdm progress bar with the epoch, loss and accuracy.
       on_epoch_end: called as ``on_epoch_end(epoch, state, metrics)`` after each epoch, e.g.
         to save a checkpoint.
+      stop: ``stop() -> bool``, asked before each epoch; when true, training ends there and
+        the result holds the state after the last whole epoch, to resume from (e.g.
+        `SignalStop`, which turns Ctrl-C and SIGTERM into such a request).
       mesh: train data parallel over this mesh's ``data`` axis (see `data_mesh`): the state
         replicated, each minibatch's rows split over the devices, gradients averaged by XLA.
         `batch_size` is the global batch and must divide by the axis size. In a
@@ -278,7 +291,7 @@ def fit(
     Returns:
       `FitResult(state, best, history, best_epoch)`.
     """
-    _check_inputs(epochs, batch_size, patience, train_data, eval_data)
+    _check_inputs(epochs, batch_size, patience, train_data, eval_data, where="fit")
     if mesh is not None:
         check_mesh(mesh, batch_size)
     settings = _settings(
@@ -309,6 +322,7 @@ def fit(
         has_eval=eval_data is not None,
         progress=progress,
         on_epoch_end=on_epoch_end,
+        stop=stop,
     )
     return FitResult(out.state, out.best, out.histories[0], out.best_epochs[0])
 
@@ -334,6 +348,7 @@ def fit_ensemble(
     max_consecutive_skips: int = 10,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
+    stop: StopFn | None = None,
 ) -> EnsembleResult:
     """Trains K models at once: `fit` under `vmap` over seeds and hyperparameters.
 
@@ -359,7 +374,7 @@ def fit_ensemble(
       `EnsembleResult(state, best, history, best_epoch)`: a leading member axis on `state`
       and `best`, and `history` and `best_epoch` lists with one entry per member.
     """
-    _check_inputs(epochs, batch_size, patience, train_data, eval_data)
+    _check_inputs(epochs, batch_size, patience, train_data, eval_data, where="fit_ensemble")
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
     k = _member_count(members, hparams)
     if hparams and isinstance(optimizer, GradientTransformation):
@@ -397,6 +412,7 @@ def fit_ensemble(
         has_eval=eval_data is not None,
         progress=progress,
         on_epoch_end=on_epoch_end,
+        stop=stop,
     )
     return EnsembleResult(*out)
 

@@ -1,13 +1,18 @@
 """The host loop: what `fit` and `fit_ensemble` do between compiled epochs.
 
 It calls the compiled epoch once per epoch, records the metrics, keeps the best state,
-counts patience, raises on a non-finite step and draws the progress bar. It always runs K
+counts patience, raises on a non-finite step, stops between epochs when asked (`SignalStop`
+turns Ctrl-C and SIGTERM into such a request) and draws the progress bar. It always runs K
 members: every value it reads has a leading member axis, of size 1 for a lone model, and
 `Members` says how the states are laid out.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +26,7 @@ from funcnet.train.state import TrainState
 __all__ = [
     "Members",
     "NonFiniteLossError",
+    "SignalStop",
     "run_loop",
 ]
 
@@ -28,6 +34,7 @@ Array = jax.Array
 History = dict[str, list[float]]
 EpochCallback = Callable[[int, TrainState, dict[str, Any]], None]
 RunEpoch = Callable[[TrainState, Array, bool], EpochOutput]
+StopFn = Callable[[], bool]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -89,13 +96,15 @@ def run_loop(
     has_eval: bool,
     progress: bool,
     on_epoch_end: EpochCallback | None,
+    stop: StopFn | None = None,
 ) -> LoopOutput:
     """Runs epochs from the one `state` has reached up to `epochs`.
 
     ``run_epoch(state, active, checked)`` runs one compiled epoch for the members flagged in
     `active` (shape ``(K,)``) and returns metrics and ``bad_batch`` with a leading member
     axis. A plain epoch that met a non-finite value is run again, checked, from the same
-    state (see `funcnet.train.epoch_fn`).
+    state (see `funcnet.train.epoch_fn`). Before each epoch ``stop()`` is asked; when true
+    the loop ends there and returns what it has, the state after the last whole epoch.
     """
     from tqdm.auto import tqdm
 
@@ -118,6 +127,8 @@ def run_loop(
     )
     try:
         for epoch in bar:
+            if stop is not None and stop():
+                break
             live = jnp.asarray(active)
             out = run_epoch(state, live, False)
             if np.any(active & (np.asarray(jax.device_get(out.bad_batch)) == UNCHECKED)):
@@ -191,3 +202,96 @@ def _nonfinite_error(
         state=state,
         history=histories if members.stacked else histories[0],
     )
+
+
+class SignalStop:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop training between epochs.
+
+    Inside ``with SignalStop() as stop:`` the first SIGINT or SIGTERM prints a notice on
+    stderr and makes ``stop()`` true, so ``fit(..., stop=stop)`` ends once the epoch in
+    progress is over and returns the state it reached; save it there, still inside the
+    ``with``. A second signal ends the process at once, with exit status
+    ``128 + signal`` (130 for SIGINT, 143 for SIGTERM), even in the middle of a compiled
+    epoch: a watcher thread reads the signals from `signal.set_wakeup_fd`, since Python's
+    own handlers wait until the compiled call returns. A checkpoint at a path then stays
+    whole: `funcnet.checkpoint.save` writes atomically.
+
+    Attributes:
+      signum: the first signal received, or None.
+      exit_code: ``128 + signum`` (None before a signal).
+
+    Outside the main thread, or with ``install=False``, it installs nothing and ``stop()``
+    stays false.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *, name: str = "funcnet", install: bool = True):
+        self.name, self.install = name, install
+        self.signum: int | None = None
+        self._saved: tuple[dict[int, Any], int] | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+    def __enter__(self) -> SignalStop:
+        if not self.install or threading.current_thread() is not threading.main_thread():
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # set_wakeup_fd needs a non-blocking descriptor
+        handlers = {s: signal.signal(s, _noted) for s in self.SIGNALS}
+        wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._saved = (handlers, wakeup)
+        self._pipe = (read, write)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(read,), name="funcnet-signals", daemon=True
+        )
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved is None:
+            return
+        handlers, wakeup = self._saved
+        for s, handler in handlers.items():  # a signal from here on has its usual effect
+            signal.signal(s, handler)
+        signal.set_wakeup_fd(wakeup)
+        read, write = self._pipe
+        os.close(write)  # the watcher reads end-of-file and returns
+        self._watcher.join()
+        os.close(read)
+        self._saved = None
+
+    def _watch(self, read: int) -> None:
+        while data := os.read(read, 64):
+            for signum in data:
+                if signum not in self.SIGNALS:
+                    continue
+                what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                if self.signum is None:
+                    self.signum = signum
+                    again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+                    _tell(
+                        f"{self.name}: {what}: stopping after the current epoch to write a "
+                        f"checkpoint; {again} again stops at once"
+                    )
+                else:
+                    _tell(f"{self.name}: {what} again: stopped at once")
+                    os._exit(128 + signum)
+
+
+def _noted(signum: int, frame: Any) -> None:
+    """The Python-level handler: nothing to do, `SignalStop`'s watcher acts on the signal."""
+    del signum, frame
+
+
+def _tell(line: str) -> None:
+    try:
+        sys.stderr.write(f"\n{line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: the exit status still says it
+        pass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import signal
+import sys
 import time
 from typing import Any
 
@@ -95,6 +97,14 @@ def add_parser(commands: Any) -> None:
         "with FUNCNET_COORDINATOR_ADDRESS, FUNCNET_NUM_PROCESSES, FUNCNET_PROCESS_ID set) and "
         "train data parallel over every process's devices",
     )
+    p.add_argument(
+        "--init-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="--distributed: seconds to wait for every process to join before giving up "
+        "(None: FUNCNET_INIT_TIMEOUT, else 300)",
+    )
     p.set_defaults(run=run)
 
 
@@ -118,11 +128,15 @@ def _resolved(data: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from funcnet import __version__, checkpoint, nn, train
     from funcnet.app import plots
-    from funcnet.launch import initialize, is_leader
+    from funcnet.launch import LaunchError, initialize, is_leader
     from funcnet.train.batching import num_batches
+    from funcnet.train.loop import SignalStop
 
     if args.distributed:
-        initialize()  # before anything touches JAX's devices
+        try:
+            initialize(timeout=args.init_timeout)  # before anything touches JAX's devices
+        except LaunchError as err:
+            raise CommandError(str(err)) from err
     leader = is_leader()
     out = pathlib.Path(args.out)
     _check_out(out, args)
@@ -220,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             epochs_file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
             epochs_file.flush()
 
+    interrupt = SignalStop(install=not args.distributed)
     kwargs = dict(
         loss_fn=loss_for(data.task),
         epochs=args.epochs,
@@ -232,25 +247,47 @@ def run(args: argparse.Namespace) -> int:
         on_nonfinite=config["on_nonfinite"],
         progress=leader and not args.quiet,
         on_epoch_end=on_epoch_end,
+        stop=interrupt,
     )
-    try:
-        if args.members > 1:
-            result = train.fit_ensemble(
-                model, optimizer, data.train, members=args.members, **kwargs
+    # A first Ctrl-C or SIGTERM stops after the epoch in progress, to write a checkpoint to
+    # resume from; a second stops at once. Not in a multi-process run: each process would
+    # stop at its own epoch and the others would wait for it forever.
+    with interrupt:
+        try:
+            if args.members > 1:
+                result = train.fit_ensemble(
+                    model, optimizer, data.train, members=args.members, **kwargs
+                )
+            elif mesh is not None:
+                try:
+                    result = train.fit(model, optimizer, data.train, mesh=mesh, **kwargs)
+                except ValueError as err:  # a batch the mesh cannot share evenly
+                    raise CommandError(str(err)) from err
+                result = result._replace(
+                    state=train.local_copy(result.state), best=train.local_copy(result.best)
+                )
+            else:
+                result = train.fit(model, optimizer, data.train, **kwargs)
+        finally:
+            if epochs_file is not None:
+                epochs_file.close()
+        if interrupt():
+            done = int(jax.device_get(result.state.step).min()) // steps
+            metadata["best_epoch"] = result.best_epoch
+            metadata["interrupted"] = {
+                "epoch": done,
+                "signal": signal.Signals(interrupt.signum).name,
+            }
+            out.mkdir(parents=True, exist_ok=True)
+            saved = checkpoint.save(
+                out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata=metadata
             )
-        elif mesh is not None:
-            try:
-                result = train.fit(model, optimizer, data.train, mesh=mesh, **kwargs)
-            except ValueError as err:  # a batch the mesh cannot share evenly
-                raise CommandError(str(err)) from err
-            result = result._replace(
-                state=train.local_copy(result.state), best=train.local_copy(result.best)
+            print(
+                f"funcnet: interrupted at epoch {done} of {args.epochs}; checkpoint {saved}; "
+                "continue with --resume",
+                file=sys.stderr,
             )
-        else:
-            result = train.fit(model, optimizer, data.train, **kwargs)
-    finally:
-        if epochs_file is not None:
-            epochs_file.close()
+            return interrupt.exit_code
     trained = time.perf_counter() - started
 
     test = evaluate_state(model, result.best, data.test, args.members, task=data.task)
