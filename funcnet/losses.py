@@ -65,12 +65,29 @@ def _reduce(values: Array, reduction: str) -> Array:
     return per_example
 
 
-def _check_same_shape(name: str, predictions: Array, targets: Array) -> None:
+def _check_not_empty(name: str, what: str, x: Array) -> None:
+    """Refuses an input with no elements (an empty batch, or examples of size 0): its mean
+    would be NaN, far from the cause. Shapes are static, so this runs at trace time."""
+    shape = jnp.shape(x)
+    if shape and 0 in shape:
+        fault = "an empty batch" if shape[0] == 0 else "examples with no elements"
+        raise ValueError(f"{name}: got {fault} ({what} of shape {shape})")
+
+
+def _check_same_shape(
+    name: str, predictions: Array, targets: Array, what: str = "predictions"
+) -> None:
     if jnp.shape(predictions) != jnp.shape(targets):
         raise ValueError(
             f"{name}: predictions of shape {jnp.shape(predictions)} and targets of shape "
             f"{jnp.shape(targets)} differ; broadcasting them is refused"
         )
+    _check_not_empty(name, what, predictions)
+
+
+def _positive_part(v: Array) -> Array:
+    """``max(v, 0)`` that keeps NaN (`jnp.maximum` may give 0 for it), with gradient 0 at 0."""
+    return jnp.where(v > 0, v, jnp.where(jnp.isnan(v), v, jnp.zeros_like(v)))
 
 
 def mse(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array:
@@ -121,7 +138,7 @@ def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean
     Labels outside ``[0, 1]`` are refused when they are concrete (outside `jit`): with the
     ±1 labels of the margin form the formula goes negative; use `logistic_loss` for those.
     """
-    _check_same_shape("binary_cross_entropy", logits, labels)
+    _check_same_shape("binary_cross_entropy", logits, labels, "logits")
     _check_label_range("binary_cross_entropy", labels, (0, 1), "use logistic_loss for ±1 labels")
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
@@ -137,7 +154,7 @@ def logistic_loss(logits: Array, labels: Array, *, reduction: str = "mean") -> A
     ``(batch, ...)``; concrete labels other than −1 and +1 are refused. Returns a scalar, or
     shape ``(batch,)`` for "none".
     """
-    _check_same_shape("logistic_loss", logits, labels)
+    _check_same_shape("logistic_loss", logits, labels, "logits")
     _check_sign_labels("logistic_loss", labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     return _reduce(softplus(-labels.astype(logits.dtype) * logits), reduction)
@@ -168,11 +185,14 @@ def _check_sign_labels(name: str, labels: Array) -> None:
         )
 
 
-def _check_labels(name: str, logits: Array, labels: Array, *, one_hot: bool = True) -> None:
+def _check_labels(
+    name: str, logits: Array, labels: Array, *, one_hot: bool = True, what: str = "logits"
+) -> None:
     """Refuses labels that are neither integer classes of shape ``logits.shape[:-1]`` nor (where
     `one_hot`) vectors of the logits' shape."""
     if logits.ndim == 0:
         raise ValueError(f"{name}: logits need a class axis, got a scalar")
+    _check_not_empty(name, what, logits)
     if labels.ndim == logits.ndim:
         if not one_hot:
             raise ValueError(
@@ -230,7 +250,7 @@ def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
     `log_probs`: shape ``(batch, ..., classes)``, e.g. from `log_softmax`; `labels` as for
     `softmax_cross_entropy`. Returns a scalar, or shape ``(batch,)`` for "none".
     """
-    _check_labels("nll", log_probs, labels)
+    _check_labels("nll", log_probs, labels, what="log_probs")
     log_probs, labels = at_least_float32(log_probs), at_least_float32(labels)
     return _reduce(-_log_probs_of_labels(log_probs, labels), reduction)
 
@@ -241,10 +261,10 @@ def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
     `scores`, `labels`: the same shape ``(batch, ...)``; concrete labels other than −1 and +1
     are refused. Returns a scalar, or shape ``(batch,)`` for "none".
     """
-    _check_same_shape("hinge", scores, labels)
+    _check_same_shape("hinge", scores, labels, "scores")
     _check_sign_labels("hinge", labels)
     scores, labels = at_least_float32(scores), at_least_float32(labels)
-    return _reduce(jnp.maximum(0.0, 1.0 - labels.astype(scores.dtype) * scores), reduction)
+    return _reduce(_positive_part(1.0 - labels.astype(scores.dtype) * scores), reduction)
 
 
 def multiclass_hinge(
@@ -257,10 +277,10 @@ def multiclass_hinge(
     ``(batch, ...)`` (one-hot labels are refused). Returns a scalar, or shape ``(batch,)`` for
     "none".
     """
-    _check_labels("multiclass_hinge", scores, labels, one_hot=False)
+    _check_labels("multiclass_hinge", scores, labels, one_hot=False, what="scores")
     scores = at_least_float32(scores)
     true = jnp.take_along_axis(scores, labels[..., None].astype(jnp.int32), axis=-1)
-    margins = jnp.maximum(0.0, margin - true + scores)
+    margins = _positive_part(margin - true + scores)
     margins = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, margins)
     return _reduce(jnp.mean(margins, axis=-1), reduction)
 
@@ -286,12 +306,16 @@ def l2_penalty(params: Any, *, biases: bool = True) -> Array:
 
 
 def _penalised(params: Any, biases: bool) -> list[Array]:
-    """The leaves a penalty counts: all, or (``biases=False``) those of two dimensions or more."""
-    return [leaf for leaf in jax.tree.leaves(params) if biases or jnp.ndim(leaf) >= 2]
+    """The leaves a penalty counts: all, or (``biases=False``) those of two dimensions or more;
+    half precision in float32, where the sum of squares does not overflow."""
+    return [
+        at_least_float32(leaf) for leaf in jax.tree.leaves(params) if biases or jnp.ndim(leaf) >= 2
+    ]
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of examples whose arg-max class equals the label (integer or one-hot)."""
+    _check_not_empty("accuracy", "logits", logits)
     if labels.ndim == logits.ndim:
         labels = jnp.argmax(labels, axis=-1)
     if labels.shape != logits.shape[:-1]:

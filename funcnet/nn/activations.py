@@ -72,8 +72,8 @@ def tanh(x: Array) -> Array:
 
 
 def relu(x: Array) -> Array:
-    """Rectified linear unit ``max(x, 0)``, with gradient 0 at ``x = 0``."""
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    """Rectified linear unit ``max(x, 0)``, with gradient 0 at ``x = 0``; NaN stays NaN."""
+    return jnp.where(x <= 0, jnp.zeros_like(x), x)
 
 
 def leaky_relu(x: Array, *, negative_slope: float = 1e-2) -> Array:
@@ -221,9 +221,8 @@ def step(x: Array, *, threshold: float = 0.0, value_at_threshold: float = 0.0) -
     The threshold unit of the perceptron, ``step(wᵀx, threshold=a)`` fires when ``wᵀx > a``.
     """
     x = jax.lax.stop_gradient(x)
-    return jnp.where(x > threshold, 1.0, jnp.where(x < threshold, 0.0, value_at_threshold)).astype(
-        x.dtype
-    )
+    y = jnp.where(x > threshold, 1.0, jnp.where(x < threshold, 0.0, value_at_threshold))
+    return jnp.where(jnp.isnan(x), x, y.astype(x.dtype))  # NaN stays NaN
 
 
 @half_in_float32

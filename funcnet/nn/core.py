@@ -174,12 +174,17 @@ def check_shape(
     The rank must lie in ``[min_rank, max_rank]`` (no upper bound when `max_rank` is None) and,
     when `last` is given, the last axis must have that size. Otherwise raises
     ``LayerError(kind, "expected {expected}, got shape {shape}")``, where `expected` describes
-    the input (``"an input (batch, time, features)"``).
+    the input (``"an input (batch, time, features)"``). An empty batch (a leading axis of size
+    0) is refused too: whatever reduces over it later (a loss, batch statistics) would be NaN.
     """
     shape = tuple(shape)
     too_many = max_rank is not None and len(shape) > max_rank
     if len(shape) < min_rank or too_many or (last is not None and shape[-1:] != (last,)):
         raise LayerError(kind, f"expected {expected}, got shape {shape}")
+    if shape and shape[0] == 0:
+        raise LayerError(
+            kind, f"got an empty batch (input of shape {shape}); pass at least one example"
+        )
     return shape
 
 

@@ -70,6 +70,20 @@ def unpack(batch: Batch) -> tuple[Any, Array, Array | None]:
     return x, y, (rest[0] if rest else None)
 
 
+def check_not_empty(where: str, what: str, data: Any) -> None:
+    """Refuses a batch or data set ``(x, y, ...)`` whose leaves have 0 rows, naming `where`
+    and the shape: a mean over no examples is NaN (weighted, silently 0). Shapes are static, so
+    this runs at trace time."""
+    for name, part in zip(("x", "y", "weights"), data, strict=False):
+        for leaf in jax.tree.leaves(part):
+            shape = tuple(jnp.shape(leaf))
+            if shape and shape[0] == 0:
+                raise ValueError(
+                    f"{where}: got {what} of 0 rows ({name} of shape {shape}); "
+                    "pass at least one example"
+                )
+
+
 def batch_metrics(
     loss_fn: LossFn, metrics: Metrics | None, outputs: Array, labels: Array, weights: Array | None
 ) -> tuple[Array, dict[str, Array]]:
@@ -136,6 +150,7 @@ def train_step(
                 f"got an optimizer state of type {type(state.opt_state).__name__}"
             )
         x, y, w = unpack(batch)
+        check_not_empty("make_step", "a batch", batch)
 
         def objective(params):
             outputs, model_state = model.apply(
@@ -299,6 +314,7 @@ def make_evaluate(
 
     @jax.jit
     def evaluate_data(params, model_state, data):
+        check_not_empty("make_evaluate", "a data set", tuple(data))
         return evaluate_batches(evaluate, params, model_state, tuple(data), batch_size)
 
     return evaluate_data
