@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ lint: $(STAMP_TEST)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# A thousand generated architectures, each checked end to end (tests/soak.py); any failure
+# is printed with its architecture and exits non-zero. SOAK_COUNT=50 for a short run. XLA's
+# compilation dominates the time on tiny shapes; its cheaper passes halve it.
+SOAK_COUNT ?= 1000
+SOAK_SEED ?= 0
+SOAK_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
+soak: $(STAMP_TEST)
+	XLA_FLAGS="$(SOAK_XLA_FLAGS)" $(BIN)/python tests/soak.py --count $(SOAK_COUNT) --seed $(SOAK_SEED)
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

@@ -160,7 +160,9 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         if len(shape) < 2:
             raise ValueError(f"orthogonal: needs a shape of rank >= 2, got {tuple(shape)}")
         rows, cols = math.prod(shape[:-1]), shape[-1]
-        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
+        # QR has no half-precision kernel: decompose in float32 (or wider), then cast.
+        wide = jnp.promote_types(dtype, jnp.float32)
+        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), wide)
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diagonal(r))
         if rows < cols:

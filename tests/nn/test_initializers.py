@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from funcnet.nn import gru
 from funcnet.nn import initializers as init
 
 SHAPE = (300, 200)  # fan_in = 300, fan_out = 200
@@ -68,3 +69,15 @@ def test_constant_zeros_ones_and_dtype(x64):
     np.testing.assert_array_equal(init.ones(None, (2,), jnp.float32), [1.0, 1.0])
     np.testing.assert_array_equal(init.constant(3.0)(None, (2,)), [3.0, 3.0])
     assert init.he_uniform()(jax.random.key(0), (3, 3), jnp.bfloat16).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_orthogonal_in_half_precision_is_the_float32_draw_rounded(dtype):
+    # QR has no half-precision kernel; the draw is made in float32 and cast.
+    key = jax.random.key(0)
+    half = init.orthogonal()(key, (4, 3), dtype)
+    assert half.dtype == dtype
+    full = init.orthogonal()(key, (4, 3), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(half), np.asarray(full.astype(dtype)))
+    _, params, _ = gru(2, dtype=jnp.bfloat16).init(key, (2, 3, 2))
+    assert params["w_hh"].dtype == jnp.bfloat16

@@ -1,0 +1,44 @@
+"""The soak generator (tests/soak.py, run by ``make soak``) on a handful of architectures."""
+
+import io
+
+import jax.numpy as jnp
+import pytest
+
+from funcnet import nn
+from tests import soak
+
+
+def test_architectures_are_reproducible_from_seed_and_index():
+    first = [soak.generate(7, i).description for i in range(30)]
+    assert first == [soak.generate(7, i).description for i in range(30)]
+    assert len(set(first)) > 20
+    assert {soak.generate(7, i).family for i in range(len(soak.FAMILIES))} == set(soak.FAMILIES)
+
+
+def test_an_architecture_passes_every_check_and_is_counted():
+    out = io.StringIO()
+    report = soak.run(seed=0, start=5, count=1, out=out)
+    assert report["failures"] == [], out.getvalue()
+    assert report["per_family"] == {"embedding": 1}
+    assert "1 checked" in out.getvalue()
+
+
+def test_a_layer_whose_init_and_apply_disagree_fails_the_shapes_check(tmp_path):
+    def init(key, in_shape):
+        return (in_shape[0], 5), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x, state
+
+    arch = soak.Arch(
+        index=0,
+        family="dense",
+        dtype="float32",
+        model=nn.Layer(init, apply, kind="liar"),
+        in_shape=(2, 3),
+        make_input=lambda key: jnp.ones((2, 3)),
+        description="liar",
+    )
+    with pytest.raises(soak.CheckFailed, match="shapes: train: apply gave"):
+        soak.check(arch, tmp_path)
