@@ -51,9 +51,14 @@ __all__ = [
 ]
 
 
-def _decay(weight_decay: float) -> GradientTransformation:
-    """`g ← g + λ·x`, or `identity()` when `λ` is the number 0."""
-    return identity() if is_zero(weight_decay) else add_decayed_weights(weight_decay)
+def _decay(
+    weight_decay: float, mask: PyTree | Callable[[Params], PyTree] | None = None
+) -> GradientTransformation:
+    """`g ← g + λ·x` (only on the leaves `mask` selects), or `identity()` when `λ` is 0."""
+    if is_zero(weight_decay):
+        return identity()
+    decay = add_decayed_weights(weight_decay)
+    return decay if mask is None else masked(decay, mask)
 
 
 def sgd(

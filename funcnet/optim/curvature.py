@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 from funcnet._keys import typed_key
 from funcnet.diff.modes import gnvp, hvp
 from funcnet.losses import softmax_cross_entropy
+from funcnet.optim.alias import _decay
 from funcnet.optim.base import (
     GradientTransformationExtraArgs,
     Params,
@@ -35,14 +36,12 @@ from funcnet.optim.base import (
     apply_updates,
     bias_correction,
     chain,
-    identity,
     increment,
-    is_zero,
     one_minus_power,
     update_moment,
     zeros_like,
 )
-from funcnet.optim.transforms import add_decayed_weights, masked, scale_by_learning_rate
+from funcnet.optim.transforms import scale_by_learning_rate
 
 __all__ = [
     "HessianFreeState",
@@ -110,14 +109,6 @@ def _check_probe(who: str, probe: str) -> None:
 def _check_unit_interval(who: str, name: str, value: float) -> None:
     if isinstance(value, int | float) and not 0 <= value < 1:
         raise ValueError(f"{who}: {name} must lie in [0, 1), got {value}")
-
-
-def _decay(weight_decay: float, mask: PyTree | Callable[[Params], PyTree] | None):
-    """Decoupled weight decay `u ← u + λ·θ` (only where `mask` selects), or nothing for 0."""
-    if is_zero(weight_decay):
-        return identity()
-    decay = add_decayed_weights(weight_decay)
-    return decay if mask is None else masked(decay, mask)
 
 
 # Hessian-free (truncated Newton-CG).
