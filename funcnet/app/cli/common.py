@@ -306,6 +306,18 @@ def open_checkpoint(path: str | pathlib.Path) -> tuple[Run, dict[str, Any]]:
     return run, checkpoint.load(path, like=run.template)
 
 
+def best_of_member(run: Run, states: dict[str, Any], member: int):
+    """The checkpoint's best train state, of ensemble member `member` when the run trained
+    several (``--member``), refused with a `CommandError` when out of range."""
+    best = states["best"]
+    members = run.metadata.get("members", 1)
+    if members > 1:
+        if not 0 <= member < members:
+            raise CommandError(f"--member must lie in [0, {members}), got {member}")
+        best = jax.tree.map(lambda leaf: leaf[member], best)
+    return best
+
+
 def evaluate_state(
     model, state, data, members: int, *, task: str = "classification"
 ) -> dict[str, float]:

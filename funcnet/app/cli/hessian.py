@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.app.cli.common import (
-    CommandError,
+    best_of_member,
     loss_for,
     non_negative_int,
     open_checkpoint,
@@ -47,12 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from funcnet.app import plots
 
     run, states = open_checkpoint(args.checkpoint)
-    best = states["best"]
-    members = run.metadata.get("members", 1)
-    if members > 1:
-        if not 0 <= args.member < members:
-            raise CommandError(f"--member must lie in [0, {members}), got {args.member}")
-        best = jax.tree.map(lambda leaf: leaf[args.member], best)
+    best = best_of_member(run, states, args.member)
     x, y = run.data.train
     x, y = x[: args.examples], y[: args.examples]
 
