@@ -363,14 +363,21 @@ def _gru():
 
 
 # (kind, layer, input shape, where the shared check in `check_shape` refuses: init, apply).
-# batch_norm's apply checks its input itself (and refuses 0 rows in training only: "needs
-# more than one value per channel"); attention's init reads its shapes itself.
+# batch_norm refuses 0 rows in evaluation too (training needs more than one value per channel).
 EMPTY_LAYERS = [
     ("dense", functools.partial(nn.dense, 4), (0, 3), "init apply"),
     ("conv", functools.partial(nn.conv, 2, 3), (0, 5, 5, 3), "init apply"),
-    ("batch_norm", nn.batch_norm, (0, 3), "init"),
+    ("batch_norm", nn.batch_norm, (0, 3), "init apply"),
+    ("layer_norm", nn.layer_norm, (0, 3), "init apply"),
+    ("rms_norm", nn.rms_norm, (0, 3), "init apply"),
     ("group_norm", functools.partial(nn.group_norm, 1), (0, 4, 3), "init apply"),
-    ("multi_head_attention", functools.partial(nn.multi_head_attention, 1), (0, 5, 4), "apply"),
+    (
+        "multi_head_attention",
+        functools.partial(nn.multi_head_attention, 1),
+        (0, 5, 4),
+        "init apply",
+    ),
+    ("embedding", functools.partial(nn.embedding, 10, 4), (0, 7), "init apply"),
     ("gru", _gru, (0, 5, 3), "init apply"),
     ("flatten", nn.flatten, (0, 2, 2), "init apply"),
 ]
@@ -385,8 +392,18 @@ def test_layers_refuse_an_empty_batch(kind, layer, shape, refused, key):
             layer.init(key, shape)
     if "apply" in refused:
         _, params, state = layer.init(key, (2, *shape[1:]))
+        x = jnp.zeros(shape, jnp.int32 if kind == "embedding" else jnp.float32)
         with pytest.raises(nn.LayerError, match=message):
-            layer.apply(params, state, jnp.zeros(shape))
+            layer.apply(params, state, x)
+
+
+@pytest.mark.parametrize(
+    "layer", [functools.partial(nn.dense, 2), nn.rms_norm, functools.partial(nn.embedding, 5, 2)]
+)
+def test_a_layer_of_one_input_refuses_a_tuple_of_shapes(layer, key):
+    kind = layer().kind
+    with pytest.raises(nn.LayerError, match=rf"^{kind}: expected .*, got \(\(2, 4, 3\), \(2, 2"):
+        layer().init(key, ((2, 4, 3), (2, 2, 2)))
 
 
 def _blobs(n, seed=0):

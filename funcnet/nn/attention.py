@@ -83,6 +83,7 @@ def _split_shape(kind: str, in_shape, *, cross: bool = False) -> list:
                 kind,
                 f"expected {name} of shape (batch, time, features) in {form}, got {in_shape}",
             )
+        check_shape(kind, shape, f"{name} of shape (batch, time, features)")
     return parts
 
 

@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import contextvars
 import functools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -176,7 +177,14 @@ def check_shape(
     ``LayerError(kind, "expected {expected}, got shape {shape}")``, where `expected` describes
     the input (``"an input (batch, time, features)"``). An empty batch (a leading axis of size
     0) is refused too: whatever reduces over it later (a loss, batch statistics) would be NaN.
+    So is anything but one shape, e.g. the tuple of shapes of a layer that takes one input.
     """
+    if not _is_dims(shape):
+        raise LayerError(
+            kind,
+            f"expected {expected}, got {shape!r}, which is not one shape (a tuple of ints); "
+            "a layer of one input takes the shape of one array",
+        )
     shape = tuple(shape)
     too_many = max_rank is not None and len(shape) > max_rank
     if len(shape) < min_rank or too_many or (last is not None and shape[-1:] != (last,)):
@@ -234,6 +242,17 @@ def from_function(fn: Callable[[Array], Array], *, name: str | None = None) -> L
 
 def _is_shape(node: Any) -> bool:
     return isinstance(node, tuple) and all(isinstance(d, int) for d in node)
+
+
+def _is_dims(shape: Any) -> bool:
+    """Whether `shape` reads as one shape: a sequence of integers (NumPy's included)."""
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        return False
+    try:
+        [operator.index(d) for d in shape]
+    except TypeError:
+        return False
+    return True
 
 
 def _child_names(layers: Sequence[Layer]) -> list[str]:
@@ -307,6 +326,11 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
             )
 
     def init(key, in_shape):
+        if _is_dims(in_shape):
+            raise LayerError(
+                "parallel",
+                f"expected a tuple of input shapes, one per layer; got one shape {tuple(in_shape)}",
+            )
         check(in_shape, "a tuple of input shapes")
         params, state, shapes = {}, {}, []
         for i, (name, child, shape) in enumerate(zip(names, children, in_shape, strict=True)):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError
+from funcnet.nn.core import Layer, LayerError, check_shape
 
 __all__ = ["embedding"]
 
@@ -52,10 +52,11 @@ def embedding(
     table_init = initializers.normal(1.0) if table_init is None else initializers.get(table_init)
 
     def init(key, in_shape):
+        in_shape = check_shape("embedding", in_shape, "integer ids of any shape")
         table = table_init(key, (num_embeddings, features), dtype)
         if padding_idx is not None:
             table = table.at[padding_idx].set(0)
-        return (*tuple(in_shape), features), {"table": table}, {}
+        return (*in_shape, features), {"table": table}, {}
 
     def apply(params, state, ids, *, key=None, train=False):
         del key, train
@@ -66,6 +67,7 @@ def embedding(
                 f"expected integer ids, got dtype {jnp.result_type(ids)}; "
                 f"convert them with ids.astype(jnp.int32)",
             )
+        check_shape("embedding", jnp.shape(ids), "integer ids of any shape")
         size = table.shape[0]
         if not isinstance(ids, jax.core.Tracer):
             values = np.asarray(ids)

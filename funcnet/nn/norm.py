@@ -64,7 +64,8 @@ def _sizes(*trees) -> tuple[int, ...] | None:
 def _check_input(
     kind: str, x: Array, sizes: tuple[int, ...] | None, axes=(-1,), min_rank: int = 1
 ) -> None:
-    """Checks that `x` is floating point, of rank >= `min_rank`, with `sizes` on `axes`.
+    """Checks that `x` is floating point, of rank >= `min_rank`, with `sizes` on `axes`, and
+    holds at least one example.
 
     `sizes` are those of the params (or running statistics); None when the layer has neither,
     and then any sizes are accepted.
@@ -76,8 +77,8 @@ def _check_input(
         expected = f"an input of rank >= {min_rank} with {sizes[0]} channels on the last axis"
     else:
         expected = f"an input of rank >= {min_rank} with sizes {sizes} on axes {axes}"
-    shape = tuple(x.shape)
-    if len(shape) < min_rank or (sizes is not None and tuple(shape[a] for a in axes) != sizes):
+    shape = check_shape(kind, x.shape, expected, min_rank=min_rank)
+    if sizes is not None and tuple(shape[a] for a in axes) != sizes:
         raise LayerError(kind, f"expected {expected}, got shape {shape}")
     check_floating(kind, x)
 

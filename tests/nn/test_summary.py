@@ -287,7 +287,12 @@ def test_observe_inits_reports_each_child_with_its_path():
         (nn.serial(nn.dense(8), nn.gru(4)), (32, 64), nn.LayerError, r"^gru_1: expected"),
         (nn.serial(nn.residual(nn.dense(5))), (2, 3), nn.LayerError, r"^residual_0: the branch"),
         (nn.parallel(nn.dense(3), nn.dense(2)), ((2, 3),), nn.LayerError, r"^parallel: expected"),
-        (nn.parallel(nn.dense(3), nn.dense(2)), (32, 64), ValueError, r"^summary: parallel"),
+        (
+            nn.parallel(nn.dense(3), nn.dense(2)),
+            (32, 64),
+            nn.LayerError,
+            r"^parallel: expected a tuple of input shapes, one per layer; got one shape",
+        ),
         (
             nn.serial(nn.dense(4), lambda x: x @ jnp.ones((5, 3))),
             (2, 3),
