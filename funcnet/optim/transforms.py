@@ -8,7 +8,7 @@ structure, shapes and dtypes. Per-parameter buffers (moments) live in the params
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -666,6 +666,12 @@ def masked(
 
     The inner state holds buffers only for the selected leaves; the others appear in it as
     `MaskedNode()`.
+
+    When `inner` takes extra args (`accepts_extra_args`, e.g. `hessian_free`), so does the
+    mask, and it hands them on restricted to the selected leaves: `grad` keeps those leaves,
+    and `value_fn` and `outputs_fn` become functions of them, the other params held at their
+    current values (``θ_sel ↦ f(θ_sel ∪ θ_rest)``), so the curvature is that of the selected
+    block. Other extra args go through as they are.
     """
 
     def mask_tree(tree: PyTree) -> PyTree:
@@ -678,17 +684,40 @@ def masked(
         selected = mask_tree(params)
         return MaskedState(inner_state=inner.init(keep_selected(params, selected)))
 
+    def merge(selected: PyTree, chosen: PyTree, rest: PyTree) -> PyTree:
+        return jax.tree.map(lambda m, new, old: new if m else old, selected, chosen, rest)
+
+    def restrict(selected: PyTree, params: Params | None, extra_args: dict) -> dict:
+        """The extra args of `inner` seen on the selected leaves only (see above)."""
+        if params is None and ({"value_fn", "outputs_fn"} & extra_args.keys()):
+            raise ValueError(
+                "masked: the extra args value_fn and outputs_fn need the params: call "
+                "update(grads, state, params, ...)"
+            )
+        out = dict(extra_args)
+        if "grad" in out:
+            out["grad"] = keep_selected(out["grad"], selected)
+        for name in ("value_fn", "outputs_fn"):
+            if name in out:
+                fn = out[name]
+                out[name] = lambda chosen, fn=fn: fn(merge(selected, chosen, params))
+        return out
+
     def update_fn(
-        updates: Updates, state: MaskedState, params: Params | None = None
+        updates: Updates, state: MaskedState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, MaskedState]:
         selected = mask_tree(updates)
         inner_params = None if params is None else keep_selected(params, selected)
+        if takes_extra:
+            extra_args = restrict(selected, params, extra_args)
         new_inner, inner_state = inner.update(
-            keep_selected(updates, selected), state.inner_state, inner_params
+            keep_selected(updates, selected), state.inner_state, inner_params, **extra_args
         )
-        updates = jax.tree.map(lambda m, new, old: new if m else old, selected, new_inner, updates)
-        return updates, MaskedState(inner_state=inner_state)
+        return merge(selected, new_inner, updates), MaskedState(inner_state=inner_state)
 
+    takes_extra = accepts_extra_args(inner)
+    if takes_extra:
+        return GradientTransformationExtraArgs(init_fn, update_fn)
     return GradientTransformation(init_fn, update_fn)
 
 

@@ -413,6 +413,33 @@ def test_chain_forwards_extra_args_only_to_those_that_take_them():
     assert optim.accepts_extra_args(optim.with_extra_args_support(plain))
 
 
+def test_masked_hessian_free_takes_the_newton_step_of_its_block(x64):
+    """On L(a, b) = ½ θᵀAθ − cᵀθ with θ = (a, b), a mask over `a` gives hessian-free the
+    curvature of that block with `b` held: the step on `a` is −(A_aa + λI)⁻¹ ∇_a L (CG is
+    exact in 3 products on 3 unknowns; λ = the initial damping), and `b` gets its gradient."""
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(5, 5))
+    big_a, c = m @ m.T + 5 * np.eye(5), rng.normal(size=5)
+
+    def value_fn(params):
+        theta = jnp.concatenate([params["a"], params["b"]])
+        return 0.5 * theta @ big_a @ theta - c @ theta
+
+    hf = optim.hessian_free(curvature="hessian", initial_damping=0.5, cg_iters=3, cg_tol=0.0)
+    opt = optim.masked(hf, {"a": True, "b": False})
+    assert optim.accepts_extra_args(opt)
+    params = {"a": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(rng.normal(size=2))}
+    value, grads = jax.value_and_grad(value_fn)(params)
+    updates, _ = opt.update(
+        grads, opt.init(params), params, value=value, value_fn=value_fn, grad=grads
+    )
+    newton = -np.linalg.solve(big_a[:3, :3] + 0.5 * np.eye(3), np.asarray(grads["a"]))
+    np.testing.assert_allclose(updates["a"], newton, rtol=1e-10)
+    np.testing.assert_array_equal(updates["b"], grads["b"])
+    with pytest.raises(ValueError, match=r"^masked: the extra args value_fn and outputs_fn"):
+        opt.update(grads, opt.init(params), None, value=value, value_fn=value_fn)
+
+
 def test_optax_extra_args_transformations_are_recognised():
     import optax
 
