@@ -5,6 +5,7 @@ the signal lands between that epoch and the next; the resumed run must end bit f
 the uninterrupted run ends.
 """
 
+import json
 import os
 import random
 import signal
@@ -112,10 +113,15 @@ def assert_same_training(got, want):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def whole_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
     assert cli.main([*TRAIN, "--out", str(out)]) == 0
-    return last_state(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(whole_run):
+    return last_state(whole_run)
 
 
 def interrupt(out, signum, cache):
@@ -156,18 +162,23 @@ def test_ctrl_c_then_sigkill_then_ctrl_c_twice_and_resume_repeats_the_whole_run(
 ):
     done = interrupt(tmp_path, signal.SIGINT, cache)
     path = tmp_path / "checkpoint.npz"
-    before = path.read_bytes()
 
-    # SIGKILL in the middle of the resumed run: the file on disk is untouched and loads.
+    # SIGKILL in the middle of the resumed run, after its first epoch: the checkpoint written
+    # at that epoch's end is whole, and the next run continues from it.
     child = start(tmp_path, done, cache, resume=True, pause=30)
     child.kill()
     child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    assert path.read_bytes() == before
-    checkpoint.load(path)
+    done += 1
+    assert checkpoint.metadata(path)["progress"] == {"epoch": done, "of": EPOCHS}
+    assert int(last_state(tmp_path).step) == done * int(uninterrupted.step) // EPOCHS
+    before = path.read_bytes()
 
-    # Ctrl-C twice: the second one ends the run at once, though it is busy for 30 s more.
+    # Ctrl-C twice: the second one ends the run at once, though it is busy for 30 s more; the
+    # checkpoint is the one written before the signals.
     child = start(tmp_path, done, cache, resume=True, pause=30)
+    after = path.read_bytes()
+    assert after != before
     started = time.monotonic()
     child.send_signal(signal.SIGINT)
     assert "stopping after the current epoch" in child.stderr.readline() + child.stderr.readline()
@@ -176,6 +187,31 @@ def test_ctrl_c_then_sigkill_then_ctrl_c_twice_and_resume_repeats_the_whole_run(
     assert child.returncode == 130
     assert time.monotonic() - started < 20
     assert stderr.strip().splitlines()[-1] == "funcnet: Ctrl-C again: stopped at once"
-    assert path.read_bytes() == before
+    assert path.read_bytes() == after
 
     resume_and_compare(tmp_path, uninterrupted)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert epochs == list(range(EPOCHS))
+
+
+def test_ctrl_c_before_training_ends_with_one_line(monkeypatch, capsys):
+    from funcnet.app.cli import train as train_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    assert cli.main(TRAIN) == 130
+    assert capsys.readouterr().err.strip() == "funcnet: interrupted (Ctrl-C)"
+
+
+def test_resume_drops_the_metrics_lines_after_the_checkpoint(tmp_path, whole_run):
+    """A run killed between its checkpoint and its metrics line (or in the middle of a line)
+    leaves lines the resumed run would repeat; they go."""
+    (tmp_path / "checkpoint.npz").write_bytes((whole_run / "checkpoint.npz").read_bytes())
+    lines = [json.dumps({"epoch": e, "loss": 1.0}) + "\n" for e in range(EPOCHS + 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"epoch": 8, "lo')
+    resumed = [*TRAIN, "--out", str(tmp_path), "--resume", str(tmp_path / "checkpoint.npz")]
+    assert cli.main(resumed) == 0
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert epochs == list(range(EPOCHS))

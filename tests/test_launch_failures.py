@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from funcnet import checkpoint
 from funcnet.launch import ENV_ADDRESS, ENV_COUNT, ENV_ID, free_port, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,32 +99,44 @@ def test_a_bad_timeout_is_refused(value, message, monkeypatch):
         initialize("127.0.0.1:1", 2, 0)
 
 
-WORKER = textwrap.dedent(
+# `funcnet train`, where process 1 pauses after its first epoch (so the test can kill it there).
+PAUSING_TRAIN = textwrap.dedent(
     """
-    import sys
-    from funcnet.launch import initialize, on_peer_failure
-    initialize(timeout=120)
-    import jax, jax.numpy as jnp
-    from jax.experimental import multihost_utils
-    on_peer_failure("last checkpoint ckpt.npz")
-    for step in range(100000):
-        multihost_utils.process_allgather(jnp.ones(()) * step)
-        if step == 1:
-            print("ready", flush=True)
+    import os, sys, time
+    from funcnet import train
+    from funcnet.app.cli import main
+
+    fit = train.fit
+
+    def pausing_fit(*args, on_epoch_end, **kwargs):
+        def hook(epoch, state, metrics):
+            on_epoch_end(epoch, state, metrics)
+            if os.environ["FUNCNET_PROCESS_ID"] == "1":
+                print("ready", flush=True)
+                time.sleep(60)
+
+        return fit(*args, on_epoch_end=hook, **kwargs)
+
+    train.fit = pausing_fit
+    sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-def test_a_survivor_names_the_lost_process():
-    """Process 1 is killed mid-run; process 0 ends at once with a line naming it.
+def test_a_survivor_names_the_lost_process_and_the_last_checkpoint(tmp_path):
+    """Process 1 is killed after the first epoch; process 0 ends at once with a line naming
+    it and the checkpoint written at that epoch's end, which `--resume` continues from.
 
     Only the loss of a process other than 0 is tested: when process 0, JAX's coordinator,
     dies, JAX itself ends the others within a second, with its own native message.
     """
     address = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "moons", "--quiet", "--epochs", "3", "--hidden", "8"]
+    args += ["--distributed", "--out", str(out)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER],
+            [sys.executable, "-c", PAUSING_TRAIN, *args],
             env={**ENV, ENV_ADDRESS: address, ENV_COUNT: "2", ENV_ID: str(index)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -147,8 +160,9 @@ def test_a_survivor_names_the_lost_process():
     assert len(lines) == 1, err
     assert lines[0].startswith(
         f"funcnet: process 0 of 2 stops: lost process 1 of 2 at {address}; "
-        "last checkpoint ckpt.npz ("
+        f"last checkpoint {out / 'checkpoint.npz'} (epoch 1 of 3); continue with --resume ("
     )
+    assert checkpoint.metadata(out / "checkpoint.npz")["progress"] == {"epoch": 1, "of": 3}
 
 
 CHILD = textwrap.dedent(

@@ -38,10 +38,14 @@ def _save(fig: Figure, path: PathLike) -> pathlib.Path:
 
 
 def _finish_epoch_axes(ax, **legend: Any) -> None:
-    """The x label, grid and legend every per-epoch panel has."""
+    """The x label, grid and legend every per-epoch panel has; a panel with no curve (a run
+    resumed with no epoch left to train) says so instead of a legend."""
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
-    ax.legend(**legend)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend)
+    else:
+        ax.text(0.5, 0.5, "no epochs trained", ha="center", va="center", transform=ax.transAxes)
 
 
 def _save_titled(fig: Figure, path: PathLike, title: str | None) -> pathlib.Path:

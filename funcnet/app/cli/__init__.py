@@ -45,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the `funcnet` command with `argv` (default: the process's); returns the exit code."""
+    """Runs the `funcnet` command with `argv` (default: the process's); returns the exit code.
+
+    Ctrl-C outside a training loop (which stops after its epoch, see `funcnet train`) ends the
+    command with one line and status 130, not a traceback.
+    """
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:
+        print("\nfuncnet: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     from funcnet.checkpoint import CheckpointError
     from funcnet.train import NonFiniteLossError
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from funcnet.app.cli.common import (
     CHECKPOINT,
@@ -44,7 +45,8 @@ def add_parser(commands: Any) -> None:
             "Train a model with funcnet.train.fit (each epoch one compiled lax.scan) on a "
             "bundled data set (--dataset) or on a file of your own (--data). Writes "
             f"{CHECKPOINT} (the best and the last train state, with the configuration in its "
-            f"metadata), {EPOCHS} (one line per epoch, as it ends), {METRICS} "
+            "metadata; rewritten every --checkpoint-every epochs, so a run that crashes can be "
+            f"resumed), {EPOCHS} (one line per epoch, as it ends), {METRICS} "
             f"(configuration, history, test metrics) and {CURVES} (learning curves) to --out."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -81,6 +83,14 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffles")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data splits")
     p.add_argument("--resume", default=None, help="continue the last state of this checkpoint")
+    p.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=1,
+        metavar="EPOCHS",
+        help="write the checkpoint after every this many epochs, as well as at the end "
+        "(0: at the end only)",
+    )
     p.add_argument("--out", default="runs/latest", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no model summary, no progress bar")
@@ -123,6 +133,75 @@ def _resolved(data: str | None) -> str | None:
     if data is None:
         return None
     return ",".join(str(pathlib.Path(part.strip()).resolve()) for part in data.split(","))
+
+
+class _BestSoFar:
+    """The best state so far and its epoch, chosen as `funcnet.train.fit` chooses them (the
+    lowest held-out loss, each ensemble member on its own; the last state without held-out
+    data), for the checkpoints written while training runs."""
+
+    def __init__(self, state: Any):
+        self.state, self.loss, self.epoch = state, None, None
+
+    def update(self, epoch: int, state: Any, metrics: dict[str, Any]) -> None:
+        from funcnet import train
+
+        if "val_loss" in metrics:
+            loss = np.asarray(metrics["val_loss"], float)
+            self.loss = np.full_like(loss, np.inf) if self.loss is None else self.loss
+            improved = loss < self.loss
+            self.loss = np.where(improved, loss, self.loss)
+        else:
+            improved = np.ones(np.shape(metrics["loss"]), bool)
+        if improved.ndim == 0:  # one model
+            self.state = state if improved else self.state
+            self.epoch = epoch if improved else self.epoch
+        else:  # an ensemble: a leading member axis
+            self.state = train.select(jax.numpy.asarray(improved), state, self.state)
+            old = self.epoch or [None] * improved.size
+            self.epoch = [epoch if up else e for up, e in zip(improved, old, strict=True)]
+
+
+def _save_progress(
+    out: pathlib.Path,
+    metadata: dict[str, Any],
+    best: _BestSoFar,
+    state: Any,
+    done: int,
+    epochs: int,
+    sharded: bool,
+) -> None:
+    """Writes the checkpoint of a run in progress (process 0 writes, atomically), and has a
+    lost peer's message name it (`funcnet.launch.on_peer_failure`)."""
+    from funcnet import checkpoint, train
+    from funcnet.launch import on_peer_failure
+
+    states = {"best": best.state, "last": state}
+    if sharded:
+        states = train.local_copy(states)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = {"best_epoch": best.epoch, "progress": {"epoch": done, "of": epochs}}
+    path = checkpoint.save(out / CHECKPOINT, states, metadata=metadata | progress)
+    on_peer_failure(f"last checkpoint {path} (epoch {done} of {epochs}); continue with --resume")
+
+
+def _drop_epochs_after(path: pathlib.Path, epochs: int) -> None:
+    """Keeps the first `epochs` lines of a run's per-epoch metrics, those of the state a
+    resumed run continues from; a run stopped after a checkpoint may have written more."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _epoch_of(line) < epochs]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a line of per-epoch metrics; infinity for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return np.inf
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,24 +294,30 @@ def run(args: argparse.Namespace) -> int:
         if (run_.metadata["model"], run_.metadata["in_shape"]) != (model_config, in_shape):
             raise CommandError(f"{args.resume} holds another model or data shape than asked")
         state = states["last"]
+        if leader:
+            _drop_epochs_after(out / EPOCHS, int(np.min(jax.device_get(state.step))) // steps)
     if args.patience is not None and data.val is None:
         raise CommandError("--patience needs a validation split (--val-fraction > 0)")
     if leader and not args.quiet:
         print(nn.summary(model, tuple(in_shape)))
 
     epochs_file = None
-    on_epoch_end = None
-    if leader:
+    best = _BestSoFar(state)
 
-        def on_epoch_end(epoch, state, metrics):
-            # Opened at the first epoch's end: every process has checked --out by then (the
-            # epoch's collectives wait for all), so none finds this file and refuses.
-            nonlocal epochs_file
-            if epochs_file is None:
-                out.mkdir(parents=True, exist_ok=True)
-                epochs_file = (out / EPOCHS).open("a" if args.resume else "w")
-            epochs_file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
-            epochs_file.flush()
+    def on_epoch_end(epoch, state, metrics):
+        nonlocal epochs_file
+        best.update(epoch, state, metrics)
+        if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+            _save_progress(out, metadata, best, state, epoch + 1, args.epochs, mesh is not None)
+        if not leader:
+            return
+        # Opened at the first epoch's end: every process has checked --out by then (the
+        # epoch's collectives wait for all), so none finds this file and refuses.
+        if epochs_file is None:
+            out.mkdir(parents=True, exist_ok=True)
+            epochs_file = (out / EPOCHS).open("a" if args.resume else "w")
+        epochs_file.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+        epochs_file.flush()
 
     interrupt = SignalStop(install=not args.distributed)
     kwargs = dict(
