@@ -649,15 +649,16 @@ def _adaptive_pool(kind: str, output_size: int | Sequence[int | None]) -> Layer:
                 raise LayerError(kind, f"expected a float or integer input, got dtype {x.dtype}")
         else:
             check_floating(kind, x)
-        # A box's max (mean) is the max (mean) along one axis after another.
-        for axis, o in enumerate(out, start=1):
+        # A box's max (mean) is the max (mean) along one axis after another, the last first:
+        # a tie's gradient then goes to its first cell in row-major order, as in PyTorch.
+        for axis, o in reversed(list(enumerate(out, start=1))):
             n = x.shape[axis]
             if o == n:
                 continue
             cells, inside, size = _adaptive_windows(n, o)
             windows = jnp.take(x, cells, axis=axis)  # the axis becomes (out, widest)
             if kind == "adaptive_max_pool":
-                x = jnp.max(windows, axis=axis + 1)  # repeated cells leave the max as it is
+                x = _max_along(windows, axis + 1)  # repeated cells leave the max as it is
             else:
                 trailing = (None,) * (x.ndim - axis - 1)  # the axes after the pooled one
                 total = jnp.sum(jnp.where(inside[(..., *trailing)], windows, 0), axis=axis + 1)
@@ -693,16 +694,35 @@ def adaptive_max_pool(output_size: int | Sequence[int | None]) -> Layer:
     return _adaptive_pool("adaptive_max_pool", output_size)
 
 
+def _max_along(x: Array, axis: int) -> Array:
+    """The max of `x` along `axis`, read at its argmax: the gradient goes to the first maximal
+    entry alone, as in PyTorch's max pooling. (``jnp.max``'s gradient finds the maximal entries
+    by comparing them with the output; where XLA recomputes `x` in another fusion, rounded
+    differently, it finds none and gives 0/0.)"""
+    index = jnp.argmax(x, axis=axis, keepdims=True)
+    return jnp.squeeze(jnp.take_along_axis(x, index, axis=axis), axis)
+
+
+def _global_max(x: Array, axis: tuple[int, ...]) -> Array:
+    """The max over the spatial `axis` of ``(batch, *spatial, channels)``."""
+    return _max_along(x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1]), 1)
+
+
 def _global_pool(kind: str, reduce) -> Layer:
+    def check(shape):
+        _check_spatial(kind, shape, None)
+        if 0 in shape[1:-1]:
+            raise LayerError(kind, f"expected non-empty spatial axes, got shape {shape}")
+
     def init(key, in_shape):
         del key
         in_shape = tuple(in_shape)
-        _check_spatial(kind, in_shape, None)
+        check(in_shape)
         return (in_shape[0], in_shape[-1]), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        _check_spatial(kind, tuple(x.shape), None)
+        check(tuple(x.shape))
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
     return Layer(init, apply, kind=kind)
@@ -715,7 +735,7 @@ def global_avg_pool() -> Layer:
 
 def global_max_pool() -> Layer:
     """The max over all spatial axes: ``(batch, *spatial, channels) -> (batch, channels)``."""
-    return _global_pool("global_max_pool", jnp.max)
+    return _global_pool("global_max_pool", _global_max)
 
 
 def flatten() -> Layer:

@@ -254,6 +254,21 @@ def test_adaptive_pooling_matches_torch(kind, in_shape, output_size):
     _check_against_torch(layer, {}, _normal(*in_shape), lambda x: torch_pool(x, output_size))
 
 
+@pytest.mark.parametrize(
+    ("layer", "output_size"),
+    [(nn.global_max_pool(), 1), (adaptive_max_pool(2), 2), (adaptive_max_pool((3, 2)), (3, 2))],
+)
+def test_max_pooling_sends_the_gradient_of_a_tie_to_its_first_cell_as_torch(layer, output_size):
+    # Values in {0, 1, 2}: every window holds ties for its max.
+    x = jnp.asarray(np.random.default_rng(3).integers(0, 3, (2, 4, 5, 3)).astype(np.float32))
+
+    def torch_fn(xt):
+        y = F.adaptive_max_pool2d(xt, output_size)
+        return y.flatten(1) if layer.kind == "global_max_pool" else y
+
+    _check_against_torch(layer, {}, x, torch_fn)
+
+
 def test_adaptive_max_pool_keeps_integer_dtypes_and_global_pools_agree():
     x = jnp.arange(20, dtype=jnp.int32).reshape(1, 4, 5, 1)
     y, _ = adaptive_max_pool(2).apply({}, {}, x)
