@@ -24,6 +24,21 @@ def test_an_architecture_passes_every_check_and_is_counted():
     assert "1 checked" in out.getvalue()
 
 
+@pytest.mark.parametrize(
+    "index",
+    [
+        # With the soak's XLA flags, global_max_pool's gradient was 0/0: XLA recomputed its
+        # input in another fusion, rounded differently, and no entry equalled the max.
+        618,
+        847,  # bfloat16 norms took their statistics in bfloat16: jit and eager parted by 0.49
+    ],
+)
+def test_the_architectures_that_failed_the_full_soak_pass(index):
+    out = io.StringIO()
+    report = soak.run(seed=0, start=index, count=1, out=out)
+    assert report["failures"] == [], out.getvalue()
+
+
 def test_a_layer_whose_init_and_apply_disagree_fails_the_shapes_check(tmp_path):
     def init(key, in_shape):
         return (in_shape[0], 5), {}, {}

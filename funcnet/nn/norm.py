@@ -12,7 +12,9 @@ shape ``(channels,)``, or for layer and RMS norm over several axes the shape of 
     group_norm     spatial axes and the channels of one group, per example and group
     instance_norm  spatial axes, per example and channel
 
-``σ²`` is the biased (population) variance in all of them.
+``σ²`` is the biased (population) variance in all of them. Half-precision inputs (float16,
+bfloat16) are normalised in float32 and ``x̂`` is rounded back to the input's dtype, as
+PyTorch's norms do: their statistics in half precision lose most of their digits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def _scale_shift(x_hat: Array, params, shape=None) -> Array:
     if "bias" in params:
         x_hat = x_hat + params["bias"].reshape(shape or params["bias"].shape)
     return x_hat
+
+
+def _widened(x: Array) -> Array:
+    """`x` in float32 if it is in a narrower float; the norms compute ``x̂`` in this dtype."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _sizes(*trees) -> tuple[int, ...] | None:
@@ -185,12 +192,13 @@ def batch_norm(
                 f"state must hold the running mean and var, got keys {sorted(state)}; was it "
                 "made by the init of a batch_norm with track_running_stats=False?",
             )
+        wide = _widened(x)
         if track_running_stats and not train:
-            x_hat = (x - state["mean"]) * lax.rsqrt(state["var"] + eps)
-            return _scale_shift(x_hat, params), state
+            x_hat = (wide - state["mean"]) * lax.rsqrt(state["var"] + eps)
+            return _scale_shift(x_hat.astype(x.dtype), params), state
         axes = tuple(range(x.ndim - 1))
         count = x.size // x.shape[-1]
-        mean = jnp.mean(x, axes)
+        mean = jnp.mean(wide, axes)
         if axis_name is not None:
             mean = lax.pmean(mean, axis_name)
             count = count * lax.psum(1, axis_name)
@@ -202,10 +210,10 @@ def batch_norm(
                 f"{tuple(x.shape)}: {count} value(s) per channel over the batch and spatial axes"
                 f"{' and ' + repr(axis_name) if axis_name else ''}; use a batch of 2 or more",
             )
-        var = jnp.mean(jnp.square(x - mean), axes)
+        var = jnp.mean(jnp.square(wide - mean), axes)
         if axis_name is not None:
             var = lax.pmean(var, axis_name)
-        y = _scale_shift((x - mean) * lax.rsqrt(var + eps), params)
+        y = _scale_shift(((wide - mean) * lax.rsqrt(var + eps)).astype(x.dtype), params)
         if not track_running_stats:
             return y, state
         batch_mean, unbiased = lax.stop_gradient((mean, var * count / (count - 1)))
@@ -249,9 +257,10 @@ def layer_norm(
     def apply(params, state, x, *, key=None, train=False):
         del key, train
         _check_input("layer_norm", x, _sizes(params), axes)
-        mean = jnp.mean(x, axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
-        x_hat = (x - mean) * lax.rsqrt(var + eps)
+        wide = _widened(x)
+        mean = jnp.mean(wide, axes, keepdims=True)
+        var = jnp.mean(jnp.square(wide - mean), axes, keepdims=True)
+        x_hat = ((wide - mean) * lax.rsqrt(var + eps)).astype(x.dtype)
         return _scale_shift(x_hat, params, _broadcast_shape(x.shape, axes)), state
 
     return Layer(init, apply, kind="layer_norm")
@@ -298,8 +307,7 @@ def rms_norm(
     def apply(params, state, x, *, key=None, train=False):
         del key, train
         _check_input("rms_norm", x, _sizes(params), axes)
-        # Half-precision inputs take their mean square in float32, as PyTorch's does.
-        wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        wide = _widened(x)
         epsilon = jnp.finfo(wide.dtype).eps if eps is None else eps
         mean_square = jnp.mean(jnp.square(wide), axes, keepdims=True)
         x_hat = (wide * lax.rsqrt(mean_square + epsilon)).astype(x.dtype)
@@ -332,11 +340,11 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
         del key, train
         _check_input(kind, x, _sizes(params))
         groups = check(tuple(x.shape))
-        grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+        grouped = _widened(x).reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # spatial axes and channels within a group
         mean = jnp.mean(grouped, axes, keepdims=True)
         var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
-        x_hat = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
+        x_hat = ((grouped - mean) * lax.rsqrt(var + eps)).reshape(x.shape).astype(x.dtype)
         return _scale_shift(x_hat, params), state
 
     return Layer(init, apply, kind=kind)

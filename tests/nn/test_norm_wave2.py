@@ -143,6 +143,46 @@ def test_rms_norm_keeps_a_half_precision_dtype_and_takes_the_mean_square_in_floa
     np.testing.assert_allclose(np.asarray(y, np.float32), y_t.float().numpy(), rtol=2e-3)
 
 
+HALF_NORMS = {
+    # name: (layer, axes of its statistics on (4, 6, 8), train, torch's module or None)
+    "layer_norm": (layer_norm(), (2,), False, lambda dt: torch.nn.LayerNorm(8, dtype=dt)),
+    "layer_norm_2_axes": (
+        layer_norm(axes=(-2, -1)),
+        (1, 2),
+        False,
+        lambda dt: torch.nn.LayerNorm((6, 8), dtype=dt),
+    ),
+    "group_norm": (nn.group_norm(1), (1, 2), False, None),
+    "batch_norm_train": (batch_norm(), (0, 1), True, None),
+    "instance_norm": (nn.instance_norm(), (1,), False, None),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", HALF_NORMS.values(), ids=HALF_NORMS.keys())
+def test_norms_of_half_precision_inputs_normalise_in_float32(case, dtype):
+    layer, axes, train, torch_module = case
+    # A mean far from zero next to a small spread: statistics taken in half precision lose the
+    # spread in the rounding of the mean (float16 steps by 0.25 at 300, bfloat16 by 2).
+    x = jnp.asarray(_np((4, 6, 8), 7, loc=300.0, scale=4.0), dtype)
+    _, params, state = layer.init(_key(), x.shape)
+    params, state = jax.tree.map(lambda a: a.astype(dtype), (params, state))
+    y, _ = jax.jit(lambda p, s, x: layer.apply(p, s, x, train=train))(params, state, x)
+    assert y.dtype == x.dtype
+    # The reference: the exact z-score of the (rounded) input, which y may miss by one rounding.
+    exact = np.asarray(x, np.float64)
+    mean, var = exact.mean(axes, keepdims=True), exact.var(axes, keepdims=True)
+    z = (exact - mean) / np.sqrt(var + 1e-5)
+    step = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(np.asarray(y, np.float64), z, rtol=step, atol=2 * step)
+    if torch_module is not None:  # torch's layer norm also takes its statistics in float32
+        module = torch_module(getattr(torch, dtype))
+        y_t = module(torch.tensor(np.asarray(x, np.float32), dtype=getattr(torch, dtype)))
+        np.testing.assert_allclose(
+            np.asarray(y, np.float32), y_t.detach().float().numpy(), rtol=step, atol=2 * step
+        )
+
+
 # --- non-trailing axes, jit, vmap -------------------------------------------------------------
 
 
