@@ -307,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     def on_epoch_end(epoch, state, metrics):
         nonlocal epochs_file
         best.update(epoch, state, metrics)
-        if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+        every = args.checkpoint_every
+        if every and (epoch + 1) % every == 0 and epoch + 1 < args.epochs:  # the end saves
             _save_progress(out, metadata, best, state, epoch + 1, args.epochs, mesh is not None)
         if not leader:
             return
