@@ -34,13 +34,16 @@ test: lint
 	$(BIN)/python -m pytest
 
 # A thousand generated architectures, each checked end to end (tests/soak.py); any failure
-# is printed with its architecture and exits non-zero. SOAK_COUNT=50 for a short run. XLA's
-# compilation dominates the time on tiny shapes; its cheaper passes halve it.
+# is printed with its architecture and the command that rebuilds it alone, and the run exits
+# non-zero.
+# SOAK_COUNT=50 for a short run. XLA's compilation dominates the time on tiny shapes; its
+# cheaper passes halve it.
 SOAK_COUNT ?= 1000
 SOAK_SEED ?= 0
+SOAK_START ?= 0
 SOAK_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 soak: $(STAMP_TEST)
-	XLA_FLAGS="$(SOAK_XLA_FLAGS)" $(BIN)/python tests/soak.py --count $(SOAK_COUNT) --seed $(SOAK_SEED)
+	XLA_FLAGS="$(SOAK_XLA_FLAGS)" $(BIN)/python tests/soak.py --count $(SOAK_COUNT) --seed $(SOAK_SEED) --start $(SOAK_START)
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

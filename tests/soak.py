@@ -2,7 +2,8 @@
 
 Run with ``make soak`` or ``python tests/soak.py --count 1000 --seed 0``. Architecture
 ``index`` of a ``seed`` is drawn from ``random.Random(f"{seed}/{index}")`` alone, so any
-failure is rebuilt by ``python tests/soak.py --seed S --start I --count 1``.
+failure is rebuilt by ``make soak SOAK_SEED=S SOAK_COUNT=1 SOAK_START=I`` (with the XLA flags
+of ``make soak``, under which some failures alone appear).
 
 Families: ``dense`` (vectors), ``conv1d`` / ``conv2d`` (conv, conv_transpose, pooling),
 ``recurrent`` (gru / lstm, stacked, bidirectional, masked), ``attention`` (multi-head, cross,
@@ -653,6 +654,7 @@ def run(seed: int, start: int, count: int, budget: float | None = None, out=sys.
             arch_, name, detail = failures[-1]
             print(
                 f"FAIL #{index} ({arch_.family}) {name}\n  {arch_.description}\n  {detail}\n"
+                f"  rebuild: make soak SOAK_SEED={seed} SOAK_COUNT=1 SOAK_START={index}\n"
                 + "\n".join("    " + line for line in _summary(arch_).splitlines()),
                 file=out,
                 flush=True,

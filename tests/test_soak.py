@@ -39,15 +39,17 @@ def test_the_architectures_that_failed_the_full_soak_pass(index):
     assert report["failures"] == [], out.getvalue()
 
 
-def test_a_layer_whose_init_and_apply_disagree_fails_the_shapes_check(tmp_path):
+def _liar(index=0):
+    """An architecture whose init claims 5 output features while apply returns its input."""
+
     def init(key, in_shape):
         return (in_shape[0], 5), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return x, state
 
-    arch = soak.Arch(
-        index=0,
+    return soak.Arch(
+        index=index,
         family="dense",
         dtype="float32",
         model=nn.Layer(init, apply, kind="liar"),
@@ -55,5 +57,22 @@ def test_a_layer_whose_init_and_apply_disagree_fails_the_shapes_check(tmp_path):
         make_input=lambda key: jnp.ones((2, 3)),
         description="liar",
     )
+
+
+def test_a_layer_whose_init_and_apply_disagree_fails_the_shapes_check(tmp_path):
     with pytest.raises(soak.CheckFailed, match="shapes: train: apply gave"):
-        soak.check(arch, tmp_path)
+        soak.check(_liar(), tmp_path)
+
+
+def test_a_failure_is_reported_with_its_architecture_and_how_to_rebuild_it(monkeypatch):
+    monkeypatch.setattr(soak, "generate", lambda seed, index: _liar(index))
+    out = io.StringIO()
+    report = soak.run(seed=3, start=41, count=2, out=out)
+    text = out.getvalue()
+    assert [(arch.index, check) for arch, check, _ in report["failures"]] == [
+        (41, "shapes"),
+        (42, "shapes"),
+    ]
+    assert "FAIL #41 (dense) shapes\n  liar\n" in text
+    assert "rebuild: make soak SOAK_SEED=3 SOAK_COUNT=1 SOAK_START=42" in text
+    assert "2 checked (dense 2, conv1d 0" in text and "2 failed (shapes 2)" in text
