@@ -35,9 +35,8 @@ test: lint
 
 # A thousand generated architectures, each checked end to end (tests/soak.py); any failure
 # is printed with its architecture and the command that rebuilds it alone, and the run exits
-# non-zero.
-# SOAK_COUNT=50 for a short run. XLA's compilation dominates the time on tiny shapes; its
-# cheaper passes halve it.
+# non-zero. SOAK_COUNT=50 for a short run. XLA's compilation dominates the time on tiny
+# shapes; its cheaper passes halve it.
 SOAK_COUNT ?= 1000
 SOAK_SEED ?= 0
 SOAK_START ?= 0

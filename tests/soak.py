@@ -2,8 +2,8 @@
 
 Run with ``make soak`` or ``python tests/soak.py --count 1000 --seed 0``. Architecture
 ``index`` of a ``seed`` is drawn from ``random.Random(f"{seed}/{index}")`` alone, so any
-failure is rebuilt by ``make soak SOAK_SEED=S SOAK_COUNT=1 SOAK_START=I`` (with the XLA flags
-of ``make soak``, under which some failures alone appear).
+failure is rebuilt by ``make soak SOAK_SEED=S SOAK_COUNT=1 SOAK_START=I``, which keeps the XLA
+flags of ``make soak`` (some failures appear only under them).
 
 Families: ``dense`` (vectors), ``conv1d`` / ``conv2d`` (conv, conv_transpose, pooling),
 ``recurrent`` (gru / lstm, stacked, bidirectional, masked), ``attention`` (multi-head, cross,
@@ -644,18 +644,17 @@ def run(seed: int, start: int, count: int, budget: float | None = None, out=sys.
             done += 1
             try:
                 check(arch, Path(tmp))
+                continue
             except CheckFailed as e:
-                failures.append((arch, e.check, str(e)))
+                name, detail = e.check, str(e)
             except Exception as e:
                 trace = traceback.format_exc(limit=-3)
-                failures.append((arch, "unexpected error", f"{type(e).__name__}: {e}\n{trace}"))
-            else:
-                continue
-            arch_, name, detail = failures[-1]
+                name, detail = "unexpected error", f"{type(e).__name__}: {e}\n{trace}"
+            failures.append((arch, name, detail))
             print(
-                f"FAIL #{index} ({arch_.family}) {name}\n  {arch_.description}\n  {detail}\n"
+                f"FAIL #{index} ({arch.family}) {name}\n  {arch.description}\n  {detail}\n"
                 f"  rebuild: make soak SOAK_SEED={seed} SOAK_COUNT=1 SOAK_START={index}\n"
-                + "\n".join("    " + line for line in _summary(arch_).splitlines()),
+                + "\n".join("    " + line for line in _summary(arch).splitlines()),
                 file=out,
                 flush=True,
             )
