@@ -75,10 +75,13 @@ from funcnet.nn.norm import (
     weight_norm,
 )
 from funcnet.nn.recurrent import gru, lstm
+from funcnet.nn.remat import REMAT_POLICIES, checkpoint_name, remat, remat_policy
+from funcnet.nn.repeat import repeat, repeat_to_serial, serial_to_repeat
 from funcnet.nn.summary import summary
 
 __all__ = [
     "ACTIVATIONS",
+    "REMAT_POLICIES",
     "SELU_ALPHA",
     "SELU_SCALE",
     "Layer",
@@ -90,6 +93,7 @@ __all__ = [
     "avg_pool",
     "batch_norm",
     "celu",
+    "checkpoint_name",
     "concat",
     "conv",
     "conv_transpose",
@@ -126,10 +130,15 @@ __all__ = [
     "prelu",
     "relu",
     "relu6",
+    "remat",
+    "remat_policy",
+    "repeat",
+    "repeat_to_serial",
     "residual",
     "rms_norm",
     "selu",
     "serial",
+    "serial_to_repeat",
     "sigmoid",
     "silu",
     "sinc",
