@@ -254,15 +254,24 @@ def glu(x: Array, *, axis: int = -1) -> Array:
     return a * sigmoid(b)
 
 
+@half_in_float32
 def softmax(x: Array, *, axis: int = -1) -> Array:
-    """``e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``."""
+    """``e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``.
+
+    Half-precision inputs are computed in float32 and the result rounded once: a sum of
+    thousands of terms in bfloat16 keeps two or three digits.
+    """
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     unnormalised = jnp.exp(shifted)
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 
 
+@half_in_float32
 def log_softmax(x: Array, *, axis: int = -1) -> Array:
-    """``x_i − m − log Σ_j e^{x_j − m}`` with ``m = max_j x_j``."""
+    """``x_i − m − log Σ_j e^{x_j − m}`` with ``m = max_j x_j``.
+
+    Half-precision inputs are computed in float32 and the result rounded once.
+    """
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 

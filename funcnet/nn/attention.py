@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnet.nn import initializers
-from funcnet.nn.activations import gelu
+from funcnet.nn.activations import gelu, softmax
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape, scope, serial
 from funcnet.nn.dropout import dropout
 from funcnet.nn.linear import dense
@@ -217,7 +217,8 @@ def _attend(kind, params, q, k, v, visible, *, rate, key, train) -> tuple[Array,
     # A finite floor rather than -inf: a row with no visible key averages uniformly
     # instead of turning into NaN.
     scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    # Half-precision scores: the max and the sum over keys in float32, weights rounded once.
+    weights = softmax(scores, axis=-1)
     if train and rate > 0.0:
         if key is None:
             raise LayerError(
