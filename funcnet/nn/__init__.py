@@ -74,6 +74,7 @@ from funcnet.nn.norm import (
     rms_norm,
     weight_norm,
 )
+from funcnet.nn.precision import Policy, mixed_precision, policy
 from funcnet.nn.recurrent import gru, lstm
 from funcnet.nn.remat import REMAT_POLICIES, checkpoint_name, remat, remat_policy
 from funcnet.nn.repeat import repeat, repeat_to_serial, serial_to_repeat
@@ -86,6 +87,7 @@ __all__ = [
     "SELU_SCALE",
     "Layer",
     "LayerError",
+    "Policy",
     "adaptive_avg_pool",
     "adaptive_max_pool",
     "alpha_dropout",
@@ -124,9 +126,11 @@ __all__ = [
     "lstm",
     "max_pool",
     "mish",
+    "mixed_precision",
     "multi_head_attention",
     "parallel",
     "param_count",
+    "policy",
     "prelu",
     "relu",
     "relu6",
