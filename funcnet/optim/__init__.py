@@ -13,6 +13,7 @@ optimizers (`hessian_free`, `sophia`, `adahessian`) follow their papers and take
 besides the gradient as extra args of `update`, which `funcnet.train`'s steps pass.
 """
 
+from funcnet.optim.accumulate import MultiStepsState, multi_steps
 from funcnet.optim.alias import (
     adadelta,
     adagrad,
@@ -129,6 +130,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "clip_by_global_norm",
     "freeze",
     "masked",
+    "multi_steps",
     "set_to_zero",
     "scale",
     "scale_by_adadelta",
@@ -143,6 +145,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "ApplyIfFiniteState",
     "MaskedNode",
     "MaskedState",
+    "MultiStepsState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
