@@ -4,7 +4,9 @@ A `TrainState` is a pytree (params, model state, optimizer state, step, key). `m
 jits one step of training, donating the state; `fit` runs each epoch as one compiled
 `lax.scan` over contiguous slices of the shuffled data, evaluates held-out data, stops early
 and keeps the best state; `fit_ensemble` trains K models at once under `vmap` over seeds and
-hyperparameters.
+hyperparameters. Growing past one device's memory: `accumulate` micro-batches per step, a
+moving average of the params (`ParamsEma`) and a dynamic loss scale for float16
+(`DynamicLossScale`), both kept in the train state.
 """
 
 from funcnet.train.batching import (
@@ -14,6 +16,7 @@ from funcnet.train.batching import (
     shuffle,
     steps_per_epoch,
 )
+from funcnet.train.ema import ParamsEma, ema_decay, params_ema, update_ema
 from funcnet.train.epoch import UNCHECKED, EpochOutput, epoch_fn, select
 from funcnet.train.fit import (
     CompiledEpoch,
@@ -26,6 +29,14 @@ from funcnet.train.fit import (
     fit_ensemble,
 )
 from funcnet.train.loop import Members, NonFiniteLossError, run_loop
+from funcnet.train.loss_scale import (
+    DynamicLossScale,
+    adjust,
+    all_finite,
+    dynamic_loss_scale,
+    scale_loss,
+    unscale_grads,
+)
 from funcnet.train.sharding import data_mesh, local_copy, process_share
 from funcnet.train.state import TrainState, init_train_state, shuffle_key, step_key
 from funcnet.train.step import eval_step, make_evaluate, make_step, optimizer_key, train_step
@@ -33,6 +44,7 @@ from funcnet.train.step import eval_step, make_evaluate, make_step, optimizer_ke
 __all__ = [
     "UNCHECKED",
     "CompiledEpoch",
+    "DynamicLossScale",
     "EnsembleResult",
     "EpochBatches",
     "EpochOutput",
@@ -40,11 +52,16 @@ __all__ = [
     "FitResult",
     "Members",
     "NonFiniteLossError",
+    "ParamsEma",
     "TrainState",
+    "adjust",
+    "all_finite",
     "batch_plan",
     "build_optimizer",
     "compile_epoch",
     "data_mesh",
+    "dynamic_loss_scale",
+    "ema_decay",
     "epoch_batches",
     "epoch_fn",
     "eval_step",
@@ -55,12 +72,16 @@ __all__ = [
     "make_evaluate",
     "make_step",
     "optimizer_key",
+    "params_ema",
     "process_share",
     "run_loop",
+    "scale_loss",
     "select",
     "shuffle",
     "shuffle_key",
     "step_key",
     "steps_per_epoch",
     "train_step",
+    "unscale_grads",
+    "update_ema",
 ]

@@ -104,6 +104,8 @@ def epoch_fn(
     skip_nonfinite: int | None = None,
     checked: bool = False,
     mesh: Mesh | None = None,
+    accumulate: int = 1,
+    eval_ema: bool = True,
 ) -> Callable[[TrainState, Mapping[str, Array], Any, Any], EpochOutput]:
     """The pure epoch ``run(state, hparams, train_data, eval_data) -> EpochOutput``.
 
@@ -113,7 +115,10 @@ def epoch_fn(
     `train_step` decides which steps are skipped; only a non-finite step let through (after
     ``m`` in a row) is fatal. `checked` selects the checked epoch (module
     doc). `grad_norm` adds ``‖g‖₂`` to the step metrics. With a `mesh` every minibatch's rows
-    are laid out over its ``data`` axis, for data-parallel training.
+    are laid out over its ``data`` axis, for data-parallel training. `accumulate` is
+    `train_step`'s. A state with a loss scale skips steps as `skip_nonfinite` does (see
+    `train_step`). A state with a moving average of the params is evaluated with the
+    average when `eval_ema` holds, with the params otherwise.
     """
     track_norm = grad_norm or (checked and skip_nonfinite is None)
 
@@ -137,14 +142,16 @@ def epoch_fn(
             metrics=metrics,
             grad_norm=track_norm,
             skip_nonfinite=skip_nonfinite,
+            accumulate=accumulate,
         )
+        flagged = skip_nonfinite is not None or state.loss_scale is not None
         n = data_size(train_data)
         batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
 
         def body(carry, index, batch):
             state, bad_batch = carry
             new, values = step(state, batch)
-            if skip_nonfinite is not None:
+            if flagged:
                 finite, fatal = values.pop("finite"), values.pop("fatal")
             else:
                 finite = jnp.isfinite(values["loss"])
@@ -158,7 +165,7 @@ def epoch_fn(
             else:
                 ok = jnp.array(True)
                 bad_batch = jnp.where(fatal, UNCHECKED, bad_batch)
-            counted = ok & finite if checked or skip_nonfinite is not None else ok
+            counted = ok & finite if checked or flagged else ok
             rows = jnp.sum(batch[2]) if len(batch) == 3 else jnp.float32(batch_size)
             rows = jnp.where(counted, rows, 0.0)
             # Each step's row count and row-weighted metrics; the epoch sums them at the end.
@@ -189,14 +196,13 @@ def epoch_fn(
         if track_norm and not grad_norm:
             totals.pop("grad_norm")
         train = {name: t / jnp.where(rows > 0, rows, 1.0) for name, t in totals.items()}
-        if skip_nonfinite is not None:
+        if flagged:
             train["skipped"] = skipped
         evaluated = {}
         if eval_data is not None:
             evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
-            evaluated = evaluate_batches(
-                evaluate, state.params, state.model_state, eval_data, batch_size
-            )
+            params = state.ema.params if eval_ema and state.ema is not None else state.params
+            evaluated = evaluate_batches(evaluate, params, state.model_state, eval_data, batch_size)
         return EpochOutput(state, train, evaluated, bad_batch)
 
     return run

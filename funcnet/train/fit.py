@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from funcnet._keys import typed_key
+from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
 from funcnet.optim import (
     GradientTransformation,
@@ -24,11 +26,13 @@ from funcnet.optim import (
     clip_by_global_norm,
 )
 from funcnet.train.batching import check_finite, steps_per_epoch
+from funcnet.train.ema import check_decay, params_ema
 from funcnet.train.epoch import EpochOutput, epoch_fn, select
 from funcnet.train.loop import EpochCallback, History, Members, StopFn, run_loop
+from funcnet.train.loss_scale import DynamicLossScale, dynamic_loss_scale
 from funcnet.train.sharding import check_mesh, place_data, replicate
 from funcnet.train.state import TrainState, check_train_state, init_train_state
-from funcnet.train.step import LossFn, MetricFn, Metrics, check_not_empty
+from funcnet.train.step import LossFn, MetricFn, Metrics, check_accumulate, check_not_empty
 
 __all__ = [
     "CompiledEpoch",
@@ -90,6 +94,8 @@ class EpochSettings(NamedTuple):
     clip_norm: float | None
     on_nonfinite: str
     max_consecutive_skips: int
+    accumulate: int = 1
+    eval_ema: bool = True
 
 
 class CompiledEpoch(NamedTuple):
@@ -172,6 +178,8 @@ def _settings(
     clip_norm: float | None,
     on_nonfinite: str,
     max_consecutive_skips: int,
+    accumulate: int = 1,
+    eval_ema: bool = True,
 ) -> EpochSettings:
     """The `EpochSettings` of `fit`'s keyword arguments, hashable (metrics as a tuple)."""
     _check_on_nonfinite(on_nonfinite)
@@ -182,7 +190,68 @@ def _settings(
         clip_norm=None if clip_norm is None else float(clip_norm),
         on_nonfinite=on_nonfinite,
         max_consecutive_skips=int(max_consecutive_skips),
+        accumulate=check_accumulate(accumulate, batch_size),
+        eval_ema=bool(eval_ema),
     )
+
+
+class Extras(NamedTuple):
+    """The optional train-state fields `fit` asked for: a params average and a loss scale."""
+
+    ema: float | None
+    ema_warmup: bool
+    loss_scale: DynamicLossScale | None
+
+
+def _extras(
+    ema: float | None,
+    ema_warmup: bool,
+    loss_scale: str | DynamicLossScale | None,
+    on_nonfinite: str,
+) -> Extras:
+    """`fit`'s `ema` and `loss_scale` arguments, checked (one line naming the bad one)."""
+    if ema is not None:
+        ema = check_decay(ema)
+    if isinstance(loss_scale, str):
+        if loss_scale != "dynamic":
+            raise ValueError(
+                f"loss_scale must be 'dynamic', a DynamicLossScale or None, got {loss_scale!r}"
+            )
+        loss_scale = dynamic_loss_scale()
+    elif loss_scale is not None and not isinstance(loss_scale, DynamicLossScale):
+        raise TypeError(
+            "loss_scale must be 'dynamic', a DynamicLossScale or None, got "
+            f"{type(loss_scale).__name__}"
+        )
+    if loss_scale is not None and on_nonfinite == "skip":
+        raise ValueError(
+            "loss_scale skips the steps whose gradient is not finite itself; use it with "
+            "on_nonfinite='raise', not 'skip'"
+        )
+    return Extras(ema, bool(ema_warmup), loss_scale)
+
+
+def _add_extras(state: TrainState, extras: Extras) -> TrainState:
+    """`state` with the params average and the loss scale `extras` asks for and it lacks.
+
+    A field the state already has (a resumed run) is kept as it is; asking for a moving
+    average with another decay than the state's is refused.
+    """
+    if extras.ema is not None:
+        if state.ema is None:
+            state = state._replace(
+                ema=params_ema(state.params, extras.ema, warmup=extras.ema_warmup)
+            )
+        elif not isinstance(state.ema.decay, jax.core.Tracer):
+            decay = np.ravel(np.asarray(state.ema.decay))
+            if not np.allclose(decay, np.float32(extras.ema)):
+                raise ValueError(
+                    f"ema={extras.ema}, but the state's moving average has decay "
+                    f"{decay[0]:.6g}; continue it with the same decay"
+                )
+    if extras.loss_scale is not None and state.loss_scale is None:
+        state = state._replace(loss_scale=extras.loss_scale)
+    return state
 
 
 def _initial_state(
@@ -195,7 +264,9 @@ def _initial_state(
     signature: str,
 ) -> TrainState:
     """``init(key)`` when no state is given; else `state`, once checked against the shapes
-    `init` would give it (a state of another model or optimizer is refused).
+    `init` would give it (a state of another model or optimizer is refused). The optional
+    fields (a params average, a loss scale) are left out of the comparison: their params
+    average is checked against the state's own params.
 
     Those shapes are traced once per `signature` (the input shapes and member count) and
     kept in `templates`, which lives as long as the compiled epoch, so continuing a run
@@ -204,9 +275,18 @@ def _initial_state(
         if key is None:
             raise ValueError(f"{where} needs a key to initialise the model, or a state to continue")
         return init(typed_key(key, caller=where))
+    if not isinstance(state, TrainState):
+        raise TypeError(f"{where}: state must be a TrainState, got {type(state).__name__}")
     if signature not in templates:
         templates[signature] = jax.eval_shape(init, jax.random.key(0))
-    check_train_state(templates[signature], state, where=where)
+    check_train_state(templates[signature], state._replace(ema=None, loss_scale=None), where=where)
+    if state.ema is not None:
+        check_same_shapes(
+            jax.eval_shape(lambda: state.params),
+            state.ema.params,
+            what=f"{where}: the state's moving average does not fit its params",
+            source="the average",
+        )
     return state
 
 
@@ -245,6 +325,11 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     stop: StopFn | None = None,
     mesh: Mesh | None = None,
+    accumulate: int = 1,
+    ema: float | None = None,
+    ema_warmup: bool = True,
+    eval_ema: bool = True,
+    loss_scale: str | DynamicLossScale | None = None,
 ) -> FitResult:
     """Trains `model` by minibatch descent, each epoch one compiled `lax.scan`.
 
@@ -287,6 +372,21 @@ def fit(
         replicated, each minibatch's rows split over the devices, gradients averaged by XLA.
         `batch_size` is the global batch and must divide by the axis size. In a
         multi-process run `train_data` and `eval_data` are this process's shards.
+      accumulate: take each step's gradient over this many micro-batches of
+        ``batch_size / accumulate`` rows in turn (`make_step`), holding one micro-batch's
+        activations at a time; the update is the whole batch's. Batch norm normalises each
+        micro-batch by its own statistics, as PyTorch does.
+      ema: keep a moving average of the params with this decay in [0, 1) in the state
+        (`funcnet.train.ParamsEma`: the first step copies the params, then
+        ``θ̄ ← d_t θ̄ + (1 − d_t) θ``); checkpointed and resumed with the state.
+      ema_warmup: let the average's decay warm up to `ema` (``d_t = min(d, 1 − t^(−2/3))``).
+      eval_ema: with `ema`, evaluate `eval_data` with the average, so the history's ``val_``
+        metrics, the best epoch and `best` are the average's (use ``best.ema.params``).
+      loss_scale: ``"dynamic"`` (or a `DynamicLossScale`) for float16 training: the loss is
+        scaled by ``S`` before the backward pass and the gradient divided by it; a step whose
+        gradient is not finite is skipped and ``S`` halved, and ``S`` doubles after
+        ``period`` finite steps in a row. Kept in the state, checkpointed and resumed;
+        skipped steps are counted in the history's ``skipped``.
 
     Returns:
       `FitResult(state, best, history, best_epoch)`.
@@ -295,11 +395,21 @@ def fit(
     if mesh is not None:
         check_mesh(mesh, batch_size)
     settings = _settings(
-        batch_size, metrics, grad_norm, clip_norm, on_nonfinite, max_consecutive_skips
+        batch_size,
+        metrics,
+        grad_norm,
+        clip_norm,
+        on_nonfinite,
+        max_consecutive_skips,
+        accumulate,
+        eval_ema,
     )
+    if mesh is not None and accumulate > 1:
+        check_mesh(mesh, batch_size // accumulate)
+    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
     compiled = compile_epoch(model, optimizer, loss_fn=loss_fn, settings=settings, mesh=mesh)
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
-    in_shape = _input_shape(train_data, batch_size)
+    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     state = _initial_state(
         lambda key: init_train_state(model, compiled.build(), key, in_shape),
         key,
@@ -308,6 +418,7 @@ def fit(
         templates=compiled.templates,
         signature=repr(in_shape),
     )
+    state = _add_extras(state, extras)
     if mesh is not None:
         state = replicate(state, mesh)
     out = run_loop(
@@ -349,6 +460,11 @@ def fit_ensemble(
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
     stop: StopFn | None = None,
+    accumulate: int = 1,
+    ema: float | None = None,
+    ema_warmup: bool = True,
+    eval_ema: bool = True,
+    loss_scale: str | DynamicLossScale | None = None,
 ) -> EnsembleResult:
     """Trains K models at once: `fit` under `vmap` over seeds and hyperparameters.
 
@@ -380,13 +496,21 @@ def fit_ensemble(
     if hparams and isinstance(optimizer, GradientTransformation):
         raise TypeError("with hparams, optimizer must be a factory `optimizer(**hparams)`")
     settings = _settings(
-        batch_size, metrics, grad_norm, clip_norm, on_nonfinite, max_consecutive_skips
+        batch_size,
+        metrics,
+        grad_norm,
+        clip_norm,
+        on_nonfinite,
+        max_consecutive_skips,
+        accumulate,
+        eval_ema,
     )
+    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
     compiled = compile_epoch(
         model, optimizer, loss_fn=loss_fn, settings=settings, ensemble=True, factory=bool(hparams)
     )
     train_data, eval_data = _place(train_data, None), _place(eval_data, None)
-    in_shape = _input_shape(train_data, batch_size)
+    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
 
     def init_members(key):
         init = jax.vmap(lambda kk, h: init_train_state(model, compiled.build(**h), kk, in_shape))
@@ -400,6 +524,8 @@ def fit_ensemble(
         templates=compiled.templates,
         signature=repr((in_shape, k, sorted(hparams))),
     )
+    _add_extras(jax.tree.map(lambda leaf: leaf[0], state), extras)  # checks a resumed state
+    state = jax.vmap(lambda member: _add_extras(member, extras))(state)
     out = run_loop(
         lambda state, active, checked: compiled.run(
             state, hparams, train_data, eval_data, active, checked=checked
@@ -474,6 +600,8 @@ def compile_epoch(
             ),
             checked=checked,
             mesh=mesh,
+            accumulate=settings.accumulate,
+            eval_ema=settings.eval_ema,
         )
         if ensemble:
             members = jax.vmap(run, in_axes=(0, 0, None, None))

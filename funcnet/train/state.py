@@ -11,6 +11,8 @@ from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
+from funcnet.train.ema import ParamsEma, params_ema
+from funcnet.train.loss_scale import DynamicLossScale
 
 __all__ = [
     "TrainState",
@@ -34,8 +36,14 @@ class TrainState(NamedTuple):
         draw is derived from it and `step` (`step_key`, `shuffle_key`), so the state alone
         fixes every draw (dropout masks, shuffles) that follows, and a step whose model
         draws nothing costs no random numbers at all.
+      ema: a moving average of the params (`funcnet.train.ParamsEma`), updated after every
+        applied step; None (the default) keeps none.
+      loss_scale: a dynamic loss scale (`funcnet.train.DynamicLossScale`) for float16
+        training: the step scales the loss, unscales the gradient and skips a step whose
+        gradient is not finite. None (the default) scales nothing.
 
-    Under an ensemble every leaf carries a leading member axis.
+    The optional fields are None unless asked for, and a None field adds nothing to the
+    compiled step. Under an ensemble every leaf carries a leading member axis.
     """
 
     params: PyTree
@@ -43,6 +51,8 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     step: jax.Array
     key: jax.Array
+    ema: ParamsEma | None = None
+    loss_scale: DynamicLossScale | None = None
 
 
 def step_key(state: TrainState) -> jax.Array:
@@ -67,11 +77,17 @@ def init_train_state(
     optimizer: GradientTransformation,
     key: jax.Array,
     in_shape: tuple[int, ...],
+    *,
+    ema: float | None = None,
+    ema_warmup: bool = True,
+    loss_scale: DynamicLossScale | None = None,
 ) -> TrainState:
     """Initialises a model and its optimizer into a `TrainState` at step 0.
 
     `key` is split in two: one half initialises the params, the other becomes the state's
     key. `in_shape` is the input shape including the batch dimension, e.g. ``(128, 64)``.
+    `ema` (a decay in [0, 1)) starts a moving average of the params (`params_ema`, with
+    `ema_warmup`); `loss_scale` (e.g. `dynamic_loss_scale()`) turns on loss scaling.
     """
     init_key, state_key = jax.random.split(typed_key(key, caller="init_train_state"))
     _, params, model_state = model.init(init_key, tuple(in_shape))
@@ -81,6 +97,8 @@ def init_train_state(
         opt_state=optimizer.init(params),
         step=jnp.zeros([], jnp.int32),
         key=state_key,
+        ema=None if ema is None else params_ema(params, ema, warmup=ema_warmup),
+        loss_scale=loss_scale,
     )
 
 

@@ -13,6 +13,7 @@ how a padded batch (filler rows with ``w = 0``) gives the mean over its real row
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,8 @@ from funcnet.optim import (
     global_norm,
 )
 from funcnet.train.batching import batch_plan, data_size, take
+from funcnet.train.ema import update_ema
+from funcnet.train.loss_scale import adjust, all_finite, scale_loss, unscale_grads
 from funcnet.train.state import TrainState, check_opt_state, step_key
 
 __all__ = [
@@ -115,6 +118,36 @@ def optimizer_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(step_key(state), _OPTIMIZER_STREAM)
 
 
+def _micro_batches(batch: tuple[Any, Array, Array | None], count: int) -> tuple:
+    """The batch ``(x, y, w)`` as `count` micro-batches on a new leading axis: micro-batch
+    ``m`` holds rows ``m, m + count, m + 2·count, …``.
+
+    Strided rather than contiguous, so that when the rows are laid out over devices every
+    micro-batch keeps the same share of rows on each device.
+    """
+
+    def split(leaf: Array) -> Array:
+        rows = leaf.shape[0]
+        parts = leaf.reshape(rows // count, count, *leaf.shape[1:])
+        return jnp.swapaxes(parts, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def check_accumulate(accumulate: Any, batch_size: int | None = None) -> int:
+    """`accumulate` as an int once checked to be a positive integer dividing `batch_size`."""
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(
+            f"accumulate must be a positive integer (micro-batches per step), got {accumulate!r}"
+        )
+    if batch_size is not None and batch_size % accumulate:
+        raise ValueError(
+            f"accumulate={accumulate} does not divide the batch of {batch_size} rows into "
+            "equal micro-batches; choose a batch size that is a multiple of it"
+        )
+    return accumulate
+
+
 def train_step(
     model: Layer,
     optimizer: GradientTransformation,
@@ -123,15 +156,25 @@ def train_step(
     metrics: Metrics | None = None,
     grad_norm: bool = False,
     skip_nonfinite: int | None = None,
+    accumulate: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """The pure (unjitted) training step that `make_step` jits and `fit` scans; see there.
 
     With `skip_nonfinite` set to ``m`` the optimizer must be ``apply_if_finite(·, m)``
     outermost (as `build_optimizer` makes it): the optimizer decides whether a step's update
-    is applied, and the step makes the model state follow it. The step then also reports
-    ``finite`` (the loss and the update were finite; when not, the step was skipped) and
-    ``fatal`` (a non-finite step let through after ``m`` skipped in a row), which are flags
-    for the epoch, not metrics. The skip decision lives here and nowhere else.
+    is applied, and the step makes the model state follow it. With a loss scale in the state
+    the step itself skips a step whose gradient is not finite (`loss_scale` module). Either
+    way the step also reports ``finite`` (the loss and the update were finite; when not, the
+    step was skipped) and ``fatal`` (a non-finite step that cannot be skipped: after ``m``
+    skipped in a row, or, with loss scaling, a non-finite loss or a non-finite gradient at
+    the smallest scale), which are flags for the epoch, not metrics.
+
+    With `accumulate` = k > 1 the batch is cut into k micro-batches (rows ``m, m + k, …``),
+    each one's gradient taken in turn in a `lax.scan` (so only one micro-batch's activations
+    are alive at a time) and combined into the gradient of the whole batch, weighted by rows;
+    the optimizer then takes one step. Batch-norm statistics are those of each micro-batch,
+    the running statistics updated once per micro-batch, as in PyTorch; micro-batch ``m``
+    draws its random numbers from ``fold_in(step_key(state), m)``.
 
     An optimizer that takes extra args (`funcnet.optim.accepts_extra_args`) gets them as
     keywords of its `update`: `value`, `grad`, `value_fn`, `outputs_fn`, `loss_of_outputs`
@@ -140,6 +183,7 @@ def train_step(
     as without this feature.
     """
     extra_args = accepts_extra_args(optimizer)
+    accumulate = check_accumulate(accumulate)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         check_opt_state(optimizer, state.params, state.opt_state)  # at trace time only
@@ -149,19 +193,35 @@ def train_step(
                 "funcnet.optim.apply_if_finite outermost (see funcnet.train.build_optimizer), "
                 f"got an optimizer state of type {type(state.opt_state).__name__}"
             )
+        scale = state.loss_scale
+        if scale is not None and skip_nonfinite is not None:
+            raise ValueError(
+                "loss scaling skips the steps whose gradient is not finite itself; use it with "
+                "on_nonfinite='raise', not 'skip'"
+            )
         x, y, w = unpack(batch)
         check_not_empty("make_step", "a batch", batch)
+        if accumulate > 1:
+            check_accumulate(accumulate, jax.tree.leaves(x)[0].shape[0])
 
-        def objective(params):
-            outputs, model_state = model.apply(
-                params, state.model_state, x, key=step_key(state), train=True
-            )
+        def objective(params, model_state, x, y, w, key):
+            outputs, model_state = model.apply(params, model_state, x, key=key, train=True)
             loss, values = batch_metrics(loss_fn, metrics, outputs, y, w)
-            return loss, (model_state, values)
+            scaled = loss if scale is None else scale_loss(scale, loss)
+            return scaled, (model_state, values, loss)
 
-        (loss, (model_state, values)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        gradient = jax.value_and_grad(objective, has_aux=True)
+        if accumulate == 1:
+            (_, (model_state, values, loss)), grads = gradient(
+                state.params, state.model_state, x, y, w, step_key(state)
+            )
+        else:
+            grads, model_state, values, loss = _accumulated_gradient(
+                gradient, state, (x, y, w), accumulate
+            )
+        if scale is not None:
+            grads = unscale_grads(scale, grads)
+            grads_finite = all_finite(grads)
         if extra_args:
 
             def outputs_fn(params):
@@ -184,6 +244,7 @@ def train_step(
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         values = {"loss": loss, **values}
+        params = apply_updates(state.params, updates)
         if skip_nonfinite is not None:
             finite = opt_state.last_finite & jnp.isfinite(loss)
             model_state = jax.tree.map(
@@ -191,18 +252,91 @@ def train_step(
             )
             values["finite"] = finite
             values["fatal"] = ~finite & (opt_state.notfinite_count > skip_nonfinite)
+        if scale is not None:
+            finite = grads_finite & jnp.isfinite(loss)
+            params, opt_state, model_state = _keep_if(
+                finite,
+                (params, opt_state, model_state),
+                (state.params, state.opt_state, state.model_state),
+            )
+            values["finite"] = finite
+            values["fatal"] = ~jnp.isfinite(loss) | (
+                ~grads_finite & (scale.scale <= scale.min_scale)
+            )
+            scale = adjust(scale, grads_finite)
+        ema = state.ema
+        if ema is not None:
+            moved = update_ema(ema, params)
+            ema = moved if "finite" not in values else _keep_if(values["finite"], moved, ema)
         new_state = TrainState(
-            params=apply_updates(state.params, updates),
+            params=params,
             model_state=model_state,
             opt_state=opt_state,
             step=(state.step + 1).astype(jnp.int32),
             key=state.key,
+            ema=ema,
+            loss_scale=scale,
         )
         if grad_norm:
             values["grad_norm"] = global_norm(grads)
         return new_state, values
 
     return step
+
+
+def _keep_if(keep: Array, new: PyTree, old: PyTree) -> PyTree:
+    """`new` where the bool scalar `keep` holds, else `old`, leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)
+
+
+def _accumulated_gradient(
+    gradient: Callable[..., Any], state: TrainState, batch: tuple, count: int
+) -> tuple[PyTree, PyTree, dict[str, Array], Array]:
+    """The gradient, model state, metrics and loss of a batch taken over `count` micro-batches
+    (see `train_step`): each micro-batch's contribution weighted by its share of the rows
+    (of the weights, for a weighted batch), which makes the result the whole batch's."""
+    x, y, w = batch
+    micro = _micro_batches((x, y, w), count)
+    wide = jnp.result_type(float)  # float64 under jax_enable_x64, else float32
+    if w is None:
+        shares = jnp.full((count,), 1.0 / count, wide)
+    else:
+        per_micro = jnp.sum(micro[2].astype(jnp.promote_types(micro[2].dtype, wide)), axis=1)
+        total = jnp.sum(per_micro)
+        shares = per_micro / jnp.where(total > 0, total, 1.0)
+    key = step_key(state)
+
+    def body(carry, inputs):
+        grads, model_state, values, loss = carry
+        m, (xm, ym, wm), share = inputs
+        (_, (model_state, values_m, loss_m)), grads_m = gradient(
+            state.params, model_state, xm, ym, wm, jax.random.fold_in(key, m)
+        )
+
+        def add(total, part):
+            return total + share.astype(part.dtype) * part
+
+        return (
+            jax.tree.map(add, grads, grads_m),
+            model_state,
+            jax.tree.map(add, values, values_m),
+            add(loss, loss_m),
+        ), None
+
+    first = jax.tree.map(lambda leaf: leaf[0], micro)
+    _, (_, values_0, loss_0) = jax.eval_shape(
+        lambda: gradient(state.params, state.model_state, *first, key)[0]
+    )
+    zeros = functools.partial(jax.tree.map, lambda s: jnp.zeros(s.shape, s.dtype))
+    carry = (
+        jax.tree.map(jnp.zeros_like, state.params),
+        state.model_state,
+        zeros(values_0),
+        zeros(loss_0),
+    )
+    steps = (jnp.arange(count, dtype=jnp.uint32), micro, shares)
+    (grads, model_state, values, loss), _ = lax.scan(body, carry, steps)
+    return grads, model_state, values, loss
 
 
 def make_step(
@@ -212,6 +346,7 @@ def make_step(
     loss_fn: LossFn,
     metrics: Metrics | None = None,
     grad_norm: bool = False,
+    accumulate: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """A jitted training step ``step(train_state, batch) -> (train_state, metrics)``.
 
@@ -225,6 +360,11 @@ def make_step(
     An optimizer that needs more than `g` (`funcnet.optim.sophia`, `adahessian`,
     `hessian_free`, any `GradientTransformationExtraArgs`) also gets the loss, `θ ↦ L(θ)` on
     this batch, the model's outputs and a fresh key as keyword arguments (see `train_step`).
+
+    What the state carries switches the rest on, with no option here: a ``loss_scale``
+    (`dynamic_loss_scale`) scales the loss by ``S``, divides the gradient by ``S`` and skips
+    the step (params, optimizer and model state kept, ``S`` halved) when that gradient is not
+    finite; an ``ema`` (`params_ema`) moves the params' average after every applied step.
 
     The train state is donated: its buffers are reused for the new state, so the state
     passed in is consumed (reading it afterwards raises), as with any donated `jax.jit`.
@@ -241,13 +381,24 @@ def make_step(
         class logits with integer labels, nothing otherwise.
       grad_norm: also report ``grad_norm = ‖g‖₂`` over all leaves (a reduction over every
         gradient leaf, so off by default).
+      accumulate: take the gradient over this many micro-batches of the batch in turn (see
+        `train_step`), so that only one micro-batch's activations are held at a time; the
+        update equals the whole batch's. The batch size must divide by it.
 
     The batch is ``(x, y)`` or ``(x, y, w)`` with per-example weights ``w`` (module doc).
     The metrics returned are ``{"loss", **metrics}`` (and ``"grad_norm"`` if asked for),
-    scalars computed at the params before the update.
+    scalars computed at the params before the update; with a loss scale also ``finite``
+    (False for a skipped step) and ``fatal``.
     """
     return jax.jit(
-        train_step(model, optimizer, loss_fn=loss_fn, metrics=metrics, grad_norm=grad_norm),
+        train_step(
+            model,
+            optimizer,
+            loss_fn=loss_fn,
+            metrics=metrics,
+            grad_norm=grad_norm,
+            accumulate=accumulate,
+        ),
         donate_argnums=0,
     )
 
