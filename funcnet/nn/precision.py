@@ -100,8 +100,10 @@ def _parse(spec: str) -> Policy:
             )
         dtypes[_KEYS[key.strip()]] = _dtype(value, spec)
     param_dtype, compute_dtype, output_dtype = dtypes
-    compute_dtype = compute_dtype or param_dtype
-    return Policy(param_dtype, compute_dtype, output_dtype or compute_dtype)
+    compute_dtype = param_dtype if compute_dtype is None else compute_dtype
+    return Policy(
+        param_dtype, compute_dtype, compute_dtype if output_dtype is None else output_dtype
+    )
 
 
 def policy(spec: Policy | str) -> Policy:
@@ -109,8 +111,9 @@ def policy(spec: Policy | str) -> Policy:
 
     Names: ``"float32"`` (everything float32); ``"bfloat16"`` or ``"mixed_bfloat16"`` (params
     float32, compute bfloat16, output float32), ``"float16"`` or ``"mixed_float16"`` (the same
-    with float16). A bare half name is the mixed policy, as Keras's ``"mixed_bfloat16"``;
-    params stored in half precision need the explicit form.
+    with float16). jmp and Keras read a bare dtype name as that dtype everywhere; here a
+    bare half name is the mixed policy (Keras's ``"mixed_bfloat16"``), the one almost always
+    meant, and params stored in half precision need the explicit form below.
 
     jmp's form: ``"params=float32,compute=bfloat16,output=float32"``, keys also ``p``, ``c``,
     ``o``; params default to float32, compute to the params' dtype, output to compute's.

@@ -91,9 +91,9 @@ def multi_steps(
 
     so k calls with ``g_1 … g_k`` give, on the k-th, the update of one call with
     ``(g_1 + … + g_k)/k``, and zero updates before it. The inner optimizer runs only on the
-    k-th call (a `lax.cond`; under `vmap` over the state, on every call, its result kept on
-    the k-th). These are the semantics of optax's ``MultiSteps``, whose state
-    `MultiStepsState` this shares.
+    k-th call (a `lax.cond`; under a `vmap` whose members are at different mini steps it runs
+    on every call, its result kept on each member's k-th). These are the semantics of optax's
+    ``MultiSteps``, whose state `MultiStepsState` this shares.
 
     Args:
       optimizer: the inner transformation.
@@ -112,7 +112,9 @@ def multi_steps(
     takes_extra = accepts_extra_args(optimizer)
 
     def accumulator(x: jax.Array) -> jax.Array:
-        dtype = accumulator_dtype or jnp.promote_types(jnp.result_type(x), jnp.float32)
+        dtype = accumulator_dtype
+        if dtype is None:
+            dtype = jnp.promote_types(jnp.result_type(x), jnp.float32)
         return jnp.zeros(jnp.shape(x), dtype)
 
     def init_fn(params: Params) -> MultiStepsState:

@@ -80,8 +80,8 @@ def dynamic_loss_scale(
 
     `period`: the finite steps in a row after which ``S`` grows by `factor` (an int >= 1);
     `factor`: the growth and shrink factor (> 1); `min_scale`: the floor ``S`` never drops
-    below (> 0). The defaults are jmp's and PyTorch's ``GradScaler``'s initial scale, with
-    jmp's period and factor.
+    below (> 0). The defaults are those of jmp's documented example (2^15, 2000 steps,
+    factor 2); PyTorch's ``GradScaler`` starts at 2^16 with the same period and factor.
     """
     initial = _positive_finite("initial", initial)
     factor = _positive_finite("factor", factor, above=1.0)
