@@ -91,12 +91,23 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 
 
 def build(config: dict[str, Any]) -> Layer:
-    """The layer a configuration names: ``MODELS[config["name"]](**other entries)``."""
+    """The layer a configuration names: ``MODELS[config["name"]](**other entries)``, under
+    ``nn.mixed_precision(·, config["precision"])`` when the configuration has a precision."""
     config = dict(config)
     name = config.pop("name", None)
+    precision = config.pop("precision", None)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    return MODELS[name](**config)
+    model = MODELS[name](**config)
+    return model if precision is None else nn.mixed_precision(model, precision)
+
+
+def deployed(state: Any) -> Any:
+    """`state` with the params a run deploys: its moving average of the params when it kept
+    one (``funcnet train --ema``), else its params. A checkpoint that predates the average
+    has none."""
+    ema = getattr(state, "ema", None)
+    return state if ema is None else state._replace(params=ema.params)
 
 
 class Trained(NamedTuple):
@@ -149,7 +160,7 @@ def load(path: str | pathlib.Path) -> Trained:
         raise ValueError(f"{path} has no model configuration; was it written by `funcnet train`?")
     model = build(metadata["model"])
     stored = checkpoint.load(path)
-    best = stored["best"]
+    best = deployed(stored["best"])
     params, model_state = best.params, best.model_state
     _, expected_params, expected_state = jax.eval_shape(
         lambda key: model.init(key, tuple(metadata["in_shape"])), jax.random.key(0)

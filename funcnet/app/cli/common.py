@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet.app.models import deployed
+
 DATASETS = ("digits", "moons", "spirals", "xor")
 OPTIMIZERS = (
     "sgd",
@@ -27,6 +29,7 @@ OPTIMIZERS = (
     "lion",
 )
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
+PRECISIONS = ("float32", "bfloat16", "float16")
 CHECKPOINT, METRICS, CURVES = "checkpoint.npz", "metrics.json", "curves.png"
 EPOCHS = "metrics.jsonl"
 
@@ -284,9 +287,12 @@ def rebuild(metadata: dict[str, Any]) -> Run:
     )
     in_shape = tuple(metadata["in_shape"])
     members = metadata.get("members", 1)
+    loss_scale = train.dynamic_loss_scale() if config.get("loss_scale") else None
 
     def init(key):
-        return train.init_train_state(model, optimizer, key, in_shape)
+        return train.init_train_state(
+            model, optimizer, key, in_shape, ema=config.get("ema"), loss_scale=loss_scale
+        )
 
     if members > 1:
         one = jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.key(0), members))
@@ -308,14 +314,15 @@ def open_checkpoint(path: str | pathlib.Path) -> tuple[Run, dict[str, Any]]:
 
 def best_of_member(run: Run, states: dict[str, Any], member: int):
     """The checkpoint's best train state, of ensemble member `member` when the run trained
-    several (``--member``), refused with a `CommandError` when out of range."""
+    several (``--member``), refused with a `CommandError` when out of range; its params are
+    the ones the run deploys (`deployed`)."""
     best = states["best"]
     members = run.metadata.get("members", 1)
     if members > 1:
         if not 0 <= member < members:
             raise CommandError(f"--member must lie in [0, {members}), got {member}")
         best = jax.tree.map(lambda leaf: leaf[member], best)
-    return best
+    return deployed(best)
 
 
 def evaluate_state(

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from funcnet.app.cli.common import CommandError, evaluate_state, open_checkpoint
+from funcnet.app.cli.common import CommandError, deployed, evaluate_state, open_checkpoint
 
 
 def add_parser(commands: Any) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"this run has no {args.split} split")
     task = run.metadata["config"].get("task", "classification")
     metrics = evaluate_state(
-        run.model, states["best"], data, run.metadata.get("members", 1), task=task
+        run.model, deployed(states["best"]), data, run.metadata.get("members", 1), task=task
     )
     if args.json:
         print(json.dumps({"split": args.split, "examples": len(data[1]), **metrics}))

@@ -20,9 +20,11 @@ from funcnet.app.cli.common import (
     EPOCHS,
     METRICS,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     CommandError,
     build,
+    deployed,
     evaluate_state,
     fraction,
     loss_for,
@@ -75,6 +77,29 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--clip-norm", type=positive_float, default=None, help="clip gradient norm")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip non-finite steps")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="compute dtype (funcnet.nn.mixed_precision; params stay float32); float16 trains "
+        "with a dynamic loss scale",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="take each step's gradient over K micro-batches in turn (the batch must divide "
+        "by K): the same update with 1/K of the activation memory",
+    )
+    p.add_argument(
+        "--ema",
+        type=fraction,
+        default=None,
+        metavar="DECAY",
+        help="keep a moving average of the params with this decay (e.g. 0.999); held-out "
+        "metrics, the best epoch and the test use the average",
+    )
     p.add_argument("--epochs", type=non_negative_int, default=40, help="epochs in total")
     p.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
     p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience")
@@ -252,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if cnn:
         model_config["channels"] = args.channels
+    if args.precision != "float32":  # absent for float32, as in checkpoints that predate it
+        model_config["precision"] = args.precision
     train_rows = len(data.train[1]) * jax.process_count()
     batch_size = min(args.batch_size, train_rows)
     steps = num_batches(train_rows, batch_size)
@@ -277,7 +304,20 @@ def run(args: argparse.Namespace) -> int:
         "clip_norm": args.clip_norm,
         "on_nonfinite": "skip" if args.skip_nonfinite else "raise",
         "members": args.members,
+        "accumulate": args.accumulate,
+        "ema": args.ema,
+        "loss_scale": "dynamic" if args.precision == "float16" else None,
     }
+    if batch_size % args.accumulate:
+        raise CommandError(
+            f"--accumulate {args.accumulate} does not divide the batch of {batch_size} rows; "
+            "choose a --batch-size that is a multiple of it"
+        )
+    if config["loss_scale"] and args.skip_nonfinite:
+        raise CommandError(
+            "--precision float16 trains with a loss scale, which skips non-finite steps "
+            "itself; leave out --skip-nonfinite"
+        )
     in_shape = [batch_size, *data.train[0].shape[1:]]
     metadata = {
         "funcnet_version": __version__,
@@ -292,7 +332,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         run_, states = open_checkpoint(args.resume)
         if (run_.metadata["model"], run_.metadata["in_shape"]) != (model_config, in_shape):
-            raise CommandError(f"{args.resume} holds another model or data shape than asked")
+            raise CommandError(
+                f"{args.resume} holds another model, precision or data shape than asked"
+            )
+        if run_.metadata["config"].get("ema") != args.ema:
+            raise CommandError(
+                f"{args.resume} was trained with --ema {run_.metadata['config'].get('ema')}, "
+                f"not {args.ema}; resume it with the same --ema"
+            )
         state = states["last"]
         if leader:
             _drop_epochs_after(out / EPOCHS, int(np.min(jax.device_get(state.step))) // steps)
@@ -331,6 +378,9 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         clip_norm=args.clip_norm,
         on_nonfinite=config["on_nonfinite"],
+        accumulate=args.accumulate,
+        ema=args.ema,
+        loss_scale=config["loss_scale"],
         progress=leader and not args.quiet,
         on_epoch_end=on_epoch_end,
         stop=interrupt,
@@ -376,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
             return interrupt.exit_code
     trained = time.perf_counter() - started
 
-    test = evaluate_state(model, result.best, data.test, args.members, task=data.task)
+    test = evaluate_state(model, deployed(result.best), data.test, args.members, task=data.task)
     metadata["best_epoch"] = result.best_epoch
     metadata["test"] = test
     metadata["data_parallel"] = (
