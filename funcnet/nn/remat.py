@@ -52,7 +52,8 @@ REMAT_POLICIES: dict[str, Policy] = {
   of the plain layer (a reference point);
 - ``"offload_dots_no_batch"``: ``offload_dot_with_no_batch_dims("device", "pinned_host")``,
   as ``"dots_no_batch"`` but the saved products go to host memory and come back for the
-  backward pass; it needs a backend with a pinned host memory space (GPU, TPU).
+  backward pass; it needs a backend with a ``pinned_host`` memory space (GPU and TPU have
+  one; so does XLA:CPU, where the move is a copy within host memory).
 
 JAX's own names of the argument-free policies (``"dots_saveable"``, ``"nothing_saveable"``,
 ...) are accepted too. Policies that take arguments are passed as functions, e.g.

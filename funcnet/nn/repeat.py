@@ -56,6 +56,9 @@ def repeat(
     scan); `init` and `apply` raise a `LayerError` naming the shapes otherwise. Inputs that are
     tuples (``(x, mask)`` for `transformer_block`) are carried whole. A block with state (batch
     norm's statistics, an attention cache) has its state stacked too and returned updated.
+    Decoding with a ``cache_length`` block gives the outputs of a serial of such blocks, but
+    writing past the end of the cache is not caught: inside the scan the cache index is
+    traced, as under `jit`.
 
     `remat`: None or False runs the blocks as they are; True, a policy name or a policy
     function (as in `funcnet.nn.remat`) puts each block under `jax.checkpoint`, so that the
