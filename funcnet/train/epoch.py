@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
 from funcnet.train.batching import data_size, epoch_batches, shuffle
+from funcnet.train.loss_scale import all_finite
 from funcnet.train.sharding import batch_sharding, stacked_batch_sharding
 from funcnet.train.state import TrainState, shuffle_key
 from funcnet.train.step import LossFn, Metrics, eval_step, evaluate_batches, train_step
@@ -81,16 +82,6 @@ def select(mask: Array, new: PyTree, old: PyTree) -> PyTree:
         return jnp.where(m, a, b)
 
     return jax.tree.map(pick, new, old)
-
-
-def all_finite(tree: PyTree) -> Array:
-    """Whether every floating-point leaf of `tree` is free of NaN and ±inf (a bool scalar)."""
-    checks = [
-        jnp.all(jnp.isfinite(leaf))
-        for leaf in jax.tree.leaves(tree)
-        if jnp.issubdtype(leaf.dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def epoch_fn(

@@ -32,7 +32,7 @@ def assert_close_trees(a, b):
         np.testing.assert_allclose(u, v, rtol=2e-5, atol=2e-6)
 
 
-def test_eight_devices_match_one():
+def test_eight_devices_match_one_with_and_without_accumulation():
     script = textwrap.dedent(
         """
         import jax, numpy as np, funcnet as fn
@@ -44,8 +44,15 @@ def test_eight_devices_match_one():
         )
         w = result.state.params["dense_0"]["w"]
         assert w.sharding.is_fully_replicated and len(w.sharding.device_set) == 8
+        # Two micro-batches of 16 rows, each laid out over the 8 devices.
+        micro = fn.train.fit(
+            model(), fn.optim.adam(1e-2), global_data(), mesh=mesh, progress=False,
+            accumulate=2, **SETTINGS
+        )
         flat = {jax.tree_util.keystr(p): np.asarray(v)
                 for p, v in jax.tree_util.tree_leaves_with_path(result.state.params)}
+        flat |= {"accumulate" + jax.tree_util.keystr(p): np.asarray(v)
+                 for p, v in jax.tree_util.tree_leaves_with_path(micro.state.params)}
         np.savez(sys.argv[1], **flat)
         """
     )
@@ -64,6 +71,7 @@ def test_eight_devices_match_one():
         out.unlink(missing_ok=True)
     expected = single_device_params()
     flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(expected)}
+    flat |= {"accumulate" + name: v for name, v in flat.items()}  # the same update
     assert got.keys() == flat.keys()
     assert_close_trees(got, flat)
 
