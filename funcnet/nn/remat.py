@@ -9,11 +9,10 @@ JAX's policy functions (`jax.checkpoint_policies`).
 Where it saves memory. Under a loop: a stack of identical blocks run by `funcnet.nn.repeat`
 (one `lax.scan`) with ``remat=True`` keeps only each block's input and recomputes the rest,
 which cuts the temporary memory of the gradient several-fold. Outside a loop XLA:CPU saves
-nothing: it drops the optimization barriers that keep the recomputation apart and merges it
-back into the forward pass, so ``serial(remat(block), remat(block), ...)`` or a `remat`
-around a whole model compiles to the temporary memory of the plain model, within a few
-percent (measured in
-``docs/bigger_models.md``).
+nothing: it drops the optimization barriers that keep the recomputation apart and merges all
+or most of it back into the forward pass, so ``serial(remat(block), remat(block), ...)`` or
+a `remat` around a whole model compiles to the temporary memory of the plain model, within
+a few percent (measured in ``docs/bigger_models.md``).
 """
 
 from __future__ import annotations
