@@ -1,7 +1,7 @@
 """A character transformer whose training step fits a memory budget only with remat.
 
-Model: the causal character model of ``transformer_sampling.py``, with its blocks built as
-one scanned stack, ``nn.repeat(transformer_block, L, remat=...)``::
+Model: the causal character model of ``transformer_sampling.py`` (without dropout), with its
+blocks built as one scanned stack, ``nn.repeat(transformer_block, L, remat=...)``::
 
     embedding + positional embedding → repeat(transformer_block, L) → layer_norm → dense
 
@@ -49,12 +49,11 @@ def language_model(
     *,
     remat=None,
     unrolled: bool = False,
-    dropout_rate: float = 0.0,
 ) -> nn.Layer:
     """The character model with its blocks in ``nn.repeat(..., remat=remat)``; with
     ``unrolled=True``, in a `serial` instead, each block in ``nn.remat`` when `remat` is
     set."""
-    block = nn.transformer_block(num_heads, 4 * features, dropout_rate=dropout_rate, causal=True)
+    block = nn.transformer_block(num_heads, 4 * features, causal=True)
     if unrolled:
         stack = nn.serial(*[nn.remat(block) if remat else block] * num_blocks)
     else:
@@ -74,12 +73,11 @@ def gradient_temp_mb(model: nn.Layer, batch_size: int, window: int) -> float:
     _, params, state = jax.eval_shape(lambda: model.init(jax.random.key(0), (batch_size, window)))
     ids = jax.ShapeDtypeStruct((batch_size, window), np.int32)
 
-    def loss(params, inputs, targets, key):
-        logits, _ = model.apply(params, state, inputs, key=key, train=True)
+    def loss(params, inputs, targets):
+        logits, _ = model.apply(params, state, inputs, train=True)
         return fn.losses.softmax_cross_entropy(logits, targets)
 
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, ids, ids, key).compile()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, ids, ids).compile()
     return compiled.memory_analysis().temp_size_in_bytes / 1e6
 
 
@@ -101,9 +99,7 @@ def main(
     baseline = unigram_cross_entropy(np.asarray(train_ids), np.asarray(test_ids), vocab_size)
 
     def build(**options):
-        return language_model(
-            vocab_size, features, num_blocks, num_heads, window, dropout_rate=0.1, **options
-        )
+        return language_model(vocab_size, features, num_blocks, num_heads, window, **options)
 
     temp = {
         "plain": gradient_temp_mb(build(), batch_size, window),

@@ -11,7 +11,7 @@ from tests.helpers import load_module
 def run():
     example = load_module("examples/remat_transformer.py")
     return example.main(
-        steps=60, batch_size=16, window=48, features=32, num_blocks=2, num_heads=2, budget_mb=8.0
+        steps=60, batch_size=16, window=48, features=32, num_blocks=2, num_heads=2, budget_mb=6.0
     )
 
 
