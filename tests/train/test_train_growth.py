@@ -341,3 +341,16 @@ def test_the_plain_step_carries_no_extra_fields():
     new, metrics = train.make_step(MLP, optim.adam(1e-3), loss_fn=CE)(state, (x, y))
     assert new.ema is None and new.loss_scale is None
     assert set(metrics) == {"loss", "accuracy"}
+
+
+def test_a_checkpoint_written_before_the_optional_fields_loads(tmp_path):
+    import collections
+
+    opt = optim.adam(1e-3)
+    state = train.init_train_state(MLP, opt, jax.random.key(0), (4, 3))
+    fields = ("params", "model_state", "opt_state", "step", "key")
+    Old = collections.namedtuple("TrainState", fields)  # the five fields checkpoints had
+    path = checkpoint.save(tmp_path / "old.npz", Old(*(getattr(state, f) for f in fields)))
+    loaded = checkpoint.load(path, like=jax.eval_shape(lambda: state))
+    assert isinstance(loaded, train.TrainState) and loaded.ema is None
+    assert max_diff(loaded.params, state.params) == 0.0
