@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from funcnet import nn
-from tests.helpers import check_jit_vmap_grad
 
 
 def assert_trees_close(a, b, *, rtol, atol=0.0):
@@ -162,7 +161,32 @@ def test_jit_vmap_and_grad_compose():
     _, params, state = model.init(jax.random.key(0), (5, 3))
     assert list(params) == ["dense_0", "repeat_1", "dense_2"]
     x = jax.random.normal(jax.random.key(1), (5, 3))
-    check_jit_vmap_grad(model, params, state, x)
+    unrolled = nn.serial(nn.dense(6), nn.serial(*[mlp_block()] * 4), nn.dense(2))
+    unrolled_params = {**params, "repeat_1": nn.repeat_to_serial(params["repeat_1"], "residual")}
+    unrolled_params["serial_1"] = unrolled_params.pop("repeat_1")
+
+    @jax.jit
+    def outputs_and_grads(params, unrolled_params, x):
+        def loss(p, m):
+            return jnp.sum(m.apply(p, state, x)[0] ** 2)
+
+        per_example = jax.vmap(lambda xi: model.apply(params, state, xi[None])[0][0])(x)
+        return (
+            (model.apply(params, state, x)[0], per_example, jax.grad(loss)(params, model)),
+            (
+                unrolled.apply(unrolled_params, state, x)[0],
+                jax.grad(loss)(unrolled_params, unrolled),
+            ),
+        )
+
+    (y, per_example, grads), (expected, unrolled_grads) = outputs_and_grads(
+        params, unrolled_params, x
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(per_example, expected, rtol=1e-5, atol=1e-6)
+    grads["repeat_1"] = nn.repeat_to_serial(grads["repeat_1"], "residual")
+    grads["serial_1"] = grads.pop("repeat_1")
+    assert_trees_close(grads, unrolled_grads, rtol=1e-5, atol=1e-6)
 
 
 def count_equations(jaxpr) -> int:
