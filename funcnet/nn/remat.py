@@ -112,8 +112,9 @@ def remat(
     `REMAT_POLICIES`; a function such as
     ``jax.checkpoint_policies.save_only_these_names("hidden")`` saves the values named with
     `checkpoint_name` (a layer here, or `jax.ad_checkpoint.checkpoint_name` inside a layer's
-    apply). `prevent_cse` is `jax.checkpoint`'s: True keeps XLA from merging the
-    recomputation into the forward pass; False is safe, and better, under `lax.scan`.
+    apply). `prevent_cse` is `jax.checkpoint`'s: True puts optimization barriers around the
+    recomputation so that XLA does not merge it into the forward pass (XLA:CPU drops them,
+    see below); False is safe, and better, under `lax.scan`.
 
     On XLA:CPU this saves memory only under a loop. Wrapping each block of an unrolled chain,
     ``serial(remat(block), remat(block), ...)``, or a whole model saves nothing there: the
