@@ -34,11 +34,13 @@ dtype the header lists, exactly shape x itemsize bytes of data). With a template
 the file must also hold exactly the template's leaves, so it can allocate no more than the
 template's size.
 
-Writes are atomic: the archive is written to ``<path>.tmp-<pid>`` in the same folder,
-flushed and fsynced, renamed over `path` with `os.replace`, and the folder is fsynced. A
-writer killed midway leaves the previous checkpoint at `path` intact (and a stray temporary
-file). When several processes train together only process 0 writes (see
-`funcnet.launch.is_leader`).
+Writes are atomic: the archive is written to a temporary file of its own,
+``<path>.tmp-<pid>-<random>`` in the same folder (created exclusively, so saves from several
+threads or processes never share one), flushed and fsynced, renamed over `path` with
+`os.replace`, and the folder is fsynced. A writer killed midway leaves the previous checkpoint
+at `path` intact (and a stray temporary file); of saves racing to one path, the last rename
+wins and the file is always one whole checkpoint. When several processes train together only
+process 0 writes (see `funcnet.launch.is_leader`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import json
 import math
 import os
 import pathlib
+import secrets
 import zipfile
 import zlib
 from typing import Any, NamedTuple
@@ -179,16 +182,32 @@ def _rebuild(node: Any, arrays: list[Any]) -> PyTree:
 # Leaves.
 
 
-def _leaf_info(leaf: Any) -> dict[str, Any]:
+def _leaf_info(leaf: Any, path: str) -> dict[str, Any]:
+    """The header entry of a leaf (less its path); a leaf that is not an array of numbers or a
+    PRNG key is refused by its path and type."""
     if is_key(leaf):
         impl = str(jax.random.key_impl(leaf)) if isinstance(leaf, jax.Array) else None
         return {"dtype": "key", "shape": list(leaf.shape), "key_impl": impl}
     if isinstance(leaf, jax.ShapeDtypeStruct):
         return {"dtype": jnp.dtype(leaf.dtype).name, "shape": list(leaf.shape)}
-    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-    if np.dtype(dtype).kind not in "biufcV":
-        raise TypeError(f"cannot checkpoint a leaf of type {type(leaf).__name__} ({dtype})")
-    return {"dtype": jnp.dtype(dtype).name, "shape": list(np.shape(leaf))}
+    dtype = None
+    if not isinstance(leaf, str | bytes):
+        try:
+            dtype = jnp.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+        except (TypeError, ValueError):
+            dtype = None
+    if dtype is None or dtype.kind not in "biufcV" or (dtype.kind == "V" and not _exotic(dtype)):
+        shown = f"{type(leaf).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
+        raise TypeError(
+            f"cannot checkpoint the leaf {path or '(the root)'}, of type {shown} ({leaf!r:.40}); "
+            "checkpoints hold arrays of numbers (bool, int, float, complex) and PRNG keys"
+        )
+    return {"dtype": dtype.name, "shape": list(np.shape(leaf))}
+
+
+def _exotic(dtype: np.dtype) -> bool:
+    """Whether a dtype of kind "V" is an ml_dtypes float (bfloat16, float8_*), not a record."""
+    return dtype.type.__module__ == "ml_dtypes"
 
 
 def _describe_leaf(info: dict[str, Any]) -> str:
@@ -232,6 +251,21 @@ def _fsync_dir(folder: pathlib.Path) -> None:
         os.close(fd)
 
 
+def _create_temporary(path: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """A new, empty file next to `path`, ``<path>.tmp-<pid>-<random>``, and its descriptor.
+
+    Created exclusively (``O_EXCL``), so no two saves share one, whether in threads of one
+    process or in several processes; with the permissions a plain `open` would give.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+
+
 def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None) -> pathlib.Path:
     """Writes `tree` and `metadata` to `path` atomically, in the format of the module doc.
 
@@ -239,6 +273,8 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
       path: the file to write (conventionally ``*.npz``); its folder must exist.
       tree: a pytree of arrays (jax or numpy, typed PRNG keys included) in dicts, lists,
         tuples, NamedTuples or other registered pytree nodes; keys must not contain ``/``.
+        Any other leaf (a string, an object) is refused with a TypeError naming its path and
+        type, before anything is written.
       metadata: a JSON-serialisable dict stored alongside, read back by `metadata`.
 
     Returns the path. In a multi-process run only process 0 writes (`launch.is_leader`):
@@ -254,6 +290,7 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
         return path
 
     leaves, structure = _flatten(tree)
+    infos = [{"path": p, **_leaf_info(leaf, p)} for p, leaf in leaves]
     arrays = [(p, _to_numpy(leaf)) for p, leaf in leaves]
     digest = hashlib.sha256()
     for _, array in arrays:
@@ -261,15 +298,15 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
     header = {
         "format": FORMAT,
         "version": VERSION,
-        "leaves": [{"path": p, **_leaf_info(leaf)} for p, leaf in leaves],
+        "leaves": infos,
         "structure": structure,
         "metadata": metadata_json,
         "sha256": digest.hexdigest(),
     }
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp, fd = _create_temporary(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 archive.writestr(HEADER, json.dumps(header, indent=1))
                 for p, array in arrays:
@@ -418,6 +455,14 @@ def _check_leaves(
 def _open(path: pathlib.Path) -> tuple[zipfile.ZipFile, dict[str, Any], dict[str, zipfile.ZipInfo]]:
     try:
         archive = zipfile.ZipFile(path)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: no such checkpoint file") from err
+    except IsADirectoryError as err:
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from err
+    except PermissionError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint (permission denied)") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {err}") from err
     except UnicodeDecodeError as err:
         raise _refuse(path, f"a member name marked as UTF-8 is not valid UTF-8 ({err})") from err
     except zipfile.BadZipFile as err:
@@ -478,7 +523,7 @@ def _check_like(path: pathlib.Path, stored: list[dict[str, Any]], like: PyTree) 
     stored key of any implementation.
     """
     paths, leaves = _leaf_paths(like)
-    wanted = {p: _leaf_info(leaf) for p, leaf in zip(paths, leaves, strict=True)}
+    wanted = {p: _leaf_info(leaf, p) for p, leaf in zip(paths, leaves, strict=True)}
     found = {}
     for info in stored:
         want = wanted.get(info["path"], {})
@@ -608,10 +653,10 @@ def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
     nothing is written to disk and nothing is unpickled.
 
     Raises:
-      CheckpointError (a ValueError): the file is not a readable funcnet checkpoint, is
-        malformed or hostile (the message names the member and the limit), fails its
-        checksum, or does not match `like` (the message lists every missing, extra and
-        mismatched leaf by path).
+      CheckpointError (a ValueError): the file is missing, a folder or unreadable (e.g. no
+        permission), is not a readable funcnet checkpoint, is malformed or hostile (the
+        message names the member and the limit), fails its checksum, or does not match
+        `like` (the message lists every missing, extra and mismatched leaf by path).
     """
     path = pathlib.Path(path)
     archive, header, members = _open(path)

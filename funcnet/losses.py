@@ -33,6 +33,8 @@ back in the inputs' own dtype.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -138,8 +140,7 @@ def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean
     Labels outside ``[0, 1]`` are refused when they are concrete (outside `jit`): with the
     ±1 labels of the margin form the formula goes negative; use `logistic_loss` for those.
     """
-    _check_same_shape("binary_cross_entropy", logits, labels, "logits")
-    _check_label_range("binary_cross_entropy", labels, (0, 1), "use logistic_loss for ±1 labels")
+    _check_probability_labels("binary_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
     return _reduce(softplus(logits) - labels * logits, reduction)
@@ -154,8 +155,7 @@ def logistic_loss(logits: Array, labels: Array, *, reduction: str = "mean") -> A
     ``(batch, ...)``; concrete labels other than −1 and +1 are refused. Returns a scalar, or
     shape ``(batch,)`` for "none".
     """
-    _check_same_shape("logistic_loss", logits, labels, "logits")
-    _check_sign_labels("logistic_loss", labels)
+    _check_margin_labels("logistic_loss", logits, labels, "logits")
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     return _reduce(softplus(-labels.astype(logits.dtype) * logits), reduction)
 
@@ -183,6 +183,16 @@ def _check_sign_labels(name: str, labels: Array) -> None:
             f"{name}: labels must be −1 or +1; got values in [{values.min()}, {values.max()}] "
             f"(use binary_cross_entropy for 0/1 labels)"
         )
+
+
+def _check_probability_labels(name: str, logits: Array, labels: Array) -> None:
+    _check_same_shape(name, logits, labels, "logits")
+    _check_label_range(name, labels, (0, 1), "use logistic_loss for ±1 labels")
+
+
+def _check_margin_labels(name: str, scores: Array, labels: Array, what: str) -> None:
+    _check_same_shape(name, scores, labels, what)
+    _check_sign_labels(name, labels)
 
 
 def _check_labels(
@@ -223,10 +233,21 @@ def _check_labels(
             )
 
 
+def _pick(values: Array, labels: Array) -> Array:
+    """``values[..., labels]`` for integer labels, NaN where a label lies outside
+    ``[0, classes)`` (a traced label cannot be refused, and a negative one would otherwise
+    wrap around to a class from the end)."""
+    classes = values.shape[-1]
+    inside = (labels >= 0) & (labels < classes)
+    index = jnp.where(inside, labels, 0)[..., None].astype(jnp.int32)
+    picked = jnp.take_along_axis(values, index, axis=-1)[..., 0]
+    return jnp.where(inside, picked, jnp.nan)
+
+
 def _log_probs_of_labels(log_probs: Array, labels: Array) -> Array:
     if labels.ndim == log_probs.ndim:
         return jnp.sum(labels.astype(log_probs.dtype) * log_probs, axis=-1)
-    return jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return _pick(log_probs, labels)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
@@ -237,6 +258,15 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mea
     ``(batch, ...)``, or one-hot (or probability) vectors of the logits' shape. ``log softmax``
     is computed with the log-sum-exp shift, so any finite logits give a finite loss. Returns a
     scalar, or shape ``(batch,)`` for "none" (positions in ``...`` are averaged per example).
+
+    Concrete integer labels outside ``[0, classes)`` (outside `jit`) are refused with a
+    ValueError, and labels that are not integers nor one-hot with a TypeError. Under `jit` the
+    labels are traced: their values cannot be read without a round trip to the host, so they
+    are not checked there, and an example whose label lies outside ``[0, classes)``, a negative
+    one included, gets a NaN loss (never another class's), which makes the mean NaN.
+    `funcnet.train.fit`, `make_evaluate` and `make_step` check concrete data on the host before
+    their compiled code runs (see `label_check`); to raise inside your own jitted code, wrap it
+    in ``jax.experimental.checkify.checkify(f, errors=checkify.float_checks)``.
     """
     _check_labels("softmax_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
@@ -248,7 +278,8 @@ def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
     (``−log p_y`` for an integer label `y`).
 
     `log_probs`: shape ``(batch, ..., classes)``, e.g. from `log_softmax`; `labels` as for
-    `softmax_cross_entropy`. Returns a scalar, or shape ``(batch,)`` for "none".
+    `softmax_cross_entropy`, checked the same way (a NaN loss for a label out of range under
+    `jit`). Returns a scalar, or shape ``(batch,)`` for "none".
     """
     _check_labels("nll", log_probs, labels, what="log_probs")
     log_probs, labels = at_least_float32(log_probs), at_least_float32(labels)
@@ -261,8 +292,7 @@ def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
     `scores`, `labels`: the same shape ``(batch, ...)``; concrete labels other than −1 and +1
     are refused. Returns a scalar, or shape ``(batch,)`` for "none".
     """
-    _check_same_shape("hinge", scores, labels, "scores")
-    _check_sign_labels("hinge", labels)
+    _check_margin_labels("hinge", scores, labels, "scores")
     scores, labels = at_least_float32(scores), at_least_float32(labels)
     return _reduce(_positive_part(1.0 - labels.astype(scores.dtype) * scores), reduction)
 
@@ -274,12 +304,13 @@ def multiclass_hinge(
     (PyTorch's ``multi_margin_loss``).
 
     `scores`: shape ``(batch, ..., classes)``; `labels`: integer classes of shape
-    ``(batch, ...)`` (one-hot labels are refused). Returns a scalar, or shape ``(batch,)`` for
+    ``(batch, ...)`` (one-hot labels are refused), checked as in `softmax_cross_entropy` (a
+    NaN loss for a label out of range under `jit`). Returns a scalar, or shape ``(batch,)`` for
     "none".
     """
     _check_labels("multiclass_hinge", scores, labels, one_hot=False, what="scores")
     scores = at_least_float32(scores)
-    true = jnp.take_along_axis(scores, labels[..., None].astype(jnp.int32), axis=-1)
+    true = _pick(scores, labels)[..., None]
     margins = _positive_part(margin - true + scores)
     margins = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, margins)
     return _reduce(jnp.mean(margins, axis=-1), reduction)
@@ -323,3 +354,40 @@ def accuracy(logits: Array, labels: Array) -> Array:
             f"accuracy: labels of shape {labels.shape} do not match logits of shape {logits.shape}"
         )
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+_LABEL_CHECKS: dict[Callable[..., Array], Callable[[Any, Any], None]] = {
+    softmax_cross_entropy: functools.partial(_check_labels, "softmax_cross_entropy"),
+    nll: functools.partial(_check_labels, "nll", what="log_probs"),
+    multiclass_hinge: functools.partial(
+        _check_labels, "multiclass_hinge", one_hot=False, what="scores"
+    ),
+    binary_cross_entropy: functools.partial(_check_probability_labels, "binary_cross_entropy"),
+    logistic_loss: functools.partial(_check_margin_labels, "logistic_loss", what="logits"),
+    hinge: functools.partial(_check_margin_labels, "hinge", what="scores"),
+}
+
+
+def label_check(loss_fn: Callable[..., Array]) -> Callable[[Any, Any], None] | None:
+    """The checks `loss_fn` makes of its labels, as ``check(outputs, labels)``, or None.
+
+    For the losses of this module that constrain their labels (`softmax_cross_entropy`,
+    `nll`, `multiclass_hinge`: integer classes in ``[0, classes)`` or one-hot vectors;
+    `binary_cross_entropy`: values in [0, 1]; `logistic_loss`, `hinge`: ±1), also wrapped in
+    `functools.partial` or `jax.jit`, the check raises what the loss itself raises on concrete
+    labels; any other function gives None. `outputs` only needs the outputs' shape: a
+    zero-strided ``np.broadcast_to(np.float32(0), shape)`` will do, so a whole data set's labels
+    are checked without computing a loss. `funcnet.train` calls it on the host before
+    compiling, where the labels inside the compiled code are traced and cannot be checked.
+    """
+    while True:
+        if isinstance(loss_fn, functools.partial):
+            loss_fn = loss_fn.func
+        elif hasattr(loss_fn, "__wrapped__"):
+            loss_fn = loss_fn.__wrapped__
+        else:
+            break
+    try:
+        return _LABEL_CHECKS.get(loss_fn)
+    except TypeError:  # an unhashable callable is none of these losses
+        return None

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 
@@ -217,8 +218,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     )
     try:
         assert writer.stdout.readline().startswith("wrote")
-        temporary = tmp_path / f"ckpt.npz.tmp-{writer.pid}"
-        assert temporary.exists()
+        assert len(list(tmp_path.glob(f"ckpt.npz.tmp-{writer.pid}-*"))) == 1
     finally:
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
@@ -269,3 +269,81 @@ def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_
         assert checkpoint.metadata(path) == {"version": stored}
         np.testing.assert_array_equal(loaded["a"], np.full(300_000, float(stored)))
         version = stored + 1
+
+
+@pytest.mark.parametrize(
+    ("leaf", "fragments"),
+    [
+        ("relu", ["params/act", "str", "'relu'"]),
+        (object(), ["params/act", "object"]),
+        (np.array(["a", "b"]), ["params/act", "ndarray", "<U1"]),
+        (b"raw", ["params/act", "bytes"]),
+    ],
+)
+def test_a_leaf_that_is_not_an_array_of_numbers_is_refused_by_path_and_type(
+    tmp_path, leaf, fragments
+):
+    tree = {"params": {"w": np.zeros(2), "act": leaf}}
+    with pytest.raises(TypeError) as info:
+        checkpoint.save(tmp_path / "a.npz", tree)
+    message = str(info.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+    assert os.listdir(tmp_path) == []  # refused before anything is written
+
+
+def test_every_load_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint file"):
+        checkpoint.load(tmp_path / "missing.npz")
+    with pytest.raises(checkpoint.CheckpointError, match="is a folder"):
+        checkpoint.load(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="is a folder"):
+        checkpoint.metadata(tmp_path)
+    path = checkpoint.save(tmp_path / "a.npz", {"w": np.zeros(2)})
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(zipfile, "ZipFile", denied)
+    with pytest.raises(checkpoint.CheckpointError, match="permission denied"):
+        checkpoint.load(path)
+
+
+THREADS, SAVES = 8, 20
+
+
+def test_threads_saving_one_path_never_leave_a_broken_file(tmp_path):
+    """8 threads × 20 saves to one path, each of its own tree: every save succeeds, the file
+    read after each is a whole checkpoint equal to one of the trees written, and no temporary
+    file is left behind."""
+    path = tmp_path / "shared.npz"
+    trees = {
+        (t, i): {"a": np.full(20_000, t * SAVES + i, np.float64), "n": np.int64(t * SAVES + i)}
+        for t in range(THREADS)
+        for i in range(SAVES)
+    }
+    errors, seen = [], []
+    start = threading.Barrier(THREADS)
+
+    def writer(t):
+        start.wait()
+        for i in range(SAVES):
+            try:
+                checkpoint.save(path, trees[t, i], metadata={"version": t * SAVES + i})
+                loaded = checkpoint.load(path)
+                seen.append(int(loaded["n"]))
+                assert_bit_exact(loaded, trees[divmod(int(loaded["n"]), SAVES)])
+            except Exception as err:  # gathered, and reported by the assertion below
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(seen) == THREADS * SAVES
+    final = checkpoint.load(path)
+    version = int(final["n"])
+    assert_bit_exact(final, trees[divmod(version, SAVES)])
+    assert checkpoint.metadata(path) == {"version": version}
+    assert sorted(os.listdir(tmp_path)) == ["shared.npz"]

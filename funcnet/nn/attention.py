@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu, softmax
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape, scope, serial
@@ -171,11 +172,10 @@ def _check_rate(kind: str, rate: float) -> None:
         )
 
 
-def _check_heads(kind: str, num_heads: int, head_dim: int | None) -> None:
-    if num_heads < 1 or (head_dim is not None and head_dim < 1):
-        raise ValueError(
-            f"{kind}: num_heads and head_dim must be positive, got {num_heads} and {head_dim}"
-        )
+def _check_heads(kind: str, num_heads: int, head_dim: int | None) -> tuple[int, int | None]:
+    """`num_heads` and `head_dim` (None: the width over the heads) as ints, once positive."""
+    num_heads = check_int(kind, "num_heads", num_heads)
+    return num_heads, None if head_dim is None else check_int(kind, "head_dim", head_dim)
 
 
 def _init_projections(
@@ -297,11 +297,10 @@ def multi_head_attention(
     sequence from the state of `init` (or with ``index`` set to 0).
     """
     kind = "multi_head_attention"
-    _check_heads(kind, num_heads, head_dim)
+    num_heads, head_dim = _check_heads(kind, num_heads, head_dim)
     _check_rate(kind, dropout_rate)
     if cache_length is not None:
-        if cache_length < 1:
-            raise ValueError(f"{kind}: cache_length must be positive, got {cache_length}")
+        cache_length = check_int(kind, "cache_length", cache_length)
         if not causal:
             raise ValueError(
                 f"{kind}: cache_length needs causal=True: decoding from a cache of past keys "
@@ -422,7 +421,7 @@ def cross_attention(
     "b": (features,)}``. `dropout_rate` as in `multi_head_attention`.
     """
     kind = "cross_attention"
-    _check_heads(kind, num_heads, head_dim)
+    num_heads, head_dim = _check_heads(kind, num_heads, head_dim)
     _check_rate(kind, dropout_rate)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
@@ -506,8 +505,8 @@ def transformer_block(
     chunk at a time; the params are those of the block without it. The state is ``{}``
     otherwise.
     """
-    if mlp_dim < 1:
-        raise ValueError(f"transformer_block: mlp_dim must be positive, got {mlp_dim}")
+    num_heads = check_int("transformer_block", "num_heads", num_heads)
+    mlp_dim = check_int("transformer_block", "mlp_dim", mlp_dim)
     norm_1, norm_2 = layer_norm(eps=eps), layer_norm(eps=eps)
     attention = multi_head_attention(
         num_heads,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -56,20 +58,34 @@ _PADDING_MODES = {
 }
 
 
+def _is_int(value: object) -> bool:
+    """Whether `value` is a Python or NumPy integer (not a bool)."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return not isinstance(value, bool)
+
+
+def _is_sequence(value: object) -> bool:
+    """Whether a setting is one entry per axis (a tuple or list), rather than one value."""
+    return not isinstance(value, str) and hasattr(value, "__len__") and hasattr(value, "__iter__")
+
+
 def _per_axis(
     kind: str, what: str, value: int | Sequence[int], ndim: int, minimum: int = 1
 ) -> tuple[int, ...]:
     """`value` as one int ``>= minimum`` (positive by default) per spatial axis."""
-    values = (value,) * ndim if isinstance(value, int) else tuple(value)
-    if len(values) != ndim or not all(isinstance(v, int) and v >= minimum for v in values):
+    values = tuple(value) if _is_sequence(value) else (value,) * ndim
+    if len(values) != ndim or not all(_is_int(v) and v >= minimum for v in values):
         sort = "positive" if minimum == 1 else "non-negative"
         raise LayerError(kind, f"{what} must be a {sort} int or {ndim} {sort} ints, got {value!r}")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def _fixed_ndim(kind: str, *settings: Padding | None) -> int | None:
     """The spatial rank fixed by the sequences among `settings`, or None if there are none."""
-    lengths = {len(tuple(s)) for s in settings if s is not None and not isinstance(s, (int, str))}
+    lengths = {len(tuple(s)) for s in settings if _is_sequence(s)}
     if len(lengths) > 1:
         raise ValueError(f"{kind}: window, strides, dilation and padding disagree on the rank")
     ndim = lengths.pop() if lengths else None
@@ -208,9 +224,9 @@ def conv(
     kernel taps (atrous convolution). `groups` must divide both channel counts;
     ``groups = in_channels`` is a depthwise convolution.
     """
-    if features < 1:
-        raise ValueError(f"conv: features must be positive, got {features}")
-    if groups < 1 or features % groups:
+    features = check_int("conv", "features", features)
+    groups = check_int("conv", "groups", groups)
+    if features % groups:
         raise ValueError(f"conv: groups={groups} must be positive and divide features={features}")
     if padding_mode not in _PADDING_MODES:
         raise LayerError(
@@ -347,9 +363,9 @@ def conv_transpose(
     PyTorch it must be less than the stride or the dilation, and is not taken with ``"SAME"``.
     """
     kind = "conv_transpose"
-    if features < 1:
-        raise LayerError(kind, f"features must be positive, got {features}")
-    if groups < 1 or features % groups:
+    features = check_int(kind, "features", features)
+    groups = check_int(kind, "groups", groups)
+    if features % groups:
         raise LayerError(kind, f"groups={groups} must be positive and divide features={features}")
     fixed = _fixed_ndim(kind, kernel_size, strides, dilation, padding, output_padding)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
@@ -615,19 +631,23 @@ def _adaptive_windows(n: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _adaptive_pool(kind: str, output_size: int | Sequence[int | None]) -> Layer:
-    if isinstance(output_size, int):
+    if not _is_sequence(output_size):
         sizes = None
     else:
         sizes = tuple(output_size)
         if not 1 <= len(sizes) <= 3:
             raise LayerError(kind, f"output_size must have 1 to 3 entries, got {output_size!r}")
     entries = (output_size,) if sizes is None else sizes
-    if not all(s is None or (isinstance(s, int) and s >= 1) for s in entries):
+    if not all((s is None and sizes) or (_is_int(s) and s >= 1) for s in entries):
         raise LayerError(
             kind,
             f"output_size must be a positive int or 1 to 3 positive ints (None keeps an axis), "
             f"got {output_size!r}",
         )
+    if sizes is None:
+        output_size = int(output_size)
+    else:
+        sizes = tuple(None if s is None else int(s) for s in sizes)
 
     def out_spatial(shape):
         ndim = _check_spatial(kind, shape, None if sizes is None else len(sizes))

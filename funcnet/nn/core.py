@@ -27,6 +27,9 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from funcnet._checks import check_int
 
 __all__ = [
     "ApplyFn",
@@ -275,6 +278,23 @@ def _lookup(tree: dict, name: str, what: str, kind: str) -> Any:
     return tree[name]
 
 
+def _check_not_numbers(kind: str, x: Any) -> None:
+    """Refuses an input that is a (nested) list or tuple of Python numbers: JAX does not turn
+    lists into arrays implicitly, and read as a tree of inputs it would fail far from here."""
+    if not isinstance(x, (list, tuple)) or not x:
+        return
+    leaves = jax.tree.leaves(x)
+    if leaves and all(isinstance(leaf, int | float | complex) for leaf in leaves):
+        try:
+            shape = f" (shape {np.shape(x)})"
+        except ValueError:
+            shape = " (ragged: its rows differ in length)"
+        raise TypeError(
+            f"{kind}: the input is a {type(x).__name__} of Python numbers{shape}, not an array; "
+            "convert it first, e.g. jnp.asarray(x)"
+        )
+
+
 def _prune(state: State) -> State:
     """Drops the empty entries, so a model without state has ``state == {}``."""
     return {k: v for k, v in state.items() if not (isinstance(v, dict) and not v)}
@@ -297,6 +317,7 @@ def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
         return shape, params, _prune(state)
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_not_numbers("serial", x)
         new_state = {}
         for i, (name, child) in enumerate(zip(names, children, strict=True)):
             with scope(name):
@@ -356,8 +377,7 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
 
 def fanout(num: int) -> Layer:
     """Copies its input `num` times: ``x -> (x, ..., x)``. Pair it with `parallel` and a fan-in."""
-    if num < 1:
-        raise ValueError(f"fanout: num must be at least 1, got {num}")
+    num = check_int("fanout", "num", num)
 
     def init(key, in_shape):
         del key

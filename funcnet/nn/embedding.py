@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_shape
 
@@ -37,18 +40,19 @@ def embedding(
     turns non-finite, and `funcnet.train.fit` stops with `NonFiniteLossError` rather than train
     on a wrong row. Those NaN rows send no gradient into the table.
     """
-    if num_embeddings < 1 or features < 1:
-        raise ValueError(
-            f"embedding: num_embeddings and features must be positive, got "
-            f"{num_embeddings} and {features}"
-        )
+    num_embeddings = check_int("embedding", "num_embeddings", num_embeddings)
+    features = check_int("embedding", "features", features)
     if padding_idx is not None:
-        if not -num_embeddings <= padding_idx < num_embeddings:
+        try:
+            inside = -num_embeddings <= operator.index(padding_idx) < num_embeddings
+        except TypeError:
+            inside = False
+        if not inside or isinstance(padding_idx, bool):
             raise ValueError(
                 f"embedding: padding_idx must lie in [-{num_embeddings}, {num_embeddings}), "
-                f"got {padding_idx}"
+                f"got {padding_idx!r}"
             )
-        padding_idx %= num_embeddings
+        padding_idx = operator.index(padding_idx) % num_embeddings
     table_init = initializers.normal(1.0) if table_init is None else initializers.get(table_init)
 
     def init(key, in_shape):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_shape
 
@@ -27,8 +28,7 @@ def dense(
     (``"he_normal"``, ``"glorot_uniform"``, ...); `dtype` is the params' dtype (JAX's default
     float when None).
     """
-    if features < 1:
-        raise ValueError(f"dense: features must be positive, got {features}")
+    features = check_int("dense", "features", features)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
     def init(key, in_shape):

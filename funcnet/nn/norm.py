@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -366,8 +367,7 @@ def group_norm(
     ``(batch, *spatial, channels)`` with `num_groups` dividing the channels; output the same
     shape. Params ``scale`` and ``bias`` of shape ``(channels,)``.
     """
-    if num_groups < 1:
-        raise ValueError(f"group_norm: num_groups must be positive, got {num_groups}")
+    num_groups = check_int("group_norm", "num_groups", num_groups)
     return _group_norm("group_norm", num_groups, eps, scale_init, bias_init, dtype)
 
 

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from funcnet._checks import check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -82,10 +83,8 @@ def _recurrent(
     runs inside it. The carry is ``carry_size`` states of width `hidden` side by side, the
     hidden state last (the LSTM's is ``[c | h]``).
     """
-    if hidden < 1:
-        raise ValueError(f"{kind}: hidden must be positive, got {hidden}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"{kind}: num_layers must be a positive int, got {num_layers!r}")
+    hidden = check_int(kind, "hidden", hidden)
+    num_layers = check_int(kind, "num_layers", num_layers)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(
             f"{kind}: dropout is the probability of dropping a unit between layers and must "

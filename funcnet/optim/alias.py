@@ -4,6 +4,12 @@ Each follows the formulas and defaults of the `torch.optim` class of the same na
 `nesterov` and `lion` have no torch class and follow their papers. In the rules below `x` is a
 parameter, `g` its gradient, `α_t` the learning rate (a number or a schedule `step -> rate`),
 `t` the 1-based step, and an update `x ← x − α_t·d` is returned as the update `−α_t·d`.
+
+Each refuses bad hyperparameters when it is built, in one ValueError line naming the optimizer,
+the argument and the value: the rate must be a finite positive number or a schedule, momenta
+and betas lie in [0, 1) (Lion's betas and Adadelta's `rho` in [0, 1]), `eps` is positive (Adagrad's
+may be 0) and decays are non-negative. Traced values (an ensemble's hyperparameters under `vmap`)
+pass unchecked.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable
 import jax
 from jax.typing import DTypeLike
 
+from funcnet._checks import check_decay, check_positive, check_rate
 from funcnet.optim.base import (
     GradientTransformation,
     Params,
@@ -61,6 +68,26 @@ def _decay(
     return decay if mask is None else masked(decay, mask)
 
 
+def _check_moments(
+    owner: str,
+    learning_rate: ScalarOrSchedule,
+    b1: float,
+    b2: float,
+    eps: float | None,
+    weight_decay: float,
+    *,
+    allow_one: bool = False,
+) -> None:
+    """The checks an Adam-like optimizer `owner` makes: a finite positive rate or a schedule,
+    betas in [0, 1) ([0, 1] with `allow_one`), ε > 0 and a weight decay ≥ 0."""
+    check_rate(owner, learning_rate)
+    check_decay(owner, "b1", b1, allow_one=allow_one)
+    check_decay(owner, "b2", b2, allow_one=allow_one)
+    if eps is not None:
+        check_positive(owner, "eps", eps)
+    check_positive(owner, "weight_decay", weight_decay, allow_zero=True)
+
+
 def sgd(
     learning_rate: ScalarOrSchedule = 1e-3,
     *,
@@ -87,6 +114,10 @@ def sgd(
       weight_decay: `λ`, the L2 penalty.
       moment_dtype: dtype of the momentum buffer; `None` keeps each param's dtype.
     """
+    check_rate("sgd", learning_rate)
+    check_decay("sgd", "momentum", momentum)
+    check_decay("sgd", "dampening", dampening, allow_one=True)
+    check_positive("sgd", "weight_decay", weight_decay, allow_zero=True)
     if nesterov and is_zero(momentum):
         raise ValueError("sgd with nesterov=True needs a non-zero momentum.")
     return chain(
@@ -116,6 +147,8 @@ def momentum(
       beta: `β`, the momentum factor.
       moment_dtype: dtype of `v`; `None` keeps each param's dtype.
     """
+    check_rate("momentum", learning_rate)
+    check_decay("momentum", "beta", beta)
     return chain(trace(beta, moment_dtype=moment_dtype), scale_by_learning_rate(learning_rate))
 
 
@@ -137,6 +170,8 @@ def nesterov(
       beta: `β`, the momentum factor.
       moment_dtype: dtype of `v`; `None` keeps each param's dtype.
     """
+    check_rate("nesterov", learning_rate)
+    check_decay("nesterov", "beta", beta)
     return chain(
         trace(beta, nesterov=True, moment_dtype=moment_dtype),
         scale_by_learning_rate(learning_rate),
@@ -168,6 +203,13 @@ def adagrad(
       eps: `ε`, added to `√G`.
       moment_dtype: dtype of `G`; `None` keeps each param's dtype.
     """
+    check_rate("adagrad", learning_rate)
+    check_positive("adagrad", "lr_decay", lr_decay, allow_zero=True)
+    check_positive("adagrad", "weight_decay", weight_decay, allow_zero=True)
+    check_positive(
+        "adagrad", "initial_accumulator_value", initial_accumulator_value, allow_zero=True
+    )
+    check_positive("adagrad", "eps", eps, allow_zero=True)
     rate = learning_rate
     if not is_zero(lr_decay):
         base = learning_rate if callable(learning_rate) else lambda count: learning_rate
@@ -214,6 +256,11 @@ def rmsprop(
       centered: normalise by an estimate of the variance instead of the mean square.
       moment_dtype: dtype of the buffers; `None` keeps each param's dtype.
     """
+    check_rate("rmsprop", learning_rate)
+    check_decay("rmsprop", "decay", decay)
+    check_positive("rmsprop", "eps", eps)
+    check_positive("rmsprop", "weight_decay", weight_decay, allow_zero=True)
+    check_decay("rmsprop", "momentum", momentum)
     return chain(
         _decay(weight_decay),
         scale_by_rms(decay=decay, eps=eps, centered=centered, moment_dtype=moment_dtype),
@@ -247,6 +294,10 @@ def adadelta(
       weight_decay: `λ`, the L2 penalty.
       moment_dtype: dtype of `v` and `w`; `None` keeps each param's dtype.
     """
+    check_rate("adadelta", learning_rate)
+    check_decay("adadelta", "rho", rho, allow_one=True)
+    check_positive("adadelta", "eps", eps)
+    check_positive("adadelta", "weight_decay", weight_decay, allow_zero=True)
     return chain(
         _decay(weight_decay),
         scale_by_adadelta(rho=rho, eps=eps, moment_dtype=moment_dtype),
@@ -287,6 +338,7 @@ def adam(
         times Adam's for the defaults (docs/optimizers.md, the lecture's forms).
       moment_dtype: dtype of the moments; `None` keeps each param's dtype.
     """
+    _check_moments("adam", learning_rate, b1, b2, eps, weight_decay)
     return chain(
         _decay(weight_decay),
         scale_by_adam(
@@ -328,6 +380,7 @@ def adamw(
       mask: which params decay (see `masked`); `None` decays all, as torch.
       moment_dtype: dtype of the moments; `None` keeps each param's dtype.
     """
+    _check_moments("adamw", learning_rate, b1, b2, eps, weight_decay)
     decay = add_decayed_weights(weight_decay)
     return chain(
         scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, moment_dtype=moment_dtype),
@@ -367,6 +420,8 @@ def nadam(
       momentum_decay: `ψ`.
       moment_dtype: dtype of the moments; `None` keeps each param's dtype.
     """
+    _check_moments("nadam", learning_rate, b1, b2, eps, weight_decay)
+    check_positive("nadam", "momentum_decay", momentum_decay, allow_zero=True)
     return chain(
         _decay(weight_decay),
         scale_by_nadam(
@@ -402,6 +457,7 @@ def adamax(
       weight_decay: `λ`, the L2 penalty.
       moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
     """
+    _check_moments("adamax", learning_rate, b1, b2, eps, weight_decay)
     return chain(
         _decay(weight_decay),
         scale_by_adamax(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype),
@@ -435,6 +491,7 @@ def lion(
       weight_decay: `λ`, decoupled as in AdamW.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
+    _check_moments("lion", learning_rate, b1, b2, None, weight_decay, allow_one=True)
     return chain(
         scale_by_lion(b1=b1, b2=b2, moment_dtype=moment_dtype),
         _decay(weight_decay),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from funcnet._checks import check_decay, check_positive, check_rate
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -76,13 +77,6 @@ def _zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
-def _check_decay(name: str, value: float | jax.Array, *, allow_one: bool = False) -> None:
-    """Raises unless a decay rate given as a Python number lies in [0, 1) (or [0, 1])."""
-    if isinstance(value, int | float) and not (0 <= value < 1 or (allow_one and value == 1)):
-        interval = "[0, 1]" if allow_one else "[0, 1)"
-        raise ValueError(f"{name} must lie in {interval}, got {value}.")
-
-
 # Scaling.
 
 
@@ -111,6 +105,7 @@ def scale_by_learning_rate(
     This is the one place where funcnet turns a learning rate into a step. A constant rate
     keeps no state (`EmptyState`); a schedule keeps the step count it is fed.
     """
+    check_rate("scale_by_learning_rate", learning_rate)
     sign = -1.0 if flip_sign else 1.0
 
     def scaled(updates: Updates, rate) -> Updates:
@@ -169,8 +164,7 @@ def trace(
     """
     if nesterov and not is_zero(dampening):
         raise ValueError(f"Nesterov momentum needs dampening=0, got dampening={dampening}.")
-    if isinstance(decay, int | float) and decay < 0:
-        raise ValueError(f"trace's decay must be non-negative, got {decay}.")
+    check_decay("trace", "decay", decay)
 
     def init_fn(params: Params) -> TraceState:
         return TraceState(count=_zero_count(), trace=zeros_like(params, moment_dtype))
@@ -240,8 +234,9 @@ def scale_by_adam(
         towards 0 and the first steps differ (the slides' "not quite Adam").
       moment_dtype: dtype of `m`, `v` (and `v_max`); `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_adam's b1", b1)
-    _check_decay("scale_by_adam's b2", b2)
+    check_decay("scale_by_adam", "b1", b1)
+    check_decay("scale_by_adam", "b2", b2)
+    check_positive("scale_by_adam", "eps", eps)
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -300,7 +295,8 @@ def scale_by_rms(
       centered: divide by an estimate of the standard deviation instead of the root mean square.
       moment_dtype: dtype of `v` (and `ḡ`); `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_rms's decay", decay)
+    check_decay("scale_by_rms", "decay", decay)
+    check_positive("scale_by_rms", "eps", eps)
 
     def init_fn(params: Params) -> ScaleByRmsState:
         return ScaleByRmsState(
@@ -351,6 +347,10 @@ def scale_by_adagrad(
       eps: `ε`, added to the root.
       moment_dtype: dtype of `G`; `None` keeps each param's dtype.
     """
+    check_positive(
+        "scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value, allow_zero=True
+    )
+    check_positive("scale_by_adagrad", "eps", eps, allow_zero=True)
 
     def init_fn(params: Params) -> ScaleByAdagradState:
         sums = jax.tree.map(
@@ -399,7 +399,8 @@ def scale_by_adadelta(
       eps: `ε`, added inside both roots.
       moment_dtype: dtype of `v` and `w`; `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_adadelta's rho", rho, allow_one=True)
+    check_decay("scale_by_adadelta", "rho", rho, allow_one=True)
+    check_positive("scale_by_adadelta", "eps", eps)
 
     def init_fn(params: Params) -> ScaleByAdadeltaState:
         return ScaleByAdadeltaState(
@@ -460,8 +461,10 @@ def scale_by_nadam(
       momentum_decay: `ψ`, how fast `μ_t` rises from `β₁/2` towards `β₁`.
       moment_dtype: dtype of `m` and `v`; `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_nadam's b1", b1)
-    _check_decay("scale_by_nadam's b2", b2)
+    check_decay("scale_by_nadam", "b1", b1)
+    check_decay("scale_by_nadam", "b2", b2)
+    check_positive("scale_by_nadam", "eps", eps)
+    check_positive("scale_by_nadam", "momentum_decay", momentum_decay, allow_zero=True)
 
     def init_fn(params: Params) -> ScaleByNadamState:
         return ScaleByNadamState(
@@ -523,8 +526,9 @@ def scale_by_adamax(
       eps: `ε`, added to `|g|` so that `n` never vanishes.
       moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_adamax's b1", b1)
-    _check_decay("scale_by_adamax's b2", b2)
+    check_decay("scale_by_adamax", "b1", b1)
+    check_decay("scale_by_adamax", "b2", b2)
+    check_positive("scale_by_adamax", "eps", eps)
 
     def init_fn(params: Params) -> ScaleByAdamaxState:
         return ScaleByAdamaxState(
@@ -572,8 +576,8 @@ def scale_by_lion(
       b2: decay `β₂` of the momentum.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
-    _check_decay("scale_by_lion's b1", b1, allow_one=True)
-    _check_decay("scale_by_lion's b2", b2, allow_one=True)
+    check_decay("scale_by_lion", "b1", b1, allow_one=True)
+    check_decay("scale_by_lion", "b2", b2, allow_one=True)
 
     def init_fn(params: Params) -> ScaleByLionState:
         return ScaleByLionState(mu=zeros_like(params, moment_dtype))
@@ -599,6 +603,7 @@ def add_decayed_weights(weight_decay: float | jax.Array) -> GradientTransformati
     placed after it, right before the learning rate, it is decoupled weight decay (AdamW).
     Wrap it in `masked` to decay only some params.
     """
+    check_positive("add_decayed_weights", "weight_decay", weight_decay, allow_zero=True)
 
     def rule(updates: Updates, params: Params | None) -> Updates:
         if params is None:

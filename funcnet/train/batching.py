@@ -152,3 +152,75 @@ def check_finite(data: tuple[PyTree, Array], name: str) -> None:
             f"{name} {where} of shape {tuple(jnp.shape(leaf))} holds NaN or inf in "
             f"{len(rows)} row(s): {shown}; remove or impute them before training"
         )
+
+
+_NUMBER_KINDS = "biufc"  # bool, integers, floats and complex numbers: what a data set may hold
+
+
+def _python_numbers(part: Any) -> bool:
+    """Whether `part` is a non-empty (nested) list or tuple whose leaves are Python numbers."""
+    if not isinstance(part, (list, tuple)) or not part:
+        return False
+    leaves = jax.tree.leaves(part)
+    return bool(leaves) and all(isinstance(leaf, int | float) for leaf in leaves)
+
+
+def _as_arrays(where: str, what: str, part: Any) -> Any:
+    """`part` (the x, y or weights of a data set) with every leaf an array of numbers."""
+    if _python_numbers(part):
+        try:
+            array = np.asarray(part)
+        except ValueError:
+            array = None
+        if array is None or array.dtype.kind not in _NUMBER_KINDS:
+            raise ValueError(
+                f"{where}: {what} is a ragged nested {type(part).__name__} of numbers (its rows "
+                "differ in length); pass an array with one length per axis"
+            )
+        return array
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(part)
+    leaves = []
+    for path, leaf in pairs:
+        where_leaf = what + (f"/{path_name(path)}" if path else "")
+        if not isinstance(leaf, jax.Array | np.ndarray | jax.core.Tracer):
+            if not hasattr(leaf, "__array__") or isinstance(leaf, str | bytes):
+                raise TypeError(
+                    f"{where}: {where_leaf} is a {type(leaf).__name__} ({leaf!r:.40}), not an "
+                    "array; data sets are (x, y) of arrays with one row per example"
+                )
+            leaf = np.asarray(leaf)
+        dtype = jnp.dtype(leaf.dtype)
+        if dtype.kind not in _NUMBER_KINDS and dtype.kind != "V":  # "V": bfloat16 and kin
+            hint = (
+                "; encode classes as integer ids, e.g. np.unique(y, return_inverse=True)[1]"
+                if what.endswith(" y") and dtype.kind in "USO"
+                else ""
+            )
+            raise TypeError(
+                f"{where}: {where_leaf} has dtype {dtype} (shape {tuple(leaf.shape)}); data "
+                f"must be numbers (bool, int, float or complex){hint}"
+            )
+        leaves.append(leaf)
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def check_data(where: str, name: str, data: Any, *, weights: bool = False) -> tuple:
+    """`data`, ``(x, y)`` (or ``(x, y, w)`` with `weights`), as a tuple of array trees.
+
+    A nested list or tuple of Python numbers in the place of x, y or w becomes one NumPy
+    array; any other leaf must be an array of numbers (NumPy, JAX, or anything `np.asarray`
+    takes). Anything else, a string array, a ragged list or an object, is refused in one line
+    that names `where` (the public function), `name` (``"train_data"``) and the part.
+    """
+    sizes = (2, 3) if weights else (2,)
+    if not isinstance(data, (tuple, list)) or len(data) not in sizes:
+        form = "(x, y) or (x, y, weights)" if weights else "a pair (x, y) of inputs and labels"
+        got = type(data).__name__ + (
+            f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
+        )
+        raise ValueError(f"{where}: {name} must be {form}, got {got}")
+    parts = ("x", "y", "weights")
+    return tuple(
+        _as_arrays(where, f"{name} {part}", d)
+        for part, d in zip(parts[: len(data)], data, strict=True)
+    )

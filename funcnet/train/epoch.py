@@ -10,10 +10,11 @@ repeats the uninterrupted one.
 Non-finite steps cost nothing per step until they happen. The plain epoch only records
 whether any loss was non-finite, and whether the params it ends with are; if so it reports
 ``bad_batch = UNCHECKED`` and the caller runs the same epoch again from the same state with
-``checked=True``. The checked epoch tests each step's loss and gradient norm, applies no step
-from the first non-finite one on, and reports that step's batch index, so the state that
-comes out is the last good one. A non-finite gradient always shows in the plain epoch too:
-it makes the params it updates non-finite, and with them every later loss.
+``checked=True``. The checked epoch tests each step's loss, gradient norm and updated params,
+applies no step from the first non-finite one on, and reports that step's batch index, so the
+state that comes out is the last good one, finite by construction. A non-finite gradient or
+update always shows in the plain epoch too: it makes the params it updates non-finite, and
+with them every later loss.
 """
 
 from __future__ import annotations
@@ -150,6 +151,12 @@ def epoch_fn(
                     finite &= jnp.isfinite(values["grad_norm"])
                 fatal = ~finite
             if checked:
+                # A finite loss and gradient can still give non-finite params (a rate of inf, an
+                # ε that underflows to 0 in float16): stop at that step too, so the state kept
+                # is finite.
+                kept = all_finite(new.params)
+                finite &= kept
+                fatal |= ~kept
                 ok = (bad_batch < 0) & ~fatal
                 new = select(ok, new, state)
                 bad_batch = jnp.where((bad_batch < 0) & fatal, index, bad_batch)

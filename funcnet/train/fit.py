@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from funcnet._checks import check_int
 from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
@@ -25,14 +26,24 @@ from funcnet.optim import (
     chain,
     clip_by_global_norm,
 )
-from funcnet.train.batching import check_finite, steps_per_epoch
+from funcnet.train.batching import check_data, check_finite, steps_per_epoch
 from funcnet.train.ema import check_decay, params_ema
 from funcnet.train.epoch import EpochOutput, epoch_fn, select
 from funcnet.train.loop import EpochCallback, History, Members, StopFn, run_loop
 from funcnet.train.loss_scale import DynamicLossScale, dynamic_loss_scale
 from funcnet.train.sharding import check_mesh, place_data, replicate
 from funcnet.train.state import TrainState, check_train_state, init_train_state
-from funcnet.train.step import LossFn, MetricFn, Metrics, check_accumulate, check_not_empty
+from funcnet.train.step import (
+    LossFn,
+    MetricFn,
+    Metrics,
+    check_accumulate,
+    check_labels,
+    check_model,
+    check_not_empty,
+    check_optimizer,
+    output_shape_of_init,
+)
 
 __all__ = [
     "CompiledEpoch",
@@ -145,30 +156,50 @@ def build_optimizer(
 
 
 def _check_inputs(
+    model: Any,
+    optimizer: Any,
     epochs: int,
     batch_size: int,
     patience: int | None,
+    max_consecutive_skips: int,
     train_data: Any,
     eval_data: Any,
     *,
     where: str = "fit",
-) -> None:
-    """Refuses bad settings, and data sets that are empty or hold NaN or ±inf (see
-    `check_finite`)."""
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    factory: bool = False,
+) -> tuple[Any, Any]:
+    """Refuses what is not a model, an optimizer (or with `factory` a function making one),
+    sizes that are not integers in range, and data sets that are not arrays of numbers, are
+    empty or hold NaN or ±inf (see `check_data`, `check_finite`). Returns the data sets, nested
+    lists of numbers turned into arrays."""
+    check_model(where, model)
+    check_optimizer(where, optimizer, factory=factory)
+    check_int(where, "epochs", epochs, minimum=0)
+    check_int(where, "batch_size", batch_size)
+    check_int(where, "max_consecutive_skips", max_consecutive_skips, minimum=0)
     if patience is not None:
-        if patience < 1:
-            raise ValueError(f"patience must be at least 1, got {patience}")
+        check_int(where, "patience", patience)
         if eval_data is None:
             raise ValueError("early stopping (patience) needs eval_data to watch")
+    train_data = check_data(where, "train_data", train_data)
     check_not_empty(where, "train_data", train_data)
     check_finite(train_data, "train_data")
     if eval_data is not None:
+        eval_data = check_data(where, "eval_data", eval_data)
         check_not_empty(where, "eval_data", eval_data)
         check_finite(eval_data, "eval_data")
+    return train_data, eval_data
+
+
+def _check_labels(
+    where: str, model: Layer, loss_fn: LossFn, in_shape: Any, train_data: Any, eval_data: Any
+) -> None:
+    """Refuses labels `loss_fn` would refuse (`check_labels`), in both data sets, against the
+    output shape `model.init` gives for `in_shape`."""
+    labelled = {"train_data": train_data[1]}
+    if eval_data is not None:
+        labelled["eval_data"] = eval_data[1]
+    check_labels(where, loss_fn, labelled, lambda: output_shape_of_init(model, in_shape))
 
 
 def _settings(
@@ -338,6 +369,15 @@ def fit(
     ragged last batch padded, its filler rows weighted 0), then evaluate on `eval_data`.
     The state passed in is not consumed.
 
+    Before anything is compiled the arguments are checked on the host, a fault raising one
+    line that names the argument: the model must be a `Layer` and the optimizer a gradient
+    transformation; sizes (`epochs`, `batch_size`, `patience`, ...) integers in range; the
+    data sets arrays of numbers (nested lists of numbers are turned into arrays), with no NaN
+    or ±inf; and the labels of both data sets what `loss_fn` takes, against the model's output
+    shape (`funcnet.losses.label_check`: integer classes in ``[0, classes)`` or one-hot
+    vectors for the class losses, 0/1 or ±1 for the binary ones). Inside the compiled epoch
+    nothing is checked per step.
+
     Args:
       model: a `funcnet.nn.Layer`.
       optimizer: a gradient transformation; a learning-rate schedule lives inside it
@@ -391,7 +431,17 @@ def fit(
     Returns:
       `FitResult(state, best, history, best_epoch)`.
     """
-    _check_inputs(epochs, batch_size, patience, train_data, eval_data, where="fit")
+    train_data, eval_data = _check_inputs(
+        model,
+        optimizer,
+        epochs,
+        batch_size,
+        patience,
+        max_consecutive_skips,
+        train_data,
+        eval_data,
+        where="fit",
+    )
     if mesh is not None:
         check_mesh(mesh, batch_size)
     settings = _settings(
@@ -407,9 +457,10 @@ def fit(
     if mesh is not None and accumulate > 1:
         check_mesh(mesh, batch_size // accumulate)
     extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
+    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
+    _check_labels("fit", model, loss_fn, in_shape, train_data, eval_data)
     compiled = compile_epoch(model, optimizer, loss_fn=loss_fn, settings=settings, mesh=mesh)
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
-    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     state = _initial_state(
         lambda key: init_train_state(model, compiled.build(), key, in_shape),
         key,
@@ -490,7 +541,18 @@ def fit_ensemble(
       `EnsembleResult(state, best, history, best_epoch)`: a leading member axis on `state`
       and `best`, and `history` and `best_epoch` lists with one entry per member.
     """
-    _check_inputs(epochs, batch_size, patience, train_data, eval_data, where="fit_ensemble")
+    train_data, eval_data = _check_inputs(
+        model,
+        optimizer,
+        epochs,
+        batch_size,
+        patience,
+        max_consecutive_skips,
+        train_data,
+        eval_data,
+        where="fit_ensemble",
+        factory=bool(hparams),
+    )
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
     k = _member_count(members, hparams)
     if hparams and isinstance(optimizer, GradientTransformation):
@@ -506,11 +568,12 @@ def fit_ensemble(
         eval_ema,
     )
     extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
+    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
+    _check_labels("fit_ensemble", model, loss_fn, in_shape, train_data, eval_data)
     compiled = compile_epoch(
         model, optimizer, loss_fn=loss_fn, settings=settings, ensemble=True, factory=bool(hparams)
     )
     train_data, eval_data = _place(train_data, None), _place(eval_data, None)
-    in_shape = _input_shape(train_data, batch_size // settings.accumulate)
 
     def init_members(key):
         init = jax.vmap(lambda kk, h: init_train_state(model, compiled.build(**h), kk, in_shape))

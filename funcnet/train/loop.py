@@ -38,15 +38,16 @@ StopFn = Callable[[], bool]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A training step produced a non-finite loss or gradient.
+    """A training step produced a non-finite loss, gradient or updated params.
 
     Attributes:
       epoch: the epoch (0-based) of the failing step.
       step: the optimizer step count at the failing step (0-based index of that step).
       batch: the batch index within the epoch.
       member: the ensemble member, or None outside an ensemble.
-      state: the train state before the failing step (for an ensemble, every member's state
-        at the end of that epoch, the failing member's frozen before its failing step).
+      state: the train state before the failing step, whose params are finite (for an
+        ensemble, every member's state at the end of that epoch, the failing member's frozen
+        before its failing step).
       history: the metrics up to the failing epoch, as the result's `history`.
     """
 
@@ -188,10 +189,10 @@ def _nonfinite_error(
     batch = int(bad[member])
     who = f"ensemble member {member} (of failing {failed.tolist()}): " if members.stacked else ""
     message = (
-        f"{who}the loss or gradient became non-finite at step {step} (epoch {epoch}, batch "
-        f"{batch} of {steps_per_epoch}); training stopped and the error's `state` holds the last "
-        f"good state. Lower the learning rate, clip gradients (clip_norm=...) or pass "
-        f"on_nonfinite='skip' to skip such steps."
+        f"{who}the loss, gradient or updated params became non-finite at step {step} (epoch "
+        f"{epoch}, batch {batch} of {steps_per_epoch}); training stopped and the error's `state` "
+        f"holds the last good state. Lower the learning rate, clip gradients (clip_norm=...) or "
+        f"pass on_nonfinite='skip' to skip such steps."
     )
     return NonFiniteLossError(
         message,

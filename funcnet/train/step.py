@@ -19,18 +19,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from funcnet.losses import accuracy
+from funcnet._checks import check_int
+from funcnet.losses import accuracy, label_check
 from funcnet.nn.core import Layer
 from funcnet.optim import (
     ApplyIfFiniteState,
     GradientTransformation,
     accepts_extra_args,
+    alias,
     apply_updates,
     global_norm,
 )
-from funcnet.train.batching import batch_plan, data_size, take
+from funcnet.train.batching import batch_plan, check_data, data_size, take
 from funcnet.train.ema import update_ema
 from funcnet.train.loss_scale import adjust, all_finite, scale_loss, unscale_grads
 from funcnet.train.state import TrainState, check_opt_state, step_key
@@ -102,6 +105,115 @@ def batch_metrics(
         return jnp.sum(w * values) / jnp.where(total > 0, total, 1)
 
     return weighted_mean(loss_fn), {name: weighted_mean(fn) for name, fn in fns.items()}
+
+
+def check_model(where: str, model: Any) -> None:
+    """Refuses a `model` that is not a `funcnet.nn.Layer`, in one line naming `where`."""
+    if isinstance(model, Layer):
+        return
+    wanted = f"{where}: model must be a funcnet.nn.Layer (init, apply)"
+    if callable(model):
+        name = getattr(model, "__name__", type(model).__name__)
+        raise TypeError(
+            f"{wanted}, got the function {name}; a plain function x -> y becomes one with "
+            "funcnet.nn.from_function(fn)"
+        )
+    raise TypeError(f"{wanted}, got {type(model).__name__} {model!r:.40}")
+
+
+def check_optimizer(where: str, optimizer: Any, *, factory: bool = False) -> None:
+    """Refuses an `optimizer` that is not a gradient transformation (anything with callable
+    `init` and `update`, optax's included), or with `factory` a function returning one, in
+    one line naming `where`; a name (``"adam"``) or a constructor not called is told how to
+    make one."""
+    is_transformation = callable(getattr(optimizer, "init", None)) and callable(
+        getattr(optimizer, "update", None)
+    )
+    if is_transformation or (factory and callable(optimizer)):
+        return
+    wanted = "a gradient transformation (with init and update)"
+    if isinstance(optimizer, str):
+        name = optimizer.strip().lower()
+        name = name if name in alias.__all__ else "adam"
+        raise TypeError(
+            f"{where}: optimizer must be {wanted}, got the string {optimizer!r:.40}; "
+            f"make one, e.g. funcnet.optim.{name}(1e-3)"
+        )
+    if callable(optimizer):
+        name = getattr(optimizer, "__name__", type(optimizer).__name__)
+        package = getattr(optimizer, "__module__", None) or ""
+        if package.startswith(("funcnet.optim", "optax")):
+            name = f"{'funcnet.optim' if package.startswith('funcnet') else 'optax'}.{name}"
+        raise TypeError(
+            f"{where}: optimizer must be {wanted}, got the function {name}; call it to make "
+            f"one, e.g. {name}(1e-3)"
+        )
+    raise TypeError(f"{where}: optimizer must be {wanted}, got {type(optimizer).__name__}")
+
+
+def output_shape_of_init(model: Layer, in_shape: Any) -> Any:
+    """The output shape ``model.init(key, in_shape)`` gives, traced abstractly (no params
+    are made)."""
+    shapes = []
+
+    def init(key):
+        out_shape, params, state = model.init(key, in_shape)
+        shapes.append(out_shape)
+        return params, state
+
+    jax.eval_shape(init, jax.random.key(0))
+    return shapes[0]
+
+
+def output_shape_of_apply(model: Layer, params: PyTree, model_state: PyTree, x: Any) -> Any:
+    """The shape of ``model.apply(params, model_state, x, train=False)``'s output (a tree of
+    shapes for several outputs), traced abstractly."""
+    out = jax.eval_shape(
+        lambda p, s, x: model.apply(p, s, x, train=False)[0], params, model_state, x
+    )
+    return jax.tree.map(lambda leaf: tuple(leaf.shape), out)
+
+
+def _signature(tree: PyTree) -> tuple:
+    """What an output shape depends on besides the params: the tree, shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
+def check_labels(
+    where: str,
+    loss_fn: LossFn,
+    labelled: Mapping[str, Any],
+    output_shape: Callable[[], Any],
+) -> None:
+    """Refuses labels `loss_fn` would refuse (`funcnet.losses.label_check`), on the host.
+
+    `labelled` maps names (``"train_data"``) to label arrays; traced ones are skipped, since
+    their values cannot be read. `output_shape()` gives the model's output shape for a batch,
+    and is called only when there is something to check. The error is the loss's own, one
+    line prefixed with `where` and the name.
+    """
+    check = label_check(loss_fn)
+    if check is None:
+        return
+    concrete = {
+        name: np.asarray(labels)
+        for name, labels in labelled.items()
+        if isinstance(labels, np.ndarray | jax.Array) and not isinstance(labels, jax.core.Tracer)
+    }
+    if not concrete:
+        return
+    shape = output_shape()
+    if not (isinstance(shape, tuple) and shape and all(isinstance(d, int) for d in shape)):
+        return  # a model of several outputs: not a loss of this kind's input
+    for name, labels in concrete.items():
+        rows = labels.shape[:1] if labels.ndim else ()
+        outputs = np.broadcast_to(np.zeros((), np.float32), (*rows, *shape[1:]))
+        try:
+            check(outputs, labels)
+        except (TypeError, ValueError) as err:
+            kind = TypeError if isinstance(err, TypeError) else ValueError
+            raise kind(f"{where}: {name} y: {err}") from None
 
 
 _OPTIMIZER_STREAM = 2**32 - 1
@@ -389,8 +501,17 @@ def make_step(
     The metrics returned are ``{"loss", **metrics}`` (and ``"grad_norm"`` if asked for),
     scalars computed at the params before the update; with a loss scale also ``finite``
     (False for a skipped step) and ``fatal``.
+
+    Before the compiled step runs, a batch of nested lists of numbers becomes NumPy arrays
+    and anything else that is not arrays of numbers is refused; labels held in NumPy arrays
+    are checked on the host against `loss_fn` (`funcnet.losses.label_check`: classes in
+    range, one-hot of the outputs' shape). Labels already on the device are not read back,
+    which would make every step wait for the device; the jitted step itself is
+    ``step.__wrapped__``.
     """
-    return jax.jit(
+    check_model("make_step", model)
+    check_optimizer("make_step", optimizer)
+    jitted = jax.jit(
         train_step(
             model,
             optimizer,
@@ -401,6 +522,27 @@ def make_step(
         ),
         donate_argnums=0,
     )
+    shapes: dict[tuple, Any] = {}
+
+    @functools.wraps(jitted)
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        batch = check_data("make_step", "the batch", batch, weights=True)
+        x, y = batch[0], batch[1]
+        if isinstance(y, np.ndarray):
+            check_not_empty("make_step", "a batch", batch)
+
+            def output_shape():
+                signature = _signature(x)
+                if signature not in shapes:
+                    shapes[signature] = output_shape_of_apply(
+                        model, state.params, state.model_state, x
+                    )
+                return shapes[signature]
+
+            check_labels("make_step", loss_fn, {"the batch": y}, output_shape)
+        return jitted(state, batch)
+
+    return step
 
 
 def eval_step(
@@ -460,7 +602,15 @@ def make_evaluate(
     The model runs with ``train=False``. The data set is cut into batches of `batch_size`
     rows (all rows at once when None), the last one padded (see `funcnet.train.batch_plan`),
     and scanned; each metric is the mean over all examples, ``{"loss", **metrics}``.
+
+    Before the compiled code runs, concrete data is checked on the host: nested lists of
+    numbers become NumPy arrays, anything else that is not arrays of numbers is refused, and
+    the labels are checked against `loss_fn` (`funcnet.losses.label_check`); traced data
+    (a call inside `jit`) passes unchecked. The jitted function is ``evaluate.__wrapped__``.
     """
+    check_model("make_evaluate", model)
+    if batch_size is not None:
+        check_int("make_evaluate", "batch_size", batch_size)
     evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
 
     @jax.jit
@@ -468,4 +618,21 @@ def make_evaluate(
         check_not_empty("make_evaluate", "a data set", tuple(data))
         return evaluate_batches(evaluate, params, model_state, tuple(data), batch_size)
 
-    return evaluate_data
+    shapes: dict[tuple, Any] = {}
+
+    @functools.wraps(evaluate_data)
+    def evaluate_checked(params, model_state, data):
+        data = check_data("make_evaluate", "the data", data)
+        check_not_empty("make_evaluate", "a data set", data)
+        x = data[0]
+
+        def output_shape():
+            signature = _signature(x)
+            if signature not in shapes:
+                shapes[signature] = output_shape_of_apply(model, params, model_state, x)
+            return shapes[signature]
+
+        check_labels("make_evaluate", loss_fn, {"the data": data[1]}, output_shape)
+        return evaluate_data(params, model_state, data)
+
+    return evaluate_checked

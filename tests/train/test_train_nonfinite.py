@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcnet import losses, train
+from funcnet import losses, nn, optim, train
 
 BATCH, BAD_ROW, POISON = 16, 17, 3
 
@@ -179,3 +179,55 @@ def test_a_nan_gradient_under_a_finite_loss_stops_at_its_step(data, model, optim
         jax.tree.leaves(info.value.state.params), jax.tree.leaves(expected.params), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _first_nonfinite_step(model, optimizer, state, data, epochs):
+    """The reference: `make_step` in `fit`'s order until the params stop being finite; returns
+    that step's index and the state before it."""
+    step = train.make_step(model, optimizer, loss_fn=losses.softmax_cross_entropy)
+    x, y = data
+    for _ in range(epochs):
+        indices, weights = train.batch_plan(len(y), BATCH, train.shuffle_key(state))
+        for idx, w in zip(indices, weights, strict=True):
+            before = jax.tree.map(jnp.copy, state)
+            state, _ = step(state, (x[idx], y[idx], w))
+            if not train.all_finite(state.params):
+                return int(before.step), before
+    return None, state
+
+
+@pytest.mark.parametrize("case", ["float16 adam", "sgd at an infinite rate"])
+def test_the_error_state_is_finite_when_a_finite_gradient_makes_the_params_nonfinite(data, case):
+    """The loss and gradient are finite, the update is not: float16 params with Adam's
+    default ε = 1e-8, which is 0 in float16, so a gradient that underflows divides 0 by 0; and
+    a rate of inf (through a schedule: ``sgd(inf)`` itself is refused)."""
+    x, y = data[0]
+    if case == "float16 adam":
+        half = jnp.float16
+        model = nn.serial(nn.dense(8, dtype=half), nn.relu, nn.dense(3, dtype=half))
+        x, optimizer = x.astype(half), optim.adam()
+    else:
+        model = nn.serial(nn.dense(8), nn.relu, nn.dense(3))
+        optimizer = optim.sgd(lambda count: jnp.inf)
+    key = jax.random.key(0)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.fit(
+            model,
+            optimizer,
+            (x, y),
+            loss_fn=losses.softmax_cross_entropy,
+            epochs=2,
+            batch_size=BATCH,
+            key=key,
+            progress=False,
+        )
+    err = info.value
+    assert train.all_finite(err.state.params)
+    assert train.all_finite(err.state.opt_state)
+    start = train.init_train_state(model, optimizer, key, (BATCH, 3))
+    step, expected = _first_nonfinite_step(model, optimizer, start, (x, y), epochs=2)
+    assert err.step == step == int(err.state.step)
+    for got, want in zip(
+        jax.tree.leaves(err.state.params), jax.tree.leaves(expected.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

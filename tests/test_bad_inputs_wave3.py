@@ -1,0 +1,360 @@
+"""Bad input refused before anything compiles: labels, wrong objects, sizes, hyperparameters.
+
+Each case in `CASES` is a call that must raise a `ValueError` or `TypeError` whose message is
+one line holding every listed fragment: the function or layer, the argument and the value.
+The other tests check what the refusals leave alone: lists of numbers are trained on as the
+arrays they spell, traced hyperparameters pass, and labels traced under `jit` give a NaN loss.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+import funcnet as fn
+from funcnet import losses, nn, optim, train
+
+KEY = jax.random.key(0)
+MLP = nn.serial(nn.dense(8), nn.relu, nn.dense(3))
+ONE = nn.serial(nn.dense(4), nn.relu, nn.dense(1))
+X = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
+Y = np.arange(10, dtype=np.int32) % 3
+CE = losses.softmax_cross_entropy
+FIT = {"loss_fn": CE, "epochs": 1, "batch_size": 4, "key": KEY, "progress": False}
+
+
+def fit(data, model=MLP, optimizer=None, **kwargs):
+    opt = optim.adam(1e-3) if optimizer is None else optimizer
+    return lambda: train.fit(model, opt, data, **{**FIT, **kwargs})
+
+
+def fit_ensemble(data, optimizer=None, **kwargs):
+    opt = optim.adam(1e-3) if optimizer is None else optimizer
+    settings = {**FIT, "members": 2, **kwargs}
+    return lambda: train.fit_ensemble(MLP, opt, data, **settings)
+
+
+def mlp_state():
+    return train.init_train_state(MLP, optim.adam(1e-3), KEY, (4, 5))
+
+
+def step_on(batch, optimizer=None):
+    step = train.make_step(MLP, optim.adam(1e-3) if optimizer is None else optimizer, loss_fn=CE)
+    return lambda: step(mlp_state(), batch)
+
+
+def evaluate_on(data):
+    state = mlp_state()
+    evaluate = train.make_evaluate(MLP, loss_fn=CE)
+    return lambda: evaluate(state.params, state.model_state, data)
+
+
+def apply_to(inputs):
+    _, params, state = MLP.init(KEY, (1, 5))
+    return lambda: MLP.apply(params, state, inputs)
+
+
+CASES = {
+    # Labels, checked on the host against the loss and the model's output shape.
+    "labels at the number of classes": (
+        fit((X, Y + 1)),
+        ["fit: train_data y", "softmax_cross_entropy", "[0, 3)", "[1, 3]"],
+    ),
+    "negative labels": (fit((X, Y - 1)), ["fit: train_data y", "[0, 3)", "[-1, 1]"]),
+    "held-out labels out of range": (
+        fit((X, Y), eval_data=(X, Y + 3)),
+        ["fit: eval_data y", "[0, 3)", "[3, 5]"],
+    ),
+    "string labels": (
+        fit((X, Y.astype(str))),
+        ["fit: train_data y", "dtype <U", "integer ids"],
+    ),
+    "float class labels": (
+        fit((X, Y.astype(np.float32))),
+        ["fit: train_data y", "integers", "float32"],
+    ),
+    "one-hot labels of more classes than outputs": (
+        fit((X, np.eye(4, dtype=np.float32)[Y])),
+        ["fit: train_data y", "(10, 4)", "(10, 3)"],
+    ),
+    "labels out of range through functools.partial": (
+        fit((X, Y + 1), loss_fn=functools.partial(CE, reduction="mean")),
+        ["fit: train_data y", "[0, 3)"],
+    ),
+    "multiclass hinge labels out of range": (
+        fit((X, Y * 2), loss_fn=losses.multiclass_hinge),
+        ["train_data y", "multiclass_hinge", "[0, 3)", "[0, 4]"],
+    ),
+    "±1 labels to binary cross-entropy": (
+        fit(
+            (X, np.where(Y[:, None] > 0, 1.0, -1.0)), model=ONE, loss_fn=losses.binary_cross_entropy
+        ),
+        ["train_data y", "binary_cross_entropy", "[0, 1]", "logistic_loss"],
+    ),
+    "0/1 labels to the hinge loss": (
+        fit((X, (Y[:, None] > 0).astype(np.float32)), model=ONE, loss_fn=losses.hinge),
+        ["train_data y", "hinge", "−1 or +1"],
+    ),
+    "held-out labels out of range in an ensemble": (
+        fit_ensemble((X, Y), eval_data=(X, Y + 3)),
+        ["fit_ensemble: eval_data y", "[0, 3)", "[3, 5]"],
+    ),
+    "labels out of range to make_evaluate": (
+        evaluate_on((X, Y + 1)),
+        ["make_evaluate: the data y", "[0, 3)", "[1, 3]"],
+    ),
+    "NumPy labels out of range to make_step": (
+        step_on((X[:4], np.array([0, 1, 2, 3]))),
+        ["make_step: the batch y", "[0, 3)", "[0, 3]"],
+    ),
+    # Wrong objects and values.
+    "the optimizer as a string": (
+        fit((X, Y), optimizer="adam"),
+        ["fit: optimizer", "gradient transformation", "'adam'", "funcnet.optim.adam(1e-3)"],
+    ),
+    "another optimizer as a string": (
+        fit((X, Y), optimizer="SGD"),
+        ["fit: optimizer", "'SGD'", "funcnet.optim.sgd(1e-3)"],
+    ),
+    "the optimizer's constructor, not called": (
+        fit((X, Y), optimizer=optim.adam),
+        ["fit: optimizer", "the function funcnet.optim.adam", "funcnet.optim.adam(1e-3)"],
+    ),
+    "the optimizer as a number": (fit((X, Y), optimizer=1e-3), ["fit: optimizer", "float"]),
+    "the model as a string": (fit((X, Y), model="mlp"), ["fit: model", "funcnet.nn.Layer", "str"]),
+    "the model as a plain function": (
+        fit((X, Y), model=jax.nn.relu),
+        ["fit: model", "funcnet.nn.Layer", "from_function"],
+    ),
+    "an ensemble's optimizer as a string": (
+        fit_ensemble((X, Y), optimizer="adam"),
+        ["fit_ensemble: optimizer", "'adam'", "funcnet.optim.adam(1e-3)"],
+    ),
+    "make_step with the optimizer as a string": (
+        lambda: train.make_step(MLP, "adam", loss_fn=CE),
+        ["make_step: optimizer", "'adam'"],
+    ),
+    "make_evaluate of a float batch size": (
+        lambda: train.make_evaluate(MLP, loss_fn=CE, batch_size=1.5),
+        ["make_evaluate: batch_size", "1.5"],
+    ),
+    "make_evaluate with the model as a string": (
+        lambda: train.make_evaluate("mlp", loss_fn=CE),
+        ["make_evaluate: model", "str"],
+    ),
+    "apply to a list of Python numbers": (
+        apply_to([[0.0] * 5]),
+        ["serial", "list of Python numbers", "(1, 5)", "jnp.asarray"],
+    ),
+    "fit on ragged lists": (
+        fit(([[0.0] * 5] * 9 + [[0.0] * 4], Y.tolist())),
+        ["fit: train_data x", "ragged", "list"],
+    ),
+    "fit on string inputs": (fit((X.astype(str), Y)), ["fit: train_data x", "dtype <U"]),
+    "fit on a Python object among the inputs": (
+        fit(({"a": X, "b": "pixels"}, Y)),
+        ["fit: train_data x/b", "str", "'pixels'"],
+    ),
+    "fit on inputs without labels": (fit(X), ["fit: train_data", "pair (x, y)", "ndarray"]),
+    "make_step on a batch of three parts and one more": (
+        step_on((X[:4], Y[:4], np.ones(4), np.ones(4))),
+        ["make_step: the batch", "(x, y) or (x, y, weights)", "length 4"],
+    ),
+    # Sizes: integers in range, one line naming the layer or function and the argument.
+    "dense of a float width": (lambda: nn.dense(3.5), ["dense: features", "3.5"]),
+    "dense of a string width": (lambda: nn.dense("8"), ["dense: features", "'8'"]),
+    "dense of a bool width": (lambda: nn.dense(True), ["dense: features", "True"]),
+    "conv of a float kernel size": (lambda: nn.conv(4, 3.5), ["conv: kernel_size", "3.5"]),
+    "conv of float features": (lambda: nn.conv(4.0, 3), ["conv: features", "4.0"]),
+    "conv of float groups": (lambda: nn.conv(4, 3, groups=1.5), ["conv: groups", "1.5"]),
+    "conv_transpose of float features": (
+        lambda: nn.conv_transpose(2.5, 3),
+        ["conv_transpose: features", "2.5"],
+    ),
+    "max_pool of a float window": (lambda: nn.max_pool(2.5), ["max_pool: window", "2.5"]),
+    "avg_pool of zero strides": (lambda: nn.avg_pool(2, strides=0), ["avg_pool: strides", "0"]),
+    "adaptive_avg_pool of a float size": (
+        lambda: nn.adaptive_avg_pool(2.5),
+        ["adaptive_avg_pool: output_size", "2.5"],
+    ),
+    "attention of a float head count": (
+        lambda: nn.multi_head_attention(2.5),
+        ["multi_head_attention: num_heads", "2.5"],
+    ),
+    "attention of no head width": (
+        lambda: nn.multi_head_attention(2, head_dim=0),
+        ["multi_head_attention: head_dim", "0"],
+    ),
+    "cross-attention of a string head count": (
+        lambda: nn.cross_attention("2"),
+        ["cross_attention: num_heads", "'2'"],
+    ),
+    "transformer block of a float MLP width": (
+        lambda: nn.transformer_block(2, 3.5),
+        ["transformer_block: mlp_dim", "3.5"],
+    ),
+    "embedding of a float table size": (
+        lambda: nn.embedding(10.5, 4),
+        ["embedding: num_embeddings", "10.5"],
+    ),
+    "embedding of a float padding index": (
+        lambda: nn.embedding(10, 4, padding_idx=1.5),
+        ["embedding: padding_idx", "[-10, 10)", "1.5"],
+    ),
+    "gru of a float width": (lambda: nn.gru(4.5), ["gru: hidden", "4.5"]),
+    "lstm of no layers": (lambda: nn.lstm(4, num_layers=0), ["lstm: num_layers", "0"]),
+    "group_norm of a float group count": (
+        lambda: nn.group_norm(2.5),
+        ["group_norm: num_groups", "2.5"],
+    ),
+    "fanout of a float count": (lambda: nn.fanout(1.5), ["fanout: num", "1.5"]),
+    "fit of a float batch size": (
+        fit((X, Y), batch_size=16.5),
+        ["fit: batch_size", "positive int", "16.5"],
+    ),
+    "fit of float epochs": (fit((X, Y), epochs=1.5), ["fit: epochs", "non-negative int", "1.5"]),
+    "fit of a float patience": (
+        fit((X, Y), eval_data=(X, Y), patience=2.5),
+        ["fit: patience", "2.5"],
+    ),
+    "fit of negative skips": (
+        fit((X, Y), max_consecutive_skips=-1),
+        ["fit: max_consecutive_skips", "-1"],
+    ),
+    "fit_ensemble of a string batch size": (
+        fit_ensemble((X, Y), batch_size="8"),
+        ["fit_ensemble: batch_size", "'8'"],
+    ),
+    # Optimizer hyperparameters: the optimizer, the argument, the value, what is allowed.
+    "adam at a negative rate": (
+        lambda: optim.adam(-1e-3),
+        ["adam: learning_rate", "finite positive number or a schedule", "-0.001"],
+    ),
+    "adam at a string rate": (lambda: optim.adam("abc"), ["adam: learning_rate", "'abc'"]),
+    "adam at a NaN rate": (lambda: optim.adam(float("nan")), ["adam: learning_rate", "nan"]),
+    "adam at a negative rate held in an array": (
+        lambda: optim.adam(jnp.array(-1.0)),
+        ["adam: learning_rate", "-1.0"],
+    ),
+    "sgd at an infinite rate": (lambda: optim.sgd(float("inf")), ["sgd: learning_rate", "inf"]),
+    "sgd at a zero rate": (lambda: optim.sgd(0.0), ["sgd: learning_rate", "0.0"]),
+    "sgd with momentum above 1": (
+        lambda: optim.sgd(0.1, momentum=1.5),
+        ["sgd: momentum", "[0, 1)", "1.5"],
+    ),
+    "adam with no eps": (lambda: optim.adam(eps=0.0), ["adam: eps", "> 0", "0.0"]),
+    "adam with negative weight decay": (
+        lambda: optim.adam(weight_decay=-0.1),
+        ["adam: weight_decay", ">= 0", "-0.1"],
+    ),
+    "adamw with a negative beta": (lambda: optim.adamw(b2=-0.1), ["adamw: b2", "[0, 1)", "-0.1"]),
+    "adamax with a string beta": (lambda: optim.adamax(b1="0.9"), ["adamax: b1", "'0.9'"]),
+    "nadam with a negative momentum decay": (
+        lambda: optim.nadam(momentum_decay=-1.0),
+        ["nadam: momentum_decay", "-1.0"],
+    ),
+    "rmsprop with momentum 1": (
+        lambda: optim.rmsprop(momentum=1.0),
+        ["rmsprop: momentum", "[0, 1)", "1.0"],
+    ),
+    "rmsprop with no eps": (lambda: optim.rmsprop(eps=-1e-8), ["rmsprop: eps", "-1e-08"]),
+    "momentum with a negative beta": (
+        lambda: optim.momentum(beta=-0.5),
+        ["momentum: beta", "[0, 1)", "-0.5"],
+    ),
+    "nesterov with beta 2": (lambda: optim.nesterov(beta=2), ["nesterov: beta", "[0, 1)", "2"]),
+    "lion with a beta above 1": (lambda: optim.lion(b1=1.5), ["lion: b1", "[0, 1]", "1.5"]),
+    "adagrad with a negative eps": (lambda: optim.adagrad(eps=-1.0), ["adagrad: eps", "-1.0"]),
+    "adadelta with rho above 1": (lambda: optim.adadelta(rho=1.5), ["adadelta: rho", "1.5"]),
+    "scale_by_learning_rate at rate 0": (
+        lambda: optim.scale_by_learning_rate(0),
+        ["scale_by_learning_rate: learning_rate", "0"],
+    ),
+    "scale_by_adam with no eps": (
+        lambda: optim.scale_by_adam(eps=0.0),
+        ["scale_by_adam: eps", "0.0"],
+    ),
+    "trace with a decay above 1": (lambda: optim.trace(1.5), ["trace: decay", "1.5"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_refused_in_one_line_naming_the_argument_and_value(name):
+    call, fragments = CASES[name]
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, f"{name}: the message is not one line:\n{message}"
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"{name}: {missing} not in the message:\n{message}"
+
+
+def test_fit_on_lists_of_numbers_equals_fit_on_the_arrays():
+    by_arrays = train.fit(MLP, optim.adam(1e-2), (X, Y), **{**FIT, "epochs": 2})
+    by_lists = train.fit(MLP, optim.adam(1e-2), (X.tolist(), Y.tolist()), **{**FIT, "epochs": 2})
+    assert by_lists.history == by_arrays.history
+
+
+def test_traced_and_scheduled_hyperparameters_pass_unchecked():
+    params = {"w": jnp.ones(3)}
+
+    def one_step(rate, beta):
+        opt = optim.sgd(rate, momentum=beta)
+        return opt.update({"w": jnp.ones(3)}, opt.init(params), params)[0]["w"]
+
+    updates = jax.vmap(one_step)(jnp.array([0.1, 0.2]), jnp.array([0.5, 0.9]))
+    np.testing.assert_allclose(updates, [[-0.1] * 3, [-0.2] * 3])
+    optim.adam(lambda count: 1e-3 / (1 + count))  # a schedule is not read
+    result = train.fit_ensemble(
+        MLP,
+        lambda learning_rate: optim.adam(learning_rate),
+        (X, Y),
+        hparams={"learning_rate": [1e-3, 1e-2]},
+        **FIT,
+    )
+    assert len(result.history) == 2
+
+
+@pytest.mark.parametrize(
+    "loss", [losses.softmax_cross_entropy, losses.nll, losses.multiclass_hinge]
+)
+@pytest.mark.parametrize("label", [3, -1, 7])
+def test_a_traced_label_out_of_range_gives_a_nan_loss_never_another_class(loss, label):
+    logits = jnp.log(jnp.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]))
+    good = jax.jit(loss)(logits, jnp.array([0, 2]))
+    np.testing.assert_allclose(good, loss(logits, np.array([0, 2])), rtol=1e-6)
+    assert np.isnan(jax.jit(loss)(logits, jnp.array([0, label])))
+    per_example = jax.jit(functools.partial(loss, reduction="none"))(logits, jnp.array([0, label]))
+    assert np.isfinite(per_example[0]) and np.isnan(per_example[1])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        loss(logits, np.array([0, label]))
+
+
+def test_checkify_turns_a_traced_label_out_of_range_into_an_error():
+    checked = checkify.checkify(jax.jit(losses.softmax_cross_entropy), errors=checkify.float_checks)
+    error, _ = checked(jnp.zeros((2, 3)), jnp.array([0, -1]))
+    assert error.get() is not None and "nan" in error.get()
+    error, _ = checked(jnp.zeros((2, 3)), jnp.array([0, 2]))
+    assert error.get() is None
+
+
+def test_make_step_leaves_labels_on_the_device_unread():
+    """Labels already on the device are not read back each step (a wait on the device); an
+    out-of-range one shows as a NaN loss instead."""
+    step = train.make_step(MLP, optim.adam(1e-3), loss_fn=CE)
+    _, metrics = step(mlp_state(), (jnp.asarray(X[:4]), jnp.array([0, 1, 2, 3])))
+    assert np.isnan(metrics["loss"])
+    _, metrics = step(mlp_state(), (X[:4].tolist(), Y[:4].tolist()))
+    assert np.isfinite(metrics["loss"])
+
+
+def test_label_check_knows_the_losses_that_constrain_labels():
+    assert losses.label_check(losses.mse) is None
+    assert losses.label_check(lambda outputs, labels: 0.0) is None
+    for loss in (CE, losses.nll, losses.binary_cross_entropy, losses.hinge):
+        assert losses.label_check(loss) is not None
+        assert losses.label_check(jax.jit(functools.partial(loss, reduction="sum"))) is not None
+    assert fn.losses.label_check(CE)(np.zeros((2, 3), np.float32), np.array([0, 2])) is None
