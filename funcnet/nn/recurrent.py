@@ -79,9 +79,14 @@ def _recurrent(
     """A stack of layers running ``carry, h = step(params, carry, x_t W_ih + input_bias)`` over
     time.
 
-    The input projection of all steps is one matmul before each scan; only the recurrent part
-    runs inside it. The carry is ``carry_size`` states of width `hidden` side by side, the
-    hidden state last (the LSTM's is ``[c | h]``).
+    The input projection is taken inside each time step, as the recurrent one is. Taking it
+    for all steps as one matmul before the scan keeps a ``(time, batch, G·hidden)`` array
+    and its gradient alive for the backward pass: measured on XLA:CPU for a training step
+    (LSTM, value_and_grad and Adam), it doubled the temporary memory (50 vs 25 MB at batch
+    32, 64 steps, 64 features, hidden 256) and was as fast or slower (1.0–1.5×) at every
+    shape tried, from batch 8 × 256 steps to batch 256 × 32 steps, hidden 128 to 512. The
+    carry is ``carry_size`` states of width `hidden` side by side, the hidden state last (the
+    LSTM's is ``[c | h]``).
     """
     hidden = check_int(kind, "hidden", hidden)
     num_layers = check_int(kind, "num_layers", num_layers)
@@ -210,18 +215,23 @@ def _recurrent(
 
     def run(params, xs, mask, carry, reverse):
         """One direction over time-major `xs` ``(time, batch, features)`` from `carry`."""
-        projected = xs @ params["w_ih"] + input_bias(params)
+        bias = input_bias(params)
+
+        def project(x_t):
+            return x_t @ params["w_ih"] + bias
+
         if mask is None:
-            scan_step, sequence = (lambda c, p: step(params, c, p)), projected
+            scan_step, sequence = (lambda c, x_t: step(params, c, project(x_t))), xs
         else:
 
             def scan_step(c, inputs):
-                p, real = inputs
-                new_c, h = step(params, c, p)
+                x_t, real = inputs
+                new_c, h = step(params, c, project(x_t))
                 return jnp.where(real, new_c, c), jnp.where(real, h, jnp.zeros_like(h))
 
-            sequence = (projected, mask[..., None])
-        carry, hs = lax.scan(scan_step, carry.astype(projected.dtype), sequence, reverse=reverse)
+            sequence = (xs, mask[..., None])
+        dtype = jnp.result_type(xs.dtype, params["w_ih"].dtype)
+        carry, hs = lax.scan(scan_step, carry.astype(dtype), sequence, reverse=reverse)
         return hs, carry
 
     def apply(params, state, x, *, key=None, train=False):

@@ -526,6 +526,10 @@ def make_step(
 
     @functools.wraps(jitted)
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+        # Arrays already on the device need no check here (their labels are not read back):
+        # this path costs the compiled step a few isinstance calls, not a tree traversal.
+        if type(batch) is tuple and 2 <= len(batch) <= 3 and all(map(_is_device_array, batch)):
+            return jitted(state, batch)
         batch = check_data("make_step", "the batch", batch, weights=True)
         x, y = batch[0], batch[1]
         if isinstance(y, np.ndarray):
@@ -543,6 +547,10 @@ def make_step(
         return jitted(state, batch)
 
     return step
+
+
+def _is_device_array(part: Any) -> bool:
+    return isinstance(part, jax.Array) and not isinstance(part, jax.core.Tracer)
 
 
 def eval_step(

@@ -311,7 +311,10 @@ NN_MODULES = [
     "initializers",
     "linear",
     "norm",
+    "precision",
     "recurrent",
+    "remat",
+    "repeat",
     "summary",
 ]
 
