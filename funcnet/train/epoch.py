@@ -38,7 +38,9 @@ from funcnet.train.step import LossFn, Metrics, eval_step, evaluate_batches, tra
 __all__ = [
     "UNCHECKED",
     "EpochOutput",
+    "EpochParts",
     "epoch_fn",
+    "epoch_parts",
     "select",
 ]
 
@@ -85,6 +87,132 @@ def select(mask: Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(pick, new, old)
 
 
+class EpochParts(NamedTuple):
+    """An epoch cut at its steps, for running the steps from the host one by one.
+
+    Attributes:
+      start: ``start(state, hparams, train_data) -> (carry, full, ragged)``: the shuffled
+        batches, ``full`` stacked ``(steps, batch, ...)`` (None when there is no full batch)
+        and the ragged last one (or None), and the carry ``(state, bad_batch)`` the steps
+        thread.
+      body: ``body(carry, index, batch, hparams) -> (carry, record)``: the step on `batch`,
+        the epoch's batch number `index`.
+      finish: ``finish(carry, records, ragged_record, eval_data) -> EpochOutput``: the
+        records of the full batches stacked on a leading axis (or None), the ragged one's.
+
+    ``run`` of `epoch_fn` is ``start``, a `lax.scan` of ``body`` over the full batches, the
+    ragged step and ``finish``: the same functions, so both ways compute the same steps.
+    """
+
+    start: Callable[..., Any]
+    body: Callable[..., Any]
+    finish: Callable[..., EpochOutput]
+
+
+def epoch_parts(
+    model: Layer,
+    make_optimizer: Callable[..., GradientTransformation],
+    *,
+    loss_fn: LossFn,
+    batch_size: int,
+    metrics: Metrics | None = None,
+    grad_norm: bool = False,
+    skip_nonfinite: int | None = None,
+    checked: bool = False,
+    mesh: Mesh | None = None,
+    accumulate: int = 1,
+    eval_ema: bool = True,
+) -> EpochParts:
+    """The pure pieces of the epoch `epoch_fn` runs (see `EpochParts`); the arguments are
+    `epoch_fn`'s."""
+    track_norm = grad_norm or (checked and skip_nonfinite is None)
+
+    def layout(batches):
+        if mesh is None:
+            return batches
+        full, ragged = batches
+        if full is not None:
+            full = lax.with_sharding_constraint(full, stacked_batch_sharding(mesh))
+        if ragged is not None:
+            ragged = lax.with_sharding_constraint(ragged, batch_sharding(mesh))
+        return batches._replace(full=full, ragged=ragged)
+
+    def start(state: TrainState, hparams: Mapping[str, Array], train_data: Any):
+        del hparams
+        n = data_size(train_data)
+        batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
+        return (state, jnp.array(-1, jnp.int32)), batches.full, batches.ragged
+
+    def body(carry, index, batch, hparams):
+        state, bad_batch = carry
+        step = train_step(
+            model,
+            make_optimizer(**hparams),
+            loss_fn=loss_fn,
+            metrics=metrics,
+            grad_norm=track_norm,
+            skip_nonfinite=skip_nonfinite,
+            accumulate=accumulate,
+        )
+        flagged = skip_nonfinite is not None or state.loss_scale is not None
+        new, values = step(state, batch)
+        if flagged:
+            finite, fatal = values.pop("finite"), values.pop("fatal")
+        else:
+            finite = jnp.isfinite(values["loss"])
+            if checked:
+                finite &= jnp.isfinite(values["grad_norm"])
+            fatal = ~finite
+        if checked:
+            # A finite loss and gradient can still give non-finite params (a rate of inf, an
+            # ε that underflows to 0 in float16): stop at that step too, so the state kept
+            # is finite.
+            kept = all_finite(new.params)
+            finite &= kept
+            fatal |= ~kept
+            ok = (bad_batch < 0) & ~fatal
+            new = select(ok, new, state)
+            bad_batch = jnp.where((bad_batch < 0) & fatal, index, bad_batch)
+        else:
+            ok = jnp.array(True)
+            bad_batch = jnp.where(fatal, UNCHECKED, bad_batch)
+        counted = ok & finite if checked or flagged else ok
+        rows = jnp.sum(batch[2]) if len(batch) == 3 else jnp.float32(batch_size)
+        rows = jnp.where(counted, rows, 0.0)
+        # Each step's row count and row-weighted metrics; the epoch sums them at the end.
+        record = {name: rows * jnp.where(counted, v, 0.0) for name, v in values.items()}
+        record |= {"rows": rows, "skipped": (ok & ~finite).astype(jnp.int32)}
+        return (new, bad_batch), record
+
+    def finish(carry, records, ragged_record, eval_data) -> EpochOutput:
+        state, bad_batch = carry
+        parts = []
+        if records is not None:
+            parts.append(jax.tree.map(jnp.sum, records))
+        if ragged_record is not None:
+            parts.append(ragged_record)
+        totals = jax.tree.map(lambda *p: sum(p[1:], p[0]), *parts)
+        if not checked:
+            clean = all_finite(state.params)
+            bad_batch = jnp.where(clean, bad_batch, UNCHECKED)
+
+        rows = totals.pop("rows")
+        skipped = totals.pop("skipped")
+        if track_norm and not grad_norm:
+            totals.pop("grad_norm")
+        train = {name: t / jnp.where(rows > 0, rows, 1.0) for name, t in totals.items()}
+        if skip_nonfinite is not None or state.loss_scale is not None:
+            train["skipped"] = skipped
+        evaluated = {}
+        if eval_data is not None:
+            evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
+            params = state.ema.params if eval_ema and state.ema is not None else state.params
+            evaluated = evaluate_batches(evaluate, params, state.model_state, eval_data, batch_size)
+        return EpochOutput(state, train, evaluated, bad_batch)
+
+    return EpochParts(start, body, finish)
+
+
 def epoch_fn(
     model: Layer,
     make_optimizer: Callable[..., GradientTransformation],
@@ -110,97 +238,40 @@ def epoch_fn(
     are laid out over its ``data`` axis, for data-parallel training. `accumulate` is
     `train_step`'s. A state with a loss scale skips steps as `skip_nonfinite` does (see
     `train_step`). A state with a moving average of the params is evaluated with the
-    average when `eval_ema` holds, with the params otherwise.
+    average when `eval_ema` holds, with the params otherwise. The steps run in one
+    `lax.scan`; `epoch_parts` gives the same epoch cut at its steps.
     """
-    track_norm = grad_norm or (checked and skip_nonfinite is None)
-
-    def layout(batches):
-        if mesh is None:
-            return batches
-        full, ragged = batches
-        if full is not None:
-            full = lax.with_sharding_constraint(full, stacked_batch_sharding(mesh))
-        if ragged is not None:
-            ragged = lax.with_sharding_constraint(ragged, batch_sharding(mesh))
-        return batches._replace(full=full, ragged=ragged)
+    parts = epoch_parts(
+        model,
+        make_optimizer,
+        loss_fn=loss_fn,
+        batch_size=batch_size,
+        metrics=metrics,
+        grad_norm=grad_norm,
+        skip_nonfinite=skip_nonfinite,
+        checked=checked,
+        mesh=mesh,
+        accumulate=accumulate,
+        eval_ema=eval_ema,
+    )
 
     def run(
         state: TrainState, hparams: Mapping[str, Array], train_data: Any, eval_data: Any
     ) -> EpochOutput:
-        step = train_step(
-            model,
-            make_optimizer(**hparams),
-            loss_fn=loss_fn,
-            metrics=metrics,
-            grad_norm=track_norm,
-            skip_nonfinite=skip_nonfinite,
-            accumulate=accumulate,
-        )
-        flagged = skip_nonfinite is not None or state.loss_scale is not None
-        n = data_size(train_data)
-        batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
-
-        def body(carry, index, batch):
-            state, bad_batch = carry
-            new, values = step(state, batch)
-            if flagged:
-                finite, fatal = values.pop("finite"), values.pop("fatal")
-            else:
-                finite = jnp.isfinite(values["loss"])
-                if checked:
-                    finite &= jnp.isfinite(values["grad_norm"])
-                fatal = ~finite
-            if checked:
-                # A finite loss and gradient can still give non-finite params (a rate of inf, an
-                # ε that underflows to 0 in float16): stop at that step too, so the state kept
-                # is finite.
-                kept = all_finite(new.params)
-                finite &= kept
-                fatal |= ~kept
-                ok = (bad_batch < 0) & ~fatal
-                new = select(ok, new, state)
-                bad_batch = jnp.where((bad_batch < 0) & fatal, index, bad_batch)
-            else:
-                ok = jnp.array(True)
-                bad_batch = jnp.where(fatal, UNCHECKED, bad_batch)
-            counted = ok & finite if checked or flagged else ok
-            rows = jnp.sum(batch[2]) if len(batch) == 3 else jnp.float32(batch_size)
-            rows = jnp.where(counted, rows, 0.0)
-            # Each step's row count and row-weighted metrics; the epoch sums them at the end.
-            record = {name: rows * jnp.where(counted, v, 0.0) for name, v in values.items()}
-            record |= {"rows": rows, "skipped": (ok & ~finite).astype(jnp.int32)}
-            return (new, bad_batch), record
-
-        carry = (state, jnp.array(-1, jnp.int32))
-        count = n // batch_size
-        records = []
-        if batches.full is not None:
-            indices = jnp.arange(count, dtype=jnp.int32)
-            carry, record = lax.scan(
-                lambda c, p: body(c, p[0], p[1]), carry, (indices, batches.full)
+        carry, full, ragged = parts.start(state, hparams, train_data)
+        records = ragged_record = None
+        if full is not None:
+            indices = jnp.arange(full[1].shape[0], dtype=jnp.int32)
+            carry, records = lax.scan(
+                lambda c, p: parts.body(c, p[0], p[1], hparams), carry, (indices, full)
             )
-            records.append(jax.tree.map(jnp.sum, record))
-        if batches.ragged is not None:
-            carry, record = body(carry, jnp.int32(count), batches.ragged)
-            records.append(record)
-        state, bad_batch = carry
-        totals = jax.tree.map(lambda *parts: sum(parts[1:], parts[0]), *records)
-        if not checked:
-            clean = all_finite(state.params)
-            bad_batch = jnp.where(clean, bad_batch, UNCHECKED)
-
-        rows = totals.pop("rows")
-        skipped = totals.pop("skipped")
-        if track_norm and not grad_norm:
-            totals.pop("grad_norm")
-        train = {name: t / jnp.where(rows > 0, rows, 1.0) for name, t in totals.items()}
-        if flagged:
-            train["skipped"] = skipped
-        evaluated = {}
-        if eval_data is not None:
-            evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)
-            params = state.ema.params if eval_ema and state.ema is not None else state.params
-            evaluated = evaluate_batches(evaluate, params, state.model_state, eval_data, batch_size)
-        return EpochOutput(state, train, evaluated, bad_batch)
+        if ragged is not None:
+            carry, ragged_record = parts.body(carry, jnp.int32(_steps(full)), ragged, hparams)
+        return parts.finish(carry, records, ragged_record, eval_data)
 
     return run
+
+
+def _steps(full: Any) -> int:
+    """The number of full batches stacked in `full` (0 for None)."""
+    return 0 if full is None else full[1].shape[0]
