@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bench_families
+
 Results = dict[str, Any]
 
 PEERS = (
@@ -117,6 +119,7 @@ def targets(results: Results) -> list[dict]:
     )
     found.append(_scaling_target(sections.get("scaling", {})))
     found.append(_compile_target(sections.get("compile", {})))
+    found += bench_families.targets(sections.get("families", {}))
     return found
 
 
@@ -501,6 +504,7 @@ RENDERERS = {
     "ensemble": _ensemble_md,
     "peak": _peak_md,
     "scaling": _scaling_md,
+    "families": bench_families.markdown,
 }
 
 

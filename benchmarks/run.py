@@ -9,7 +9,8 @@
 `funcnet bench` calls `main` with its own arguments. Sections: ``mlp`` (training step per
 contender), ``compile`` (first step), ``second_order`` (gradient vs HVPs vs Hessian; alias
 ``hvp``), ``per_example``, ``ensemble``, ``peak`` (matmul efficiency), ``scaling`` (data
-parallel over 1, 2, 4, 8 devices and 2 processes; alias ``data_parallel``).
+parallel over 1, 2, 4, 8 devices and 2 processes; alias ``data_parallel``), ``families``
+(a CNN, an LSTM, a transformer and a batch-norm MLP against hand-written JAX, Flax and Equinox).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from benchmarks import (
     bench_compile,
     bench_ensemble,
+    bench_families,
     bench_mlp,
     bench_peak,
     bench_per_example,
@@ -36,7 +38,16 @@ from benchmarks import (
 )
 from benchmarks.settings import CHECK, FULL, SMOKE, Settings
 
-SECTIONS = ("mlp", "compile", "second_order", "per_example", "ensemble", "peak", "scaling")
+SECTIONS = (
+    "mlp",
+    "compile",
+    "second_order",
+    "per_example",
+    "ensemble",
+    "peak",
+    "scaling",
+    "families",
+)
 ALIASES = {
     "hvp": "second_order",
     "per-example": "per_example",
@@ -45,7 +56,7 @@ ALIASES = {
 }
 HERE = Path(__file__).resolve().parent
 # What `--check` runs: the sections and contenders its targets read.
-CHECK_SECTIONS = ("mlp", "compile", "per_example", "scaling")
+CHECK_SECTIONS = ("mlp", "compile", "per_example", "scaling", "families")
 CHECK_CONTENDERS = (
     "funcnet",
     "funcnet_scan",
@@ -100,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         default=None,
-        help="comma-separated MLP contenders, of "
+        help="comma-separated contenders of the MLP and families sections, of "
         + ", ".join(c.key for c in trainers.CONTENDERS)
         + " (default: all)",
     )
@@ -169,6 +180,10 @@ def measure(args: argparse.Namespace, settings: Settings, log) -> dict:
             sections[name] = bench_peak.run(settings, sections.get("mlp"), earlier_peak, log=log)
         elif name == "scaling":
             sections[name] = bench_scaling.run(settings, log=log)
+        elif name == "families":
+            sections[name] = bench_families.run(
+                settings, args.contenders, sections.get("peak"), log=log
+            )
     return sections
 
 

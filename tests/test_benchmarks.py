@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 import funcnet
-from benchmarks import bench_per_example, report, run, trainers, workload
+from benchmarks import (
+    bench_families,
+    bench_per_example,
+    family_models,
+    report,
+    run,
+    trainers,
+    workload,
+)
 from benchmarks.settings import SMOKE
 
 ALWAYS = "funcnet,funcnet_scan,raw_jax"
@@ -42,9 +50,9 @@ def test_main_writes_json_and_markdown(smoke):
     assert set(results["sections"]) == set(run.SECTIONS)
     text = (out / "RESULTS.md").read_text()
     assert text.startswith("# funcnet benchmarks")
-    for heading in ("## Targets", "## 1. MLP", "## 2. Compile", "## 4. Per-example"):
+    for heading in ("## Targets", "## 1. MLP", "## 2. Compile", "## 4. Per-example", "## 8. Model"):
         assert heading in text
-    assert len(results["targets"]) == 11
+    assert len(results["targets"]) == 11 + len(bench_families.targets({}))
     per_example = [t for t in results["targets"] if t["target"].startswith("per_example_grads")]
     assert [t["target"] for t in per_example] == [
         "per_example_grads ≤ 1.5× torch.func at batch 4",
@@ -75,6 +83,54 @@ def test_timings_are_positive(smoke):
     for row in sections["ensemble"].get("rows", []):
         assert all(_positive(v) for k, v in row.items() if k.endswith("_per_s"))
     assert _positive(sections["peak"]["peak_gflops"])
+
+
+def test_families_section_times_and_checks_every_workload(smoke):
+    """Every family's workload is timed for the contenders asked for, and their first results
+    agree with funcnet's."""
+    _, out = smoke
+    results = json.loads((out / "ci.json").read_text())
+    section = results["sections"]["families"]
+    tables = {t["workload"]: t for t in section["tables"]}
+    assert set(tables) == {w.key for w in bench_families.workloads(bench_families.SMOKE)}
+    for key, table in tables.items():
+        rows = {r["contender"]: r for r in table["rows"]}
+        expected = {"funcnet_scan", "raw_jax"} if table["kind"] == "fit" else {"funcnet", "raw_jax"}
+        assert set(rows) == expected, key
+        for row in rows.values():
+            assert _positive(row["us"]) and row["us_low"] <= row["us_high"], key
+            assert _positive(row["gflops"]) and _positive(row["first_call_s"]), key
+            if row["contender"] != "funcnet_scan":  # fit's compiled epoch is not reachable
+                assert _positive(row["temp_mb"]), key
+        assert table["agreement"]["agree"] is True, (key, table["agreement"])
+    assert _positive(section["peak_gflops"])
+    found = [t for t in results["targets"] if t["target"].startswith("families:")]
+    assert len(found) == len(bench_families.targets({}))
+    assert found[-1]["met"] is True  # the first results agree
+    assert all(t["met"] is None for t in bench_families.targets({}))
+
+
+@pytest.mark.parametrize("contender", ["raw_jax", "flax_linen", "equinox"])
+def test_family_models_compute_what_funcnet_computes(contender):
+    """Each library's version of each family, holding funcnet's weights, gives funcnet's
+    logits; the batch-norm MLP's first training step (dropout off) gives funcnet's loss."""
+    sizes = bench_families.SMOKE
+    for family in (sizes.cnn, sizes.lstm, sizes.transformer, sizes.mlp_bn):
+        params, state = family_models.initial(family)
+        x = family.data(1)[0][0]
+        try:
+            theirs = family_models.INFERENCE_CONTENDERS[contender](family, params, state, x)
+        except trainers.Unavailable as err:
+            pytest.skip(str(err))
+        ours = family_models.INFERENCE_CONTENDERS["funcnet"](family, params, state, x)
+        np.testing.assert_allclose(theirs.first, ours.first, rtol=1e-4, atol=1e-5)
+    family = sizes.mlp_bn._replace(rate=0.0)
+    params, state = family_models.initial(family)
+    data = family.data(2)
+    theirs = family_models.STEP_CONTENDERS[contender](family, params, state, data)
+    ours = family_models.STEP_CONTENDERS["funcnet"](family, params, state, data)
+    np.testing.assert_allclose(theirs.first, ours.first, rtol=1e-5)
+    assert np.isfinite(theirs.run(1))
 
 
 def test_missing_peer_is_a_row_not_a_crash(monkeypatch, tmp_path):
