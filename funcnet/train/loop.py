@@ -9,10 +9,12 @@ members: every value it reads has a leading member axis, of size 1 for a lone mo
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -76,6 +78,8 @@ class Members(NamedTuple):
 
 
 _select_members = jax.jit(select)
+# Where no bar can be redrawn, progress is a line per epoch, at most one per this many seconds.
+LINE_INTERVAL_S = 1.0
 _SHOWN = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
 
 
@@ -117,13 +121,15 @@ def run_loop(
     waited = np.zeros(k, int)
     active = np.ones(k, bool)
 
+    desc = "fit" if not members.stacked else f"fit ×{k}"
+    lines = _EpochLines(desc, epochs) if progress and not _draws_a_bar(tqdm) else None
     bar = tqdm(
         range(start, epochs),
-        desc="fit" if not members.stacked else f"fit ×{k}",
+        desc=desc,
         unit="epoch",
         initial=start,
         total=epochs,
-        disable=not progress,
+        disable=not progress or lines is not None,
         leave=True,
     )
     try:
@@ -163,9 +169,12 @@ def run_loop(
                 active &= waited < patience
 
             shown = {name: float(np.mean(v)) for name, v in values.items() if name != "skipped"}
-            bar.set_postfix(
-                {short: f"{shown[name]:.4g}" for name, short in _SHOWN.items() if name in shown}
-            )
+            postfix = {
+                short: f"{shown[name]:.4g}" for name, short in _SHOWN.items() if name in shown
+            }
+            bar.set_postfix(postfix)
+            if lines is not None:
+                lines.epoch_end(epoch, postfix, last=epoch + 1 == epochs or not active.any())
             if on_epoch_end is not None:
                 on_epoch_end(epoch, state, {name: members.view(v) for name, v in values.items()})
             if not active.any():
@@ -173,6 +182,38 @@ def run_loop(
     finally:
         bar.close()
     return LoopOutput(state, best, histories, best_epochs)
+
+
+def _draws_a_bar(tqdm: type) -> bool:
+    """Whether `tqdm` (tqdm.auto's class) has somewhere to redraw a bar: a notebook, or a
+    standard error that is a terminal. Elsewhere (a log file, a pipe, CI) each redraw would
+    add a carriage-return line to the log."""
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class _EpochLines:
+    """The progress of a run as plain lines on standard error, for a stream that is not a
+    terminal: one per epoch, at most one every `LINE_INTERVAL_S` seconds, and the last."""
+
+    def __init__(self, desc: str, epochs: int):
+        self.desc, self.epochs, self.interval = desc, epochs, LINE_INTERVAL_S
+        self.started = time.perf_counter()
+        self.shown = -math.inf
+
+    def epoch_end(self, epoch: int, metrics: dict[str, str], *, last: bool) -> None:
+        now = time.perf_counter()
+        if not last and now - self.shown < self.interval:
+            return
+        self.shown = now
+        values = "".join(f", {name} {value}" for name, value in metrics.items())
+        print(
+            f"{self.desc}: epoch {epoch + 1}/{self.epochs}{values} ({now - self.started:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _nonfinite_error(
