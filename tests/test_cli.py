@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 
 from funcnet import checkpoint, losses
 from funcnet.app import cli
+from tests.figure_checks import checked_figures
 
 TRAIN = [
     "train",
@@ -35,14 +36,12 @@ TRAIN = [
 def run_dir(tmp_path_factory):
     """A small run on moons: 2 epochs, then resumed to 3."""
     out = tmp_path_factory.mktemp("run")
-    assert cli.main([*TRAIN, "--epochs", "2", "--out", str(out)]) == 0
-    first = json.loads((out / "metrics.json").read_text())
-    assert (
-        cli.main(
-            [*TRAIN, "--epochs", "3", "--resume", str(out / "checkpoint.npz"), "--out", str(out)]
-        )
-        == 0
-    )
+    with checked_figures() as saved:
+        assert cli.main([*TRAIN, "--epochs", "2", "--out", str(out)]) == 0
+        first = json.loads((out / "metrics.json").read_text())
+        resume = ["--resume", str(out / "checkpoint.npz"), "--out", str(out)]
+        assert cli.main([*TRAIN, "--epochs", "3", *resume]) == 0
+    assert saved == [out / "curves.png"] * 2
     return out, first
 
 
@@ -103,7 +102,9 @@ def test_hessian_top_eigenvalues_match_the_dense_hessian(run_dir, capsys, tmp_pa
     out, _ = run_dir
     args = ["hessian", "--checkpoint", str(out / "checkpoint.npz"), "--top-k", "3"]
     args += ["--iters", "200", "--probes", "1", "--trace-samples", "8", "--examples", "100"]
-    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    with checked_figures() as saved:
+        assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    assert saved == [tmp_path / "hessian.png"]
     printed = capsys.readouterr().out
     assert "top 3 eigenvalues" in printed and "trace" in printed
     report = json.loads((tmp_path / "hessian.json").read_text())
@@ -120,6 +121,61 @@ def test_hessian_top_eigenvalues_match_the_dense_hessian(run_dir, capsys, tmp_pa
     assert report["params"] == flat.size == 2 * 12 + 12 + 12 * 2 + 2
     np.testing.assert_allclose(report["top_eigenvalues"], dense[:3], rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(report["trace"], dense.sum(), atol=6 * report["trace_stderr"] + 1e-4)
+
+
+def test_an_ensemble_trains_and_draws_every_member(tmp_path, capsys):
+    out = tmp_path / "ensemble"
+    with checked_figures() as saved:
+        assert cli.main([*TRAIN, "--epochs", "2", "--members", "2", "--out", str(out)]) == 0
+    assert saved == [out / "curves.png"]
+    assert "(mean of 2 members), ensemble" in capsys.readouterr().out
+    metadata = checkpoint.metadata(out / "checkpoint.npz")
+    assert metadata["members"] == 2 and len(metadata["best_epoch"]) == 2
+
+
+def test_the_issue_29_commands_are_refused_in_one_line_before_any_work(run_dir, tmp_path, capsys):
+    out, _ = run_dir
+    ckpt = str(out / "checkpoint.npz")
+    (tmp_path / "file").write_text("a file\n")
+    file = str(tmp_path / "file")
+    x3d = tmp_path / "x3d.npz"
+    np.savez(x3d, x=np.zeros((80, 3, 2)), y=np.arange(80) % 2)
+    cases = [
+        (["train", "--out", file], f"--out {file} is a file; expected a folder"),
+        (["train", "--out", f"{file}/sub"], f"--out {file}/sub: {file} is a file, not a folder"),
+        (["plot", str(out), "--out", f"{file}/x.png"], f"{file} is a file, not a folder"),
+        (["plot", str(out), "--out", "x.txt"], "--out x.txt has an extension .txt; a figure"),
+        (["eval", "--checkpoint", str(out)], "is a folder, not a checkpoint file; pass the "),
+        (
+            ["hessian", "--checkpoint", ckpt, "--top-k", "100000"],
+            "more than the model's 62 parameters",
+        ),
+        (["landscape", "--checkpoint", ckpt, "--steps", "1"], "expected at least 2 grid points"),
+        (
+            [*TRAIN, "--resume", ckpt, "--optimizer", "sgd", "--out", str(tmp_path / "r")],
+            "was trained with --optimizer adam (asked: --optimizer sgd)",
+        ),
+        (["train", "--dataset", "moons", "--hidden", "10000000000"], "at most 2147483647"),
+        (["train", "--dataset", "moons", "--hidden", "2000000000"], "of memory, more than the"),
+    ]
+    for argv, message in cases:
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith(f"funcnet {argv[0]}: error: "), err
+        assert message in err, (argv, err)
+    assert not (tmp_path / "r").exists()
+    # x of shape (80, 3, 2) trains as 6 features per example, and predicts the same way.
+    run = tmp_path / "x3d"
+    assert cli.main([*TRAIN, "--data", str(x3d), "--epochs", "1", "--out", str(run)]) == 0
+    assert checkpoint.metadata(run / "checkpoint.npz")["in_shape"][1:] == [6]
+    np.save(tmp_path / "new.npy", np.zeros((5, 3, 2)))
+    predict = ["predict", "--checkpoint", str(run / "checkpoint.npz")]
+    assert cli.main([*predict, "--data", str(tmp_path / "new.npy"), "--out", file + ".csv"]) == 0
+    assert len(pathlib.Path(file + ".csv").read_text().splitlines()) == 6
 
 
 def test_user_errors_are_reported_without_a_traceback(tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 from funcnet import checkpoint
 from funcnet.app import cli, models
 from funcnet.app.datafile import read_features
+from tests.figure_checks import checked_figures
 
 SMALL = ["--hidden", "16", "--batch-size", "32", "--lr", "0.02", "--schedule", "constant"]
 NAMES = ["setosa", "versicolor", "virginica"]
@@ -96,7 +97,9 @@ def test_float_targets_train_a_regression_with_mse(tmp_path, capsys):
     np.savez(tmp_path / "reg.npz", x=x, y=y)
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "reg.npz"), *SMALL, "--epochs", "40", "--quiet"]
-    assert cli.main([*args, "--out", str(out)]) == 0
+    with checked_figures() as saved:
+        assert cli.main([*args, "--out", str(out)]) == 0
+    assert saved == [out / "curves.png"]
     assert "test mean squared error" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["task"] == "regression" and metrics["model"]["classes"] == 1
@@ -123,10 +126,15 @@ def test_plot_compares_runs_and_reads_a_history_cut_short(classes_run, tmp_path,
     history = cli.plot.read_history(killed)
     assert history["epoch"] == [0, 1, 2, 3, 4]
     figure = tmp_path / "compare.png"
-    assert cli.main(["plot", str(out), str(killed), "--out", str(figure)]) == 0
+    with checked_figures() as saved:
+        assert cli.main(["plot", str(out), str(killed), "--out", str(figure)]) == 0
+    assert saved == [figure]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
     assert cli.main(["plot", str(tmp_path / "empty"), "--out", str(figure)]) == 2
     assert "holds no metrics.jsonl" in capsys.readouterr().err
+    assert cli.main(["plot", str(tmp_path / "gone"), "--out", str(figure)]) == 2
+    assert "gone is missing; expected the folder" in capsys.readouterr().err
 
 
 def test_train_prints_the_model_summary_unless_quiet(tmp_path, capsys):

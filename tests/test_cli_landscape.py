@@ -9,6 +9,7 @@ import pytest
 from funcnet import checkpoint
 from funcnet.app import cli
 from funcnet.diff.landscape import random_direction
+from tests.figure_checks import checked_figures
 
 TRAIN = ["train", "--dataset", "moons", "--hidden", "8", "--batch-size", "64", "--quiet"]
 
@@ -34,7 +35,9 @@ def test_contour_matches_the_loss_at_each_grid_point(run_dir, tmp_path, capsys):
     figure = tmp_path / "surface.png"
     args = ["landscape", "--checkpoint", str(run_dir / "checkpoint.npz"), "--dims", "2"]
     args += ["--steps", "5", "--span", "0.5", "--examples", "100", "--batch-size", "64"]
-    assert cli.main([*args, "--seed", "3", "--out", str(figure)]) == 0
+    with checked_figures() as saved:
+        assert cli.main([*args, "--seed", "3", "--out", str(figure)]) == 0
+    assert saved == [figure]
     printed = capsys.readouterr().out
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(figure.with_suffix(".json").read_text())
@@ -66,7 +69,9 @@ def test_line_on_the_test_split_with_the_centre_off_the_grid(run_dir, tmp_path, 
     figure = tmp_path / "line.png"
     args = ["landscape", "--checkpoint", str(run_dir / "checkpoint.npz"), "--dims", "1"]
     args += ["--steps", "4", "--split", "test", "--out", str(figure)]
-    assert cli.main(args) == 0
+    with checked_figures() as saved:
+        assert cli.main(args) == 0
+    assert saved == [figure]
     printed = capsys.readouterr().out
     assert figure.exists()
     report = json.loads(figure.with_suffix(".json").read_text())

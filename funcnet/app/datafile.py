@@ -199,16 +199,29 @@ def read_features(path: str | os.PathLike[str], description: dict[str, Any]) -> 
     if suffix == ".npy":
         x = _load_npy(file)
     elif suffix == ".npz":
-        with np.load(file, allow_pickle=False) as archive:
-            if "x" not in archive.files:
-                raise DataFileError(f"{file} has no array 'x'; it holds {sorted(archive.files)}")
-            x = archive["x"]
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                names = archive.files
+                x = archive["x"] if "x" in names else None
+        except (ValueError, OSError, EOFError) as err:
+            raise DataFileError(f"{file}: cannot read it as a .npz archive ({err})") from err
+        if x is None:
+            raise DataFileError(f"{file} has no array 'x'; it holds {sorted(names)}")
     else:
         names = description.get("feature_names")
         if not names:
             raise DataFileError(f"{file}: the model was not trained on csv columns")
-        with open(file, newline="", encoding="utf-8-sig") as stream:
-            rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+        try:
+            with open(file, newline="", encoding="utf-8-sig") as stream:
+                rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DataFileError(f"{file}: cannot read it as csv text ({err})") from err
+        short = [i for i, row in enumerate(rows) if len(row) != len(rows[0])]
+        if short:
+            raise DataFileError(
+                f"{file} has a row of {len(rows[short[0]])} cells where the header has "
+                f"{len(rows[0])}"
+            )
         if not rows:
             raise DataFileError(f"{file} is empty; expected a header row, then the data")
         header = [name.strip() for name in rows[0]]

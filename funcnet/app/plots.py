@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
 PathLike = str | os.PathLike
 History = Mapping[str, Sequence[float]]
@@ -37,44 +37,80 @@ def _save(fig: Figure, path: PathLike) -> pathlib.Path:
     return path
 
 
-def _finish_epoch_axes(ax, **legend: Any) -> None:
-    """The x label, grid and legend every per-epoch panel has; a panel with no curve (a run
-    resumed with no epoch left to train) says so instead of a legend."""
+class _PlainLog(LogFormatterSciNotation):
+    """Log-axis labels as plain numbers (0.75, 2, 1e-05) on the ticks matplotlib labels."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+
+def _log_scale(ax) -> None:
+    """A log y axis whose labels read 0.75 rather than 7.5 × 10⁻¹."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PlainLog())
+    ax.yaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
+
+
+def _finish_epoch_axes(ax, ylabel: str, *, legend: bool = True) -> None:
+    """The labels, whole-epoch ticks, grid and legend ("best" placed) every per-epoch panel
+    has; a panel with no curve (a run resumed with no epoch left to train) says so."""
     ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**legend)
-    else:
+    if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, "no epochs trained", ha="center", va="center", transform=ax.transAxes)
+    elif legend:
+        ax.legend(loc="best")
+
+
+def _figure_legend(fig: Figure, ax) -> None:
+    """One legend for panels that share their entries, below them: many runs or members
+    would cover a panel's curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
 
 
 def _save_titled(fig: Figure, path: PathLike, title: str | None) -> pathlib.Path:
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a file name's $ or _ is not mathtext
     return _save(fig, path)
 
 
-def _epochs(history: History) -> np.ndarray:
-    n = len(next(iter(v for k, v in history.items() if k != "epoch"), []))
-    return np.asarray(history.get("epoch", range(n))) + 1
+def _plain(label: str) -> str:
+    """A label drawn as written: mathtext's ``$`` escaped."""
+    return label.replace("$", r"\$")
 
 
-def _panels(history: History) -> list[tuple[str, str, bool]]:
-    """``(metric, label, log scale)`` of the panels worth drawing for a history."""
-    panels = [("loss", "loss", True)]
+def _epochs(history: History, key: str | None = None) -> np.ndarray:
+    """The epochs, counted from 1, of `key`'s values (by default, of the first metric's):
+    the history's ``epoch`` entries when there is one per value, else 1, 2, ..."""
+    n = len(history.get(key) or next(iter(v for k, v in history.items() if k != "epoch"), []))
+    epochs = history.get("epoch")
+    if epochs is None or len(epochs) != n:
+        epochs = range(n)
+    return np.asarray(epochs) + 1
+
+
+def _panels(history: History, loss_name: str) -> list[tuple[str, str, bool]]:
+    """``(metric, y label, log scale)`` of the panels worth drawing for a history."""
+    panels = [("loss", loss_name, True)]
     if "accuracy" in history or "val_accuracy" in history:
         panels.append(("accuracy", "accuracy", False))
     return panels
 
 
-def plot_history(history: History, path: PathLike, *, title: str | None = None) -> pathlib.Path:
+def plot_history(
+    history: History, path: PathLike, *, title: str | None = None, loss_name: str = "loss"
+) -> pathlib.Path:
     """Learning curves: loss (log scale) and accuracy per epoch, training and held-out.
 
     `history` is `fit`'s ``{metric: [value per epoch]}`` (``epoch``, ``loss``, ``val_loss``,
     ``accuracy``, ``val_accuracy``, ...). The epoch of the lowest held-out loss is marked.
-    Returns the path written.
+    `loss_name` labels the loss axis (``"softmax cross-entropy"``). Returns the path written.
     """
-    panels = _panels(history)
+    panels = _panels(history, loss_name)
     fig, axes = _figure(5.0 * len(panels), 3.8, 1, len(panels))
     epochs = _epochs(history)
     best = None
@@ -88,14 +124,14 @@ def plot_history(history: History, path: PathLike, *, title: str | None = None) 
         if best is not None:
             ax.axvline(best, color="0.6", linestyle=":", label=f"best epoch ({best})")
         if log:
-            ax.set_yscale("log")
-        if metric == "accuracy":
+            _log_scale(ax)
+        final = history.get(f"val_{metric}") or history.get(metric)
+        if metric == "accuracy" and final:
             which = "held-out" if history.get("val_accuracy") else "training"
-            final = history.get("val_accuracy") or history["accuracy"]
-            ax.set_title(f"{label} ({which}, last epoch {final[-1]:.2%})")
+            ax.set_title(f"{metric} ({which}, last epoch {final[-1]:.2%})")
         else:
-            ax.set_title(label)
-        _finish_epoch_axes(ax)
+            ax.set_title(metric)
+        _finish_epoch_axes(ax, label)
     return _save_titled(fig, path, title)
 
 
@@ -105,22 +141,24 @@ def plot_ensemble(
     *,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    loss_name: str = "loss",
 ) -> pathlib.Path:
     """The spread of an ensemble's learning curves: each member, their mean and min–max band.
 
     `histories` holds one `fit` history per member (`fit_ensemble`'s ``result.history``);
     members that stopped early simply end sooner. Held-out curves are drawn when present,
-    training curves otherwise. `labels` name the members in the legend.
+    training curves otherwise. `labels` name the members in the legend; `loss_name` labels
+    the loss axis.
     """
-    panels = _panels(histories[0])
+    panels = _panels(histories[0], loss_name)
     fig, axes = _figure(5.0 * len(panels), 3.8, 1, len(panels))
     labels = list(labels) if labels is not None else [f"member {k}" for k in range(len(histories))]
     for ax, (metric, label, log) in zip(axes[0], panels, strict=True):
         key = f"val_{metric}" if histories[0].get(f"val_{metric}") else metric
         curves = {}
         for history, name in zip(histories, labels, strict=True):
-            epochs = _epochs(history)
-            ax.plot(epochs, history[key], linewidth=0.9, alpha=0.6, label=name)
+            epochs = _epochs(history, key)
+            ax.plot(epochs, history[key], linewidth=0.9, alpha=0.6, label=_plain(name))
             for e, v in zip(epochs, history[key], strict=True):
                 curves.setdefault(int(e), []).append(v)
         epochs = np.array(sorted(curves))
@@ -130,37 +168,45 @@ def plot_ensemble(
         ax.fill_between(epochs, low, high, color="0.5", alpha=0.2, label="min–max")
         ax.plot(epochs, [v.mean() for v in values], color="black", linewidth=2, label="mean")
         if log:
-            ax.set_yscale("log")
+            _log_scale(ax)
         which = "held-out" if key.startswith("val_") else "training"
-        ax.set_title(f"{which} {label}, {len(histories)} members")
-        _finish_epoch_axes(ax, fontsize="small")
+        ax.set_title(f"{which} {metric}, {len(histories)} members")
+        _finish_epoch_axes(ax, label, legend=False)
+    _figure_legend(fig, axes[0, 0])
     return _save_titled(fig, path, title)
 
 
 def plot_runs(
-    histories: Mapping[str, History], path: PathLike, *, title: str | None = None
+    histories: Mapping[str, History],
+    path: PathLike,
+    *,
+    title: str | None = None,
+    loss_name: str = "loss",
 ) -> pathlib.Path:
     """The learning curves of several runs on one figure, to compare them.
 
     `histories` maps a run's label to its `fit` history. Each run gets one colour: training
-    curves solid, held-out curves dashed; loss on a log scale, accuracy beside it when any
-    run has one.
+    curves solid, held-out curves dashed; loss on a log scale (`loss_name` labels its axis),
+    accuracy beside it when any run has one.
     """
     if not histories:
         raise ValueError("plot_runs needs at least one history")
-    panels = _panels({k: v for history in histories.values() for k, v in history.items()})
+    merged = {k: v for history in histories.values() for k, v in history.items()}
+    panels = _panels(merged, loss_name)
     fig, axes = _figure(5.0 * len(panels), 3.8, 1, len(panels))
     colours = [f"C{i % 10}" for i in range(len(histories))]
     for ax, (metric, label, log) in zip(axes[0], panels, strict=True):
         for (name, history), colour in zip(histories.items(), colours, strict=True):
-            epochs = _epochs(history)
             for key, style, suffix in ((metric, "-", ""), (f"val_{metric}", "--", " (held-out)")):
                 if history.get(key):
-                    ax.plot(epochs, history[key], style, color=colour, label=name + suffix)
+                    epochs = _epochs(history, key)
+                    shown = _plain(name + suffix)
+                    ax.plot(epochs, history[key], style, color=colour, label=shown)
         if log:
-            ax.set_yscale("log")
-        ax.set_title(label)
-        _finish_epoch_axes(ax, fontsize="small")
+            _log_scale(ax)
+        ax.set_title(metric)
+        _finish_epoch_axes(ax, label, legend=False)
+    _figure_legend(fig, axes[0, 0])
     return _save_titled(fig, path, title)
 
 
@@ -238,8 +284,15 @@ def plot_activations(
             title += f" on [{_DOMAINS[name][0]}, {_DOMAINS[name][1]}]"
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(functions) :]:
+    spare = list(axes.flat)[len(functions) :]
+    for ax in spare:
         ax.axis("off")
-    axes[0, 0].legend(loc="upper left", fontsize="small")
+    handles = axes[0, 0].get_legend_handles_labels()
+    if spare:  # in an empty cell of the grid
+        spare[0].legend(*handles, loc="center")
+    else:
+        fig.legend(*handles, loc="outside right upper")
+    fig.supxlabel("x")
+    fig.supylabel("f(x) and f′(x)")
     fig.suptitle("activation functions f (solid) and their derivatives f′ by jax.grad (dashed)")
     return _save(fig, path)

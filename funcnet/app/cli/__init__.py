@@ -21,6 +21,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from jax.errors import JaxRuntimeError
+
 from funcnet.app.cli import bench, eval, hessian, landscape, plot, predict, train
 from funcnet.app.cli.common import CommandError, Data, Parser, load_data
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for command in COMMANDS:
         command.add_parser(commands)
+    parser.subcommands = commands.choices
     return parser
 
 
@@ -64,12 +67,27 @@ def _run_command(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
         return bench.run_suite(argv[1:])  # every argument after `bench` belongs to the suite
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # refused by the subcommand's parser, so that its name starts the line
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except (CommandError, CheckpointError) as err:
-        print(f"funcnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"funcnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as err:
-        print(f"funcnet {args.command}: {err}", file=sys.stderr)
+    except (NonFiniteLossError, OSError, MemoryError) as err:
+        # A run that diverged, a disk that filled up, a file that vanished: not the input.
+        print(f"funcnet {args.command}: {_one_line(err) or type(err).__name__}", file=sys.stderr)
         return 1
+    except JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        print(f"funcnet {args.command}: out of memory: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line: a multi-line one (a checkpoint's list of differing
+    leaves) joined with semicolons."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import pathlib
 from typing import Any, NamedTuple
 
@@ -39,7 +40,10 @@ class CommandError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, ``funcnet CMD: error: ...``, exit 2."""
+    """An argument parser whose errors are one line, ``funcnet CMD: error: ...``, exit 2.
+    `subcommands` maps each subcommand's name to its parser (the command's, once built)."""
+
+    subcommands: dict[str, argparse.ArgumentParser]
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -55,12 +59,23 @@ def _number(kind, text: str, test, wanted: str):
     return value
 
 
+# Counts, sizes and step numbers are int32 in JAX: nothing larger can be an array's size.
+INT_LIMIT = 2**31 - 1
+
+
+def _count(text: str, test, wanted: str) -> int:
+    value = _number(int, text, test, wanted)
+    if value > INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected at most {INT_LIMIT}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    return _number(int, text, lambda v: v > 0, "a positive integer")
+    return _count(text, lambda v: v > 0, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    return _number(int, text, lambda v: v >= 0, "a non-negative integer")
+    return _count(text, lambda v: v >= 0, "a non-negative integer")
 
 
 def positive_float(text: str) -> float:
@@ -75,6 +90,14 @@ def fraction(text: str) -> float:
     return _number(float, text, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
+SEED_LIMIT = 2**32
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in [0, 2³²), which both JAX's keys and numpy's generators take."""
+    return _number(int, text, lambda v: 0 <= v < SEED_LIMIT, "a seed in [0, 2**32)")
+
+
 def widths(text: str) -> list[int]:
     """``"128,128"`` as ``[128, 128]``; every width positive."""
     try:
@@ -83,7 +106,102 @@ def widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected widths like 128,128, got {text!r}") from err
     if not values or any(w < 1 for w in values):
         raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    if any(w > INT_LIMIT for w in values):
+        raise argparse.ArgumentTypeError(f"widths must be at most {INT_LIMIT}, got {text!r}")
     return values
+
+
+# Paths: every one is checked before anything is computed.
+
+# What `Figure.savefig` writes without anything beyond matplotlib (pgf needs a LaTeX install).
+FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+def input_file(path: str, flag: str, *, what: str = "file") -> pathlib.Path:
+    """`path`, refused with a `CommandError` unless it names a readable file."""
+    if not path:
+        raise CommandError(f"{flag} is empty; expected a {what}")
+    file = pathlib.Path(path)
+    if file.is_dir():
+        raise CommandError(f"{flag} {path} is a folder; expected a {what}")
+    if not file.exists():
+        raise CommandError(f"{flag}: no {what} at {path}")
+    if not os.access(file, os.R_OK):
+        raise CommandError(f"{flag} {path} cannot be read")
+    return file
+
+
+def _check_creatable(path: pathlib.Path, flag: str) -> None:
+    """Refuses a path whose nearest existing ancestor is a file or cannot be written in."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise CommandError(f"{flag} {path}: cannot write in the folder {parent}")
+            return
+
+
+def output_folder(path: str, flag: str = "--out") -> pathlib.Path:
+    """`path` as a folder to write into (created later, when needed), refused with a
+    `CommandError` when it is a file, lies under a file, or cannot be written in."""
+    if not path:
+        raise CommandError(f"{flag} is empty; expected a folder")
+    folder = pathlib.Path(path)
+    if folder.exists():
+        if not folder.is_dir():
+            raise CommandError(f"{flag} {path} is a file; expected a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CommandError(f"{flag} {path}: cannot write in this folder")
+    else:
+        _check_creatable(folder, flag)
+    return folder
+
+
+def output_file(path: str | pathlib.Path, flag: str = "--out", *, figure: bool = False):
+    """`path` as a file to write (its folders created later), refused with a `CommandError`
+    when it is a folder, lies under a file, cannot be written, or, for a `figure`, has an
+    extension matplotlib cannot write (`FIGURE_FORMATS`)."""
+    if not str(path):
+        raise CommandError(f"{flag} is empty; expected a file name")
+    file = pathlib.Path(path)
+    if file.is_dir():
+        raise CommandError(f"{flag} {file} is a folder; expected a file name")
+    if figure:
+        suffix = file.suffix[1:].lower()
+        if suffix not in FIGURE_FORMATS:
+            got = f"an extension .{suffix}" if suffix else "no extension"
+            raise CommandError(
+                f"{flag} {file} has {got}; a figure is written as one of "
+                f"{', '.join('.' + s for s in FIGURE_FORMATS)}"
+            )
+    if file.exists():
+        if not os.access(file, os.W_OK):
+            raise CommandError(f"{flag} {file} cannot be overwritten")
+    else:
+        _check_creatable(file, flag)
+    return file
+
+
+# Memory.
+
+
+def memory_bytes() -> int:
+    """The memory one device offers: an accelerator's limit, else the machine's RAM."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(needed: float, what: str) -> None:
+    """Refuses, with a `CommandError`, work that needs more than `memory_bytes`."""
+    available = memory_bytes()
+    if needed > available:
+        raise CommandError(
+            f"{what} needs at least {needed / 2**30:,.1f} GiB of memory, more than the "
+            f"{available / 2**30:,.1f} GiB here"
+        )
 
 
 # Data.
@@ -107,6 +225,11 @@ def loss_for(task: str):
     from funcnet import losses
 
     return losses.mse if task == "regression" else losses.softmax_cross_entropy
+
+
+def loss_name(task: str) -> str:
+    """The name of `loss_for`'s loss, for figures."""
+    return "mean squared error" if task == "regression" else "softmax cross-entropy"
 
 
 def _split_off(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
@@ -182,8 +305,9 @@ def run_data(config: dict[str, Any], *, images: bool = False) -> Data:
 
 
 def load_file_data(path: str, *, label: str | None, val_fraction: float, seed: int) -> Data:
-    """A user's data file (`funcnet.app.datafile.load_file`) as the command's `Data`; a
-    regression's targets as ``(n, k)``, the shape of the model's output."""
+    """A user's data file (`funcnet.app.datafile.load_file`) as the command's `Data`: the
+    features of each example flattened to one vector (`flat_features`), the input of the
+    mlp, and a regression's targets as ``(n, k)``, the shape of the model's output."""
     from funcnet.app.datafile import DataFileError, load_file
 
     try:
@@ -192,9 +316,12 @@ def load_file_data(path: str, *, label: str | None, val_fraction: float, seed: i
         raise CommandError(str(err)) from err
 
     def targets(pair):
-        if pair is None or data.task != "regression" or pair[1].ndim != 1:
-            return pair
-        return pair[0], pair[1][:, None]
+        if pair is None:
+            return None
+        x, y = flat_features(pair[0]), pair[1]
+        if data.task == "regression" and y.ndim == 1:
+            y = y[:, None]
+        return x, y
 
     return Data(
         targets(data.train),
@@ -204,6 +331,12 @@ def load_file_data(path: str, *, label: str | None, val_fraction: float, seed: i
         data.task,
         info,
     )
+
+
+def flat_features(x: Any) -> Any:
+    """Examples of shape ``(n, d₁, d₂, ...)`` as vectors ``(n, d₁·d₂·...)``: a data file's
+    features as the mlp takes them (``(n, d)`` stays as it is)."""
+    return x if x.ndim <= 2 else x.reshape(x.shape[0], -1)
 
 
 # Optimizers.
@@ -273,43 +406,65 @@ def rebuild(metadata: dict[str, Any]) -> Run:
 
     try:
         config, model_config = metadata["config"], metadata["model"]
-        opt_config = metadata["optimizer"]
+        opt_config, in_shape = metadata["optimizer"], metadata["in_shape"]
     except KeyError as err:
         raise CommandError(
             f"the checkpoint's metadata has no {err}; was it written by `funcnet train`?"
         ) from err
-    data = run_data(config, images=model_config["name"] == "cnn")
-    model, optimizer = build(model_config, opt_config)
-    optimizer = train.build_optimizer(
-        optimizer,
-        clip_norm=config.get("clip_norm"),
-        on_nonfinite=config.get("on_nonfinite", "raise"),
-    )
-    in_shape = tuple(metadata["in_shape"])
-    members = metadata.get("members", 1)
+    try:
+        data = run_data(config, images=model_config.get("name") == "cnn")
+        model, optimizer = build(model_config, opt_config)
+        optimizer = train.build_optimizer(
+            optimizer,
+            clip_norm=config.get("clip_norm"),
+            on_nonfinite=config.get("on_nonfinite", "raise"),
+        )
+        one = state_shapes(model, optimizer, config, in_shape, metadata.get("members", 1))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise CommandError(
+            f"the checkpoint's metadata does not describe a run of `funcnet train` ({err})"
+        ) from err
+    return Run(metadata, data, model, optimizer, {"best": one, "last": one})
+
+
+def state_shapes(model, optimizer, config: dict[str, Any], in_shape, members: int):
+    """The shapes (`jax.eval_shape`) of the train state a run of `config` holds, with a
+    leading member axis for an ensemble; `optimizer` as `funcnet.train.build_optimizer`
+    wraps it."""
+    from funcnet import train
+
     loss_scale = train.dynamic_loss_scale() if config.get("loss_scale") else None
 
     def init(key):
         return train.init_train_state(
-            model, optimizer, key, in_shape, ema=config.get("ema"), loss_scale=loss_scale
+            model, optimizer, key, tuple(in_shape), ema=config.get("ema"), loss_scale=loss_scale
         )
 
     if members > 1:
-        one = jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.key(0), members))
-    else:
-        one = jax.eval_shape(init, jax.random.key(0))
-    return Run(metadata, data, model, optimizer, {"best": one, "last": one})
+        return jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.key(0), members))
+    return jax.eval_shape(init, jax.random.key(0))
 
 
-def open_checkpoint(path: str | pathlib.Path) -> tuple[Run, dict[str, Any]]:
+def checkpoint_file(path: str, flag: str = "--checkpoint") -> pathlib.Path:
+    """`path`, refused with a `CommandError` unless it names a readable file; a run's folder
+    is refused with the name of the checkpoint in it."""
+    file = pathlib.Path(path)
+    if not path or not file.exists():
+        raise CommandError(f"no checkpoint at {path}")
+    if file.is_dir():
+        inside = file / CHECKPOINT
+        hint = f"; pass the checkpoint file in it, {inside}" if inside.is_file() else ""
+        raise CommandError(f"{flag} {path} is a folder, not a checkpoint file{hint}")
+    return input_file(path, flag, what="checkpoint")
+
+
+def open_checkpoint(path: str, flag: str = "--checkpoint") -> tuple[Run, dict[str, Any]]:
     """`rebuild`'s run and the checkpoint's ``{"best", "last"}`` train states."""
     from funcnet import checkpoint
 
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise CommandError(f"no checkpoint at {path}")
-    run = rebuild(checkpoint.metadata(path))
-    return run, checkpoint.load(path, like=run.template)
+    file = checkpoint_file(path, flag)
+    run = rebuild(checkpoint.metadata(file))
+    return run, checkpoint.load(file, like=run.template)
 
 
 def best_of_member(run: Run, states: dict[str, Any], member: int):

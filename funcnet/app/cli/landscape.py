@@ -13,11 +13,15 @@ import numpy as np
 from funcnet.app.cli.common import (
     CommandError,
     best_of_member,
+    check_memory,
+    checkpoint_file,
     loss_for,
     non_negative_int,
     open_checkpoint,
+    output_file,
     positive_float,
     positive_int,
+    seed,
 )
 
 
@@ -35,24 +39,51 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file of `funcnet train`")
     p.add_argument("--dims", type=int, choices=(1, 2), default=2, help="directions: line or plane")
-    p.add_argument("--steps", type=positive_int, default=21, help="grid points per direction")
-    p.add_argument("--span", type=positive_float, default=1.0, help="grid runs over [-S, S]")
+    p.add_argument(
+        "--steps", type=grid_steps, default=21, help="grid points per direction, at least 2"
+    )
+    p.add_argument("--span", type=span, default=1.0, help="grid runs over [-S, S]")
     p.add_argument("--split", choices=("train", "val", "test"), default="train", help="split")
     p.add_argument("--examples", type=positive_int, default=None, help="first N examples only")
     p.add_argument("--batch-size", type=positive_int, default=512, help="examples per batch")
     p.add_argument("--chunk", type=positive_int, default=16, help="grid points at once")
     p.add_argument("--member", type=non_negative_int, default=0, help="ensemble member")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random directions")
     p.add_argument(
         "--out", default=None, help="figure file (default: landscape.png beside the checkpoint)"
     )
     p.set_defaults(run=run)
 
 
+def grid_steps(text: str) -> int:
+    """Grid points per direction: an integer of at least 2 (a contour needs a 2 × 2 grid)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 grid points, got {text!r}")
+    return value
+
+
+def span(text: str) -> float:
+    """The grid's half-width: a positive number that float32, the params' type, holds."""
+    value = positive_float(text)
+    if value > float(np.finfo(np.float32).max):
+        raise argparse.ArgumentTypeError(f"expected at most 3.4e38 (float32), got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from funcnet import losses
     from funcnet.diff.landscape import loss_line, loss_surface, random_direction
 
+    checkpoint_file(args.checkpoint)
+    out = output_file(
+        pathlib.Path(args.checkpoint).parent / "landscape.png" if args.out is None else args.out,
+        figure=True,
+    )
+    output_file(out.with_suffix(".json"), "--out")
+    points = args.steps**args.dims
+    # The loss and accuracy of every grid point, in float64 here and in the report's text.
+    check_memory(8 * 4 * points, f"a grid of {points:,} points")
     run, states = open_checkpoint(args.checkpoint)
     best = best_of_member(run, states, args.member)
     split = getattr(run.data, args.split)
@@ -90,14 +121,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         line = loss_line(loss, best.params, directions[0], alphas=[0.0], **settings)
         centre = float(line.losses[0])
-    at = np.unravel_index(np.nanargmin(loss_grid), loss_grid.shape)
+    if not np.isfinite(loss_grid).any():
+        raise CommandError(
+            f"the loss is not finite anywhere on the grid (centre: {centre:.4g}); "
+            "a smaller --span may help"
+        )
+    at = np.unravel_index(
+        np.nanargmin(np.where(np.isfinite(loss_grid), loss_grid, np.nan)), loss_grid.shape
+    )
     minimum_at = [float(grid[i]) for i in at]
 
-    out = (
-        pathlib.Path(args.out)
-        if args.out
-        else pathlib.Path(args.checkpoint).parent / ("landscape.png")
-    )
     what = f"{args.split} loss, {len(y)} examples"
     figure = plot_landscape(result, out, title=f"{what}, filter-normalised directions")
     report = {
@@ -146,10 +179,10 @@ def plot_landscape(result: Any, path: str | pathlib.Path, *, title: str | None =
         lines = ax.contour(alphas, betas, losses.T, levels=levels[::3], colors="w", linewidths=0.5)
         ax.clabel(lines, fontsize=7, fmt="%.3g")
         fig.colorbar(filled, ax=ax, label="loss")
-        ax.plot([0], [0], "r+", markersize=12, label="checkpoint")
+        ax.plot([0], [0], "r+", markersize=12, label="the checkpoint (α = β = 0)")
         ax.set_xlabel("α (direction 1)")
         ax.set_ylabel("β (direction 2)")
-        ax.legend(loc="upper right", fontsize=8)
+        fig.legend(loc="outside lower center", fontsize=8)  # the contours fill the panel
     else:
         ax.plot(alphas, losses, color="tab:blue", label="loss")
         ax.axvline(0, color="gray", linestyle=":", linewidth=1)

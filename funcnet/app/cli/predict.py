@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnet.app.cli.common import CommandError
+from funcnet.app.cli.common import CommandError, checkpoint_file, flat_features, output_file
 
 
 def add_parser(commands: Any) -> None:
@@ -38,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from funcnet.app import models
     from funcnet.app.datafile import DataFileError, read_features
 
-    path = pathlib.Path(args.checkpoint)
-    if not path.exists():
-        raise CommandError(f"no checkpoint at {path}")
+    path = checkpoint_file(args.checkpoint)
+    out = output_file(args.out)
+    if any(out.resolve() == pathlib.Path(part).resolve() for part in args.data.split(",")):
+        raise CommandError(f"--out {out} is the --data file; choose another name")
     try:
         trained = models.load(path)
-    except ValueError as err:
+    except (KeyError, TypeError, ValueError) as err:  # a foreign or malformed checkpoint
         raise CommandError(str(err)) from err
     info = trained.metadata.get("data_info")
     if not info:
@@ -55,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         x = read_features(args.data, info)
     except DataFileError as err:
         raise CommandError(str(err)) from err
-    outputs = np.asarray(jax.jit(trained.outputs)(x))
-    out = pathlib.Path(args.out)
+    outputs = np.asarray(jax.jit(trained.outputs)(flat_features(x)))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as stream:
         writer = csv.writer(stream)

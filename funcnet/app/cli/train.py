@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import signal
 import sys
@@ -18,22 +19,30 @@ from funcnet.app.cli.common import (
     CURVES,
     DATASETS,
     EPOCHS,
+    INT_LIMIT,
     METRICS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
     CommandError,
     build,
+    check_memory,
+    checkpoint_file,
     deployed,
     evaluate_state,
     fraction,
     loss_for,
+    loss_name,
     non_negative_float,
     non_negative_int,
     open_checkpoint,
+    output_file,
+    output_folder,
     positive_float,
     positive_int,
     run_data,
+    seed,
+    state_shapes,
     widths,
 )
 
@@ -105,8 +114,8 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience")
     p.add_argument("--val-fraction", type=fraction, default=0.1, help="validation share of train")
     p.add_argument("--members", type=positive_int, default=1, help="train an ensemble of seeds")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffles")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the data splits")
+    p.add_argument("--seed", type=seed, default=0, help="seed of initialisation and shuffles")
+    p.add_argument("--data-seed", type=seed, default=0, help="seed of the data splits")
     p.add_argument("--resume", default=None, help="continue the last state of this checkpoint")
     p.add_argument(
         "--checkpoint-every",
@@ -143,14 +152,107 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _check_out(out: pathlib.Path, args: argparse.Namespace) -> None:
-    """Refuses an --out that holds a run, unless told to replace or continue it."""
+def _check_out(args: argparse.Namespace) -> pathlib.Path:
+    """--out as a folder the run's files can be written to; refused when it holds a run,
+    unless told to replace or continue it."""
+    out = output_folder(args.out)
+    for name in (CHECKPOINT, METRICS, EPOCHS, CURVES):
+        output_file(out / name)
     held = [name for name in (CHECKPOINT, METRICS, EPOCHS) if (out / name).exists()]
     if held and not (args.overwrite or args.resume):
         raise CommandError(
             f"{out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
             f"--resume {out / CHECKPOINT} to continue it, or choose another --out"
         )
+    return out
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuses options that cannot go together, before any data is read."""
+    from funcnet import checkpoint
+    from funcnet.nn import ACTIVATIONS
+
+    if args.activation not in ACTIVATIONS:
+        raise CommandError(
+            f"unknown activation {args.activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}"
+        )
+    if args.label is not None and not args.data:
+        raise CommandError("--label names a column of a --data csv file; there is no --data")
+    if args.model == "cnn" and args.data:
+        raise CommandError("the cnn needs images; --data files hold feature vectors")
+    if args.model == "cnn" and args.dataset != "digits":
+        raise CommandError(f"the cnn needs images; the {args.dataset} data set has 2-D points")
+    if args.resume is not None:
+        checkpoint.metadata(checkpoint_file(args.resume, "--resume"))  # a checkpoint at all?
+    if args.patience is not None and args.val_fraction == 0:
+        raise CommandError("--patience needs a validation split (--val-fraction > 0)")
+    if args.precision == "float16" and args.skip_nonfinite:
+        raise CommandError(
+            "--precision float16 trains with a loss scale, which skips non-finite steps "
+            "itself; leave out --skip-nonfinite"
+        )
+    if args.members > 1 and (args.distributed or args.devices is not None):
+        raise CommandError("--members > 1 does not combine with --distributed or --devices")
+
+
+def _check_size(model: Any, in_shape: list[int], members: int, eval_rows: int) -> None:
+    """Refuses a model that cannot fit in a device's memory. A lower bound on what a run
+    needs: the params, gradients and two moments (float32), and the outputs of every layer,
+    with their gradients on a training batch (``in_shape[0]`` rows), or on `eval_rows`
+    examples at once for the test."""
+    from funcnet import nn
+
+    table = nn.summary(model, (1, *in_shape[1:]))
+    paths = [row.path for row in table.rows]
+    per_example = sum(
+        math.prod(row.out_shape)
+        for row in table.rows
+        if row.path and not any(path.startswith(f"{row.path}/") for path in paths)
+    )
+    count = table.param_count * members
+    rows = max(2 * in_shape[0], eval_rows)
+    check_memory(
+        4 * (4 * count + rows * per_example * members),
+        f"a model of {count:,} parameters on batches of {in_shape[0]} ({eval_rows} for the test)",
+    )
+
+
+# The options that shape a train state, as a run's metadata records them: (part, key, flag).
+_STATE_OPTIONS = (
+    ("optimizer", "name", "--optimizer"),
+    ("optimizer", "momentum", "--momentum"),
+    ("optimizer", "weight_decay", "--weight-decay"),
+    ("config", "clip_norm", "--clip-norm"),
+    ("config", "on_nonfinite", "--skip-nonfinite"),
+    ("config", "members", "--members"),
+)
+
+
+def _as_option(flag: str, value: Any) -> str:
+    if flag == "--skip-nonfinite":
+        return flag if value == "skip" else f"no {flag}"
+    return f"no {flag}" if value is None else f"{flag} {value}"
+
+
+def _check_resumable(path: str, stored: Any, expected: Any, old: dict, new: dict) -> None:
+    """Refuses a checkpoint whose last state (`stored`) does not fit the state these options
+    build (`expected`), naming the options of its run (`old`, metadata as `new`) that differ."""
+    from funcnet._trees import differences
+
+    lines = differences(expected, stored, source="the checkpoint")
+    if not lines:
+        return
+    changed = [
+        f"{_as_option(flag, old[part].get(key))} (asked: {_as_option(flag, new[part].get(key))})"
+        for part, key, flag in _STATE_OPTIONS
+        if old[part].get(key) != new[part].get(key)
+    ]
+    if changed:
+        raise CommandError(
+            f"{path} was trained with {', '.join(changed)}, so its train state does not fit "
+            "these options; resume it with the options it was trained with"
+        )
+    raise CommandError(f"{path} holds a train state these options do not build: {lines[0]}")
 
 
 def _resolved(data: str | None) -> str | None:
@@ -178,7 +280,10 @@ class _BestSoFar:
             self.loss = np.where(improved, loss, self.loss)
         else:
             improved = np.ones(np.shape(metrics["loss"]), bool)
-        if improved.ndim == 0:  # one model
+        if self.state is None:  # a new run: its first epoch is the best so far
+            self.state = state
+            self.epoch = epoch if improved.ndim == 0 else [epoch] * improved.size
+        elif improved.ndim == 0:  # one model
             self.state = state if improved else self.state
             self.epoch = epoch if improved else self.epoch
         else:  # an ensemble: a leading member axis
@@ -242,8 +347,8 @@ def run(args: argparse.Namespace) -> int:
         except LaunchError as err:
             raise CommandError(str(err)) from err
     leader = is_leader()
-    out = pathlib.Path(args.out)
-    _check_out(out, args)
+    out = _check_out(args)
+    _check_options(args)
     started = time.perf_counter()
     cnn = args.model == "cnn"
     config = {
@@ -256,8 +361,6 @@ def run(args: argparse.Namespace) -> int:
     data = run_data(config, images=cnn)
     mesh = None
     if args.distributed or args.devices is not None:
-        if args.members > 1:
-            raise CommandError("--members > 1 does not combine with --distributed or --devices")
         try:
             mesh = train.data_mesh(args.devices)
         except ValueError as err:
@@ -289,6 +392,11 @@ def run(args: argparse.Namespace) -> int:
         "weight_decay": args.weight_decay,
         "momentum": args.momentum,
     }
+    if args.epochs * steps > INT_LIMIT:
+        raise CommandError(
+            f"--epochs {args.epochs} of {steps} steps each make more steps than the step "
+            f"counter (int32) holds, {INT_LIMIT}"
+        )
     if args.schedule != "constant":
         opt_config.update(total_steps=args.epochs * steps, warmup_steps=steps)
     try:
@@ -313,12 +421,8 @@ def run(args: argparse.Namespace) -> int:
             f"--accumulate {args.accumulate} does not divide the batch of {batch_size} rows; "
             "choose a --batch-size that is a multiple of it"
         )
-    if config["loss_scale"] and args.skip_nonfinite:
-        raise CommandError(
-            "--precision float16 trains with a loss scale, which skips non-finite steps "
-            "itself; leave out --skip-nonfinite"
-        )
     in_shape = [batch_size, *data.train[0].shape[1:]]
+    _check_size(model, in_shape, args.members, max(batch_size, min(len(data.test[1]), 1024)))
     metadata = {
         "funcnet_version": __version__,
         "config": config,
@@ -328,9 +432,11 @@ def run(args: argparse.Namespace) -> int:
         "members": args.members,
         "data_info": data.info,
     }
+    if args.patience is not None and data.val is None:
+        raise CommandError("--patience needs a validation split (--val-fraction > 0)")
     state = None
     if args.resume:
-        run_, states = open_checkpoint(args.resume)
+        run_, states = open_checkpoint(args.resume, "--resume")
         if (run_.metadata["model"], run_.metadata["in_shape"]) != (model_config, in_shape):
             raise CommandError(
                 f"{args.resume} holds another model, precision or data shape than asked"
@@ -340,11 +446,19 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.resume} was trained with --ema {run_.metadata['config'].get('ema')}, "
                 f"not {args.ema}; resume it with the same --ema"
             )
+        expected = state_shapes(
+            model,
+            train.build_optimizer(
+                optimizer, clip_norm=args.clip_norm, on_nonfinite=config["on_nonfinite"]
+            ),
+            config,
+            in_shape,
+            args.members,
+        )
+        _check_resumable(args.resume, states["last"], expected, run_.metadata, metadata)
         state = states["last"]
         if leader:
             _drop_epochs_after(out / EPOCHS, int(np.min(jax.device_get(state.step))) // steps)
-    if args.patience is not None and data.val is None:
-        raise CommandError("--patience needs a validation split (--val-fraction > 0)")
     if leader and not args.quiet:
         print(nn.summary(model, tuple(in_shape)))
 
@@ -444,10 +558,11 @@ def run(args: argparse.Namespace) -> int:
     (out / METRICS).write_text(json.dumps(report, indent=1) + "\n")
     source = pathlib.Path(args.data).name if args.data else args.dataset
     title = f"{args.model} on {source} ({args.optimizer}, lr {args.lr:g})"
+    loss = loss_name(data.task)
     if args.members > 1:
-        plots.plot_ensemble(result.history, out / CURVES, title=title)
+        plots.plot_ensemble(result.history, out / CURVES, title=title, loss_name=loss)
     else:
-        plots.plot_history(result.history, out / CURVES, title=title)
+        plots.plot_history(result.history, out / CURVES, title=title, loss_name=loss)
 
     where = ", ".join(str(out / name) for name in (CHECKPOINT, EPOCHS, METRICS, CURVES))
     if data.task == "regression":
