@@ -357,7 +357,7 @@ def _fastest_target(section: dict, key: str, what: str) -> dict:
     return _target(
         name,
         ratio <= 1.10,
-        f"{ratio:.2f}× ({rows['funcnet']['us']:,.0f} vs {rows[fastest]['title']} "
+        f"{ratio:.3f}× ({rows['funcnet']['us']:,.0f} vs {rows[fastest]['title']} "
         f"{others[fastest]:,.0f} µs)",
     )
 
@@ -378,7 +378,7 @@ def targets(section: dict) -> list[dict]:
             _target(
                 name,
                 ratio <= 1.10,
-                f"{ratio:.2f}× ({rows['funcnet_scan']['us']:,.0f} vs {rows[faster]['title']} "
+                f"{ratio:.3f}× ({rows['funcnet_scan']['us']:,.0f} vs {rows[faster]['title']} "
                 f"{hand[faster]:,.0f} µs/step)",
             )
         )
@@ -392,7 +392,7 @@ def targets(section: dict) -> list[dict]:
     if "funcnet" in rows and "equinox" in rows:
         ours, theirs = rows["funcnet"]["us"], rows["equinox"]["us"]
         found.append(
-            _target(name, ours <= theirs, f"{ours / theirs:.2f}× ({ours:,.0f} vs {theirs:,.0f} µs)")
+            _target(name, ours <= theirs, f"{ours / theirs:.3f}× ({ours:,.0f} vs {theirs:,.0f} µs)")
         )
     else:
         found.append(_target(name, None, "not measured"))
@@ -401,7 +401,7 @@ def targets(section: dict) -> list[dict]:
     theirs = rows.get("flax_linen", {}).get("temp_mb")
     if ours is not None and theirs is not None:
         found.append(
-            _target(name, ours <= theirs, f"{ours:.2f} vs {theirs:.2f} MB ({ours / theirs:.2f}×)")
+            _target(name, ours <= theirs, f"{ours:.2f} vs {theirs:.2f} MB ({ours / theirs:.3f}×)")
         )
     else:
         found.append(_target(name, None, "not measured"))

@@ -27,6 +27,8 @@ The contenders:
   batches are the same images transposed to ``(batch, channels, height, width)`` and its
   first dense kernel has its rows permuted to match.
 
+The Flax and Equinox steps do not donate their carry, as their users' steps do not.
+
 For ``fit``: ``funcnet_scan`` is `funcnet.train.fit` for one epoch per call; ``raw_jax``
 the hand-written step called once per batch (the epoch's shuffle and gather one jitted call
 first); ``raw_jax_epoch`` the hand-written step scanned over the epoch in one jitted call.

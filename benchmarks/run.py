@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                 # the full run (about ten minutes on 2 cores)
     python -m benchmarks.run --smoke         # tiny sizes, one repeat: checks the code works
-    python -m benchmarks.run --check         # the targets only, under two minutes; exit 1
+    python -m benchmarks.run --check         # the targets only, a few minutes; exit 1
                                              # when one is missed
     python -m benchmarks.run --only mlp,peak --contenders funcnet,raw_jax
 
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only the targets' figures (under two minutes); exit 1 if a target is missed",
+        help="only the targets' figures (a few minutes); exit 1 if a target is missed",
     )
     parser.add_argument(
         "--only",
