@@ -183,7 +183,7 @@ def summarise(run: dict, tail: float) -> dict:
 
 
 def plot(runs: dict[float, dict], path: pathlib.Path, title: str) -> None:
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, layout="constrained")
     for i, (rate, run) in enumerate(runs.items()):
         colour = f"C{i}"
         top.plot(
@@ -195,11 +195,10 @@ def plot(runs: dict[float, dict], path: pathlib.Path, title: str) -> None:
         )
     top.set_ylabel("train loss")
     top.legend()
-    top.set_title(title)
+    fig.suptitle(title)
     bottom.set_xlabel("step")
-    bottom.set_ylabel("sharpness λ_max(∇²L)")
+    bottom.set_ylabel(r"sharpness $\lambda_{\max}(\nabla^2 L)$")
     bottom.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullLocator
 
 import funcnet.diff as fd
 
@@ -157,7 +158,18 @@ def plot(rows: list[dict], sizes: list[int], path: pathlib.Path) -> None:
     ax_map.plot([-0.5, k - 0.5], [-0.5, k - 0.5], "k--", lw=1)
     for i in range(k):
         for j in range(k):
-            ax_map.text(j, i, f"{ratio[i, j]:.2g}", ha="center", va="center", fontsize=8)
+            # White on the dark ends of the colour map, black on its pale middle.
+            dark = abs(log_ratio[i, j]) > 0.55 * bound
+            ax_map.text(
+                j,
+                i,
+                f"{ratio[i, j]:.2g}×",
+                ha="center",
+                va="center",
+                fontsize=max(7, 13 - k),
+                fontweight="bold",
+                color="white" if dark else "black",
+            )
     ax_map.set_xticks(range(k), sizes)
     ax_map.set_yticks(range(k), sizes)
     ax_map.set_xlabel("input dimension n")
@@ -172,6 +184,8 @@ def plot(rows: list[dict], sizes: list[int], path: pathlib.Path) -> None:
             key = (lambda v: (v, middle)) if varying == "n" else (lambda v: (middle, v))
             times = [by[key(v)][f"{mode}_ms"] for v in sizes]
             ax.loglog(sizes, times, color=color, marker="o", label=f"jac{mode}")
+        ax.set_xticks(sizes, [str(v) for v in sizes])  # the sizes measured, no 10ˣ minors
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.axvline(middle, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(f"{varying} ({fixed} = {middle})")
         ax.set_ylabel("ms per Jacobian")

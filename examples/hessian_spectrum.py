@@ -135,7 +135,7 @@ def plot(spectra: dict[str, dict], path: pathlib.Path) -> None:
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density")
         ax.set_title(f"{name}: tr(H) ≈ {s['trace']:.2f} ± {s['trace_stderr']:.2f}")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle("Hessian eigenvalue density of the training loss, 64 → 32 → 10 ReLU MLP")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

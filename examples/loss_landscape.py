@@ -88,7 +88,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
     twin.set_ylim(0, 1.02)
     lines = left.get_legend_handles_labels()
     twin_lines = twin.get_legend_handles_labels()
-    left.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], fontsize=8, loc="center left")
+    left.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], fontsize=8, loc="best")
     left.set_title("L((1 − α)θ₀ + αθ₁), straight path from init to trained")
 
     surface = results["surface"]

@@ -49,6 +49,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullLocator
 
 from funcnet.diff.ntk import empirical_ntk
 
@@ -222,7 +223,13 @@ def main(argv: list[str] | None = None) -> dict:
     widths = np.asarray(args.widths, float)
     right.loglog(widths, rms, "o-", label="rms relative error")
     right.loglog(widths, rms[0] * np.sqrt(widths[0] / widths), "k--", label="∝ 1/√m")
-    right.set(xlabel="width m", ylabel="‖Θ_m − Θ∞‖_F / ‖Θ∞‖_F", title="error vs width")
+    right.set_xticks(args.widths, [str(m) for m in args.widths])
+    right.xaxis.set_minor_locator(NullLocator())
+    right.set(
+        xlabel="width m",
+        ylabel=r"$\|\Theta_m - \Theta_\infty\|_F \;/\; \|\Theta_\infty\|_F$",
+        title="relative error of the empirical NTK vs width",
+    )
     right.legend()
     fig.tight_layout()
     figure = out / "ntk_convergence.png"

@@ -31,6 +31,7 @@ import funcnet.optim as fo
 
 matplotlib.use("Agg")  # files only, no display; chosen before pyplot loads
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def rosenbrock(xy: jax.Array) -> jax.Array:
@@ -120,35 +121,47 @@ def path(
     return run(start)
 
 
+# One colour per optimizer, none repeated: tab10's ten and black for the eleventh.
+COLOURS = [*plt.get_cmap("tab10").colors, "black"]
+# AdamW follows Adam until its weight decay tells; dashed, it leaves Adam's path visible.
+STYLES = {"adamw": "--"}
+
+
 def draw(problem: Problem, paths: dict[str, np.ndarray], out: Path) -> Path:
     """One contour panel per optimizer and one with all paths; returns the PNG's path."""
     x0, x1, y0, y1 = problem.window
     xs, ys = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
     zs = np.asarray(problem.loss(jnp.asarray(np.stack([xs, ys]))))  # the losses broadcast
     levels = np.logspace(-3, np.log10(zs.max()), 25)
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, len(paths)))
+    colours = dict(zip(paths, COLOURS, strict=False))
 
-    fig, axes = plt.subplots(3, 4, figsize=(16, 12), sharex=True, sharey=True)
+    fig, axes = plt.subplots(3, 4, figsize=(16, 13), sharex=True, sharey=True, layout="constrained")
     panels = [*zip(paths, axes.flat, strict=False), ("all", axes.flat[-1])]
     for name, ax in panels:
         ax.contour(xs, ys, zs, levels=levels, colors="0.7", linewidths=0.6)
         shown = paths if name == "all" else {name: paths[name]}
-        for (label, points), color in zip(paths.items(), colors, strict=True):
-            if label in shown:
-                finite = points[np.all(np.isfinite(points), axis=1)]
-                ax.plot(finite[:, 0], finite[:, 1], "-", color=color, lw=1.4, label=label)
-                ax.plot(*finite[-1], "o", color=color, ms=4)
-        ax.plot(*problem.start, "ks", ms=6)
-        ax.plot(*problem.minimum, "r*", ms=12)
+        for label, points in shown.items():
+            finite = points[np.all(np.isfinite(points), axis=1)]
+            style = STYLES.get(label, "-")
+            ax.plot(finite[:, 0], finite[:, 1], style, color=colours[label], lw=1.4, label=label)
+            ax.plot(*finite[-1], "o", color=colours[label], ms=4)
+        ax.plot(*problem.start, "s", color="k", mfc="w", ms=7, label="start")
+        ax.plot(*problem.minimum, "r*", ms=12, label="minimum")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
+        # No tick at the window's edges, where neighbouring panels' labels would meet.
+        ax.xaxis.set_major_locator(MaxNLocator(5, prune="both"))
+        ax.yaxis.set_major_locator(MaxNLocator(5, prune="both"))
         ax.set_title(name if name == "all" else f"{name}  (peak rate {problem.peak_rates[name]:g})")
-    axes.flat[-1].legend(fontsize=7, loc="best", framealpha=0.9)
+    fig.legend(*axes.flat[-1].get_legend_handles_labels(), loc="outside lower center", ncol=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("x")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y")
     fig.suptitle(
         f"{problem.name}: paths from the square to the star (the minimum), dots at the end",
         fontsize=14,
     )
-    fig.tight_layout()
     target = out / f"optimizer_paths_{problem.name}.png"
     fig.savefig(target, dpi=80)
     plt.close(fig)

@@ -167,13 +167,15 @@ def grid_errors(width: int, params: dict) -> tuple[jax.Array, jax.Array]:
 
 def plot(results: dict, fits: dict, path: pathlib.Path) -> None:
     x = jnp.linspace(LO, HI, TEST_POINTS)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), layout="constrained")
 
     ax = axes[0, 0]
     ax.plot(x, funcnet.nn.step(x - STEP_AT), "k", lw=2, label="step(x − a)")
     for k in results["step_error"]:
         ax.plot(x, funcnet.nn.sigmoid(k * (x - STEP_AT)), lw=1, label=f"σ({k:g}(x − a))")
     ax.set_title(f"(a) a steep sigmoid is a step (a = {STEP_AT})")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
@@ -184,6 +186,8 @@ def plot(results: dict, fits: dict, path: pathlib.Path) -> None:
     for n in bumps[1:-1:2] or bumps:
         ax.plot(x, staircase(n, x[:, None])[:, 0], lw=1, label=f"{n} bumps")
     ax.set_title("(b) bumps from pairs of steps, summed into a staircase")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     ax.legend(fontsize=8)
 
     ax = axes[1, 0]
@@ -191,6 +195,8 @@ def plot(results: dict, fits: dict, path: pathlib.Path) -> None:
     for width, y in fits.items():
         ax.plot(x, y, lw=1, label=f"width {width}")
     ax.set_title("(c) y = w₂ᵀ σ(W₁x + b₁) + b₂ trained by Adam")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     ax.legend(fontsize=8)
 
     ax = axes[1, 1]
@@ -206,7 +212,7 @@ def plot(results: dict, fits: dict, path: pathlib.Path) -> None:
     ax.set_title("error against the number of sigmoids")
     ax.legend(fontsize=8)
 
-    fig.tight_layout()
+    fig.suptitle("Universal approximation with sigmoids: steps, bumps, staircases, networks")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -66,6 +66,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 import funcnet
 from funcnet.nn import initializers
@@ -147,21 +148,27 @@ def print_table(title: str, values: dict, depths: list[int]) -> None:
 
 
 def plot(norms: dict, depth: int, path: pathlib.Path) -> None:
-    fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(5 * len(ACTIVATIONS), 4.2))
+    """One panel per activation: a colour per initialisation without batch norm, and the
+    batch-norm curves in one grey dashed style, since they nearly coincide."""
+    fig, axes = plt.subplots(
+        1, len(ACTIVATIONS), figsize=(5 * len(ACTIVATIONS), 4.6), layout="constrained"
+    )
     layers = np.arange(1, depth + 1)
     for ax, activation in zip(axes, ACTIVATIONS, strict=True):
         for color, init in enumerate(INITS):
-            for batch_norm, style in ((False, "-"), (True, "--")):
-                label = f"{init}{' + batch norm' if batch_norm else ''}"
-                values = norms[activation, init, batch_norm][depth]
-                ax.semilogy(layers, values, style, color=f"C{color}", lw=1.2, label=label)
+            values = norms[activation, init, False][depth]
+            ax.semilogy(layers, values, color=f"C{color}", lw=1.4, label=init)
+        for i, init in enumerate(INITS):
+            label = "any of the four + batch norm" if i == 0 else None
+            values = norms[activation, init, True][depth]
+            ax.semilogy(layers, values, "--", color="0.35", lw=1.2, label=label)
         ax.set_title(activation)
         ax.set_xlabel("layer l (1 = input side)")
-        ax.set_ylabel("‖∂L/∂W_l‖")
+        ax.set_ylabel(r"$\|\partial L / \partial W_l\|$")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=5)
     fig.suptitle(f"Per-layer gradient norms at initialisation, {depth} dense layers")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

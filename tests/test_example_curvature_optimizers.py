@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 SMALL = ["--steps", "40", "--digits-steps", "12", "--hidden", "16"]
@@ -15,7 +16,10 @@ SMALL += ["--train-size", "256", "--batch-size", "64"]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     example = load_module("examples/curvature_optimizers.py")
-    return example.main(["--out", str(tmp_path_factory.mktemp("curvature")), *SMALL])
+    with checked_figures() as saved:
+        results = example.main(["--out", str(tmp_path_factory.mktemp("curvature")), *SMALL])
+    assert [path.name for path in saved] == ["curvature_optimizers.png"]
+    return results
 
 
 def test_every_optimizer_ran_on_both_problems_and_the_figure_is_written(results):

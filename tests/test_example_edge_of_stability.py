@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 eos = load_module("examples/edge_of_stability.py")
@@ -20,7 +21,10 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("edge_of_stability")
     argv = ["--out", str(out), "--examples", "256", "--width", "16", "--steps", str(STEPS)]
     argv += ["--every", str(EVERY), "--lanczos-iters", "30", "--learning-rates"]
-    return eos.main(argv + [str(rate) for rate in LEARNING_RATES])
+    with checked_figures() as saved:
+        results = eos.main(argv + [str(rate) for rate in LEARNING_RATES])
+    assert [path.name for path in saved] == ["edge_of_stability.png"]
+    return results
 
 
 def test_every_run_is_recorded_and_the_figure_is_written(results):

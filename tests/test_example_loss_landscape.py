@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import funcnet
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 
@@ -17,7 +18,11 @@ def example():
 @pytest.fixture(scope="module")
 def results(example, tmp_path_factory):
     out = tmp_path_factory.mktemp("landscape")
-    return example.main(["--steps", "40", "--path-points", "5", "--grid", "3", "--out", str(out)])
+    with checked_figures() as saved:
+        argv = ["--steps", "40", "--path-points", "5", "--grid", "3", "--out", str(out)]
+        results = example.main(argv)
+    assert [path.name for path in saved] == ["loss_landscape.png"]
+    return results
 
 
 def numpy_loss_and_accuracy(params, x, y):

@@ -4,6 +4,7 @@ NTK, and the three kernel methods are timed."""
 import numpy as np
 import pytest
 
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 example = load_module("examples/ntk_convergence.py")
@@ -13,7 +14,10 @@ example = load_module("examples/ntk_convergence.py")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ntk_convergence")
     argv = ["--out", str(out), "--widths", "64", "4096", "--seeds", "4", "--angles", "7"]
-    return example.main([*argv, "--shapes", "4x8x2x1", "conv:2x2x2x1", "--repeats", "1"])
+    with checked_figures() as saved:
+        results = example.main([*argv, "--shapes", "4x8x2x1", "conv:2x2x2x1", "--repeats", "1"])
+    assert [path.name for path in saved] == ["ntk_convergence.png"]
+    return results
 
 
 def test_closed_form_at_known_angles():

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 KS = (1, 10, 100, 1000)
@@ -25,7 +26,10 @@ def run(example, tmp_path_factory):
     out = tmp_path_factory.mktemp("universal_approximation")
     argv = ["--out", str(out), "--ks", *map(str, KS), "--bumps", *map(str, BUMPS)]
     argv += ["--widths", *map(str, WIDTHS), "--steps", "1000", "--seeds", "2"]
-    return example.main(argv), out
+    with checked_figures() as saved:
+        results = example.main(argv)
+    assert [path.name for path in saved] == ["universal_approximation.png"]
+    return results, out
 
 
 def sigmoid(z):

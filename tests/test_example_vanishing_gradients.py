@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import funcnet
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module
 
 vg = load_module("examples/vanishing_gradients.py")
@@ -21,7 +22,10 @@ SMALL, LARGE = "N(0, 0.01²)", "N(0, 1)"
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("vanishing_gradients")
     argv = ["--out", str(out), "--depths", "2", str(DEEP), "--width", str(WIDTH), "--batch", "64"]
-    return vg.main(argv)
+    with checked_figures() as saved:
+        results = vg.main(argv)
+    assert [path.name for path in saved] == ["vanishing_gradients.png"]
+    return results
 
 
 def ratio(results, activation, init, batch_norm, depth=DEEP):
