@@ -14,10 +14,12 @@ params and of one batch's activations are live at a time.
 
 The loss comes as `f(params)` (closing over its data), or as `f(params, batch)` with either
 `batch=` one batch or `batches=` a list of batches (any pytrees whose leaves share a leading
-axis, of sizes n_b that may differ). Over batches the result is the mean weighted by batch
-size, Σ_b n_b f(θ, batch_b) / Σ_b n_b: for a loss that is a mean over its batch, the mean
-over every example. Batches of one shape are stacked and scanned, so a list of many equal
-batches and a last, smaller one compiles to two scans, not one call per batch.
+axis, of sizes n_b that may differ). A tuple of bare arrays, ``batches=(xs, ys)``, is refused:
+it would be two batches, ``xs`` and then ``ys``, not the one batch ``(xs, ys)``. Over batches
+the result is the mean weighted by batch size, Σ_b n_b f(θ, batch_b) / Σ_b n_b: for a loss
+that is a mean over its batch, the mean over every example. Batches of one shape are stacked
+and scanned, so a list of many equal batches and a last, smaller one compiles to two scans,
+not one call per batch.
 
 With `has_aux=True`, `f` returns `(loss, metric)`, a scalar metric such as the accuracy,
 averaged over batches the same way and returned beside the losses.
@@ -469,6 +471,14 @@ def _batch_groups(
         )
     if len(batches) == 0:
         raise ValueError(f"{caller}: batches is empty")
+    if isinstance(batches, tuple) and all(hasattr(b, "shape") for b in batches):
+        # (xs, ys) would read as two batches, xs and then ys: refused, not guessed.
+        shapes = ", ".join(str(tuple(np.shape(b))) for b in batches)
+        raise ValueError(
+            f"{caller}: batches is a tuple of {len(batches)} arrays ({shapes}), which would "
+            f"be {len(batches)} batches of one array each; pass one batch as batch=(x, y), or "
+            "a list of batches, batches=[(x1, y1), (x2, y2), ...]"
+        )
     groups: dict[Any, list[PyTree]] = {}
     for i, one in enumerate(batches):
         leading_size(one, what=f"{caller}: the leaves of batch {i}")

@@ -191,6 +191,13 @@ def check_grads(
     zero are judged against the gradient's scale. This runs the computations and compares
     their values on the host; call it outside `jax.jit`.
 
+    The defaults are for an f that is smooth within the step of x. In float32 the central
+    step is wide, h = ε^(1/3)·max(1, |xᵢ|) ≈ 5e-3, and a function with kinks (relu, abs,
+    max: a ReLU network's loss) has some inside it at a few coordinates, where the finite
+    difference, not the gradient, is wrong: the check then fails on a correct gradient. In
+    float64 the step is 6e-6 and such crossings are rare, so check those functions with `x`
+    in float64 (under ``jax.enable_x64(True)``); smooth ones pass in float32 too.
+
     Args:
       f: scalar function of one pytree argument.
       x: the point, a pytree of real float arrays.

@@ -268,6 +268,18 @@ def test_bad_input_is_reported():
         fl.loss_line(loss_only, params, d, alphas=grid, batch=(x, y), batches=[(x, y)])
     with pytest.raises(ValueError, match="batches is empty"):
         fl.loss_line(loss_only, params, d, alphas=grid, batches=[])
+    # (x, y) as batches would be two batches, x and then y: refused in one line, naming both.
+    directions = (d, fl.random_direction(jax.random.key(1), params))
+    for tuple_of_arrays in ((x, y), (x, y, x)):
+        with pytest.raises(
+            ValueError, match=r"^loss_surface: batches is a tuple of \d arrays \("
+        ) as err:
+            fl.loss_surface(loss_only, params, directions, alphas=grid, batches=tuple_of_arrays)
+        assert "\n" not in str(err.value) and "batch=(x, y)" in str(err.value)
+    # A tuple of batches (pairs, not bare arrays) is taken as given.
+    as_tuple = fl.loss_line(loss_only, params, d, alphas=grid, batches=((x, y), (x, y)))
+    as_one = fl.loss_line(loss_only, params, d, alphas=grid, batch=(x, y))
+    np.testing.assert_allclose(as_tuple.losses, as_one.losses, rtol=1e-6)
     with pytest.raises(ValueError, match="share one leading axis"):
         fl.loss_line(loss_only, params, d, alphas=grid, batch=(x, y[:5]))
     with pytest.raises(ValueError, match=r"(?s)direction .*dense_0/w"):

@@ -175,3 +175,30 @@ def test_check_grads_catches_a_layer_with_a_wrong_backward_pass():
     message = str(failure.value)
     assert "gradient check (central) failed at x['dense_0']['w'][3, 0]" in message
     assert "1 of 15 coordinates out of tolerance" in message
+
+
+def test_check_grads_defaults_fail_a_float32_relu_net_at_its_kinks_and_pass_it_in_float64():
+    """What check_grads' docstring and docs/differentiation.md say: the float32 central step
+    (≈ 5e-3) straddles ReLU kinks at a few coordinates of a correct gradient; in float64 the
+    step is 6e-6 and the check passes. A smooth activation passes in float32."""
+    from funcnet import data, losses
+
+    split = data.digits()
+    x, y = split.x_train[:128], split.y_train[:128]
+
+    def make_loss(activation):
+        model = nn.serial(nn.dense(16), activation, nn.dense(10))
+        _, params, _ = model.init(jax.random.key(0), (128, 64))
+        loss = lambda p: losses.softmax_cross_entropy(model.apply(p, {}, x)[0], y)
+        return loss, params
+
+    loss, params = make_loss(nn.relu)
+    assert nn.param_count(params) == 1210
+    with pytest.raises(AssertionError, match=r"coordinates out of tolerance") as failure:
+        fd.check_grads(loss, params)
+    failed = int(str(failure.value).rsplit("; ", 1)[1].split(" of ")[0])
+    assert 5 <= failed <= 40  # "a dozen or so"
+    with jax.enable_x64(True):
+        fd.check_grads(loss, jax.tree.map(lambda p: p.astype(jnp.float64), params))
+    smooth, params = make_loss(nn.tanh)
+    fd.check_grads(smooth, params)
