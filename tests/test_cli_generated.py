@@ -227,11 +227,13 @@ def draw(rng, specs, command, index):
         return Case("bench", [*argv, *tail], False)
     spec = specs[command]
     names = list(spec)
-    chosen = set(rng.sample(names, rng.randint(0, min(7, len(names)))))
-    chosen |= {name for name in REQUIRED.get(command, []) if rng.random() < 0.93}
+    chosen = rng.sample(names, rng.randint(0, min(7, len(names))))
+    required = [name for name in REQUIRED.get(command, []) if rng.random() < 0.93]
+    chosen += [name for name in required if name not in chosen]  # a list: the same each run
     argv, runs = [command], True
     fresh = f"fresh/{index}"
-    for name in sorted(chosen, key=lambda _: rng.random()):
+    rng.shuffle(chosen)
+    for name in chosen:
         flag = spec[name]
         kind = rng.choices(["valid", "borderline", "refused"], [45, 25, 30])[0]
         pool = getattr(flag, kind) or flag.valid or flag.borderline
