@@ -765,22 +765,21 @@ def compile_epoch(
             max_consecutive_skips=settings.max_consecutive_skips,
         )
 
+    common = dict(
+        loss_fn=loss_fn,
+        batch_size=settings.batch_size,
+        metrics=None if settings.metrics is None else dict(settings.metrics),
+        grad_norm=settings.grad_norm,
+        skip_nonfinite=(
+            settings.max_consecutive_skips if settings.on_nonfinite == "skip" else None
+        ),
+        mesh=mesh,
+        accumulate=settings.accumulate,
+        eval_ema=settings.eval_ema,
+    )
+
     def compile_one(checked: bool) -> Callable[..., EpochOutput]:
-        run = epoch_fn(
-            model,
-            build,
-            loss_fn=loss_fn,
-            batch_size=settings.batch_size,
-            metrics=None if settings.metrics is None else dict(settings.metrics),
-            grad_norm=settings.grad_norm,
-            skip_nonfinite=(
-                settings.max_consecutive_skips if settings.on_nonfinite == "skip" else None
-            ),
-            checked=checked,
-            mesh=mesh,
-            accumulate=settings.accumulate,
-            eval_ema=settings.eval_ema,
-        )
+        run = epoch_fn(model, build, checked=checked, **common)
         if ensemble:
             members = jax.vmap(run, in_axes=(0, 0, None, None))
 
@@ -802,21 +801,7 @@ def compile_epoch(
         return jax.jit(epoch)
 
     def compile_steps(checked: bool) -> Callable[..., EpochOutput]:
-        parts = epoch_parts(
-            model,
-            build,
-            loss_fn=loss_fn,
-            batch_size=settings.batch_size,
-            metrics=None if settings.metrics is None else dict(settings.metrics),
-            grad_norm=settings.grad_norm,
-            skip_nonfinite=(
-                settings.max_consecutive_skips if settings.on_nonfinite == "skip" else None
-            ),
-            checked=checked,
-            mesh=mesh,
-            accumulate=settings.accumulate,
-            eval_ema=settings.eval_ema,
-        )
+        parts = epoch_parts(model, build, checked=checked, **common)
         return _step_by_step(parts, ensemble)
 
     compile = compile_steps if settings.loop == "step" else compile_one
