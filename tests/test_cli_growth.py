@@ -9,21 +9,7 @@ import pytest
 
 from funcnet import checkpoint, train
 from funcnet.app import cli, models
-
-TRAIN = [
-    "train",
-    "--dataset",
-    "moons",
-    "--hidden",
-    "12",
-    "--batch-size",
-    "64",
-    "--lr",
-    "0.02",
-    "--schedule",
-    "constant",
-    "--quiet",
-]
+from tests.test_cli import TRAIN
 
 
 def leaves(tree):
