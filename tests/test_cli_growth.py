@@ -3,22 +3,13 @@ uninterrupted ones, the average deployed, refusals in one line."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 from funcnet import checkpoint, train
 from funcnet.app import cli, models
+from tests.test_checkpoint import leaves_as_numpy as leaves
 from tests.test_cli import TRAIN
-
-
-def leaves(tree):
-    out = []
-    for leaf in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out.append(np.asarray(leaf))
-    return out
 
 
 @pytest.mark.parametrize(

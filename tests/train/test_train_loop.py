@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from funcnet import losses, nn, optim, train
+from tests.test_checkpoint import leaves_as_numpy as leaves
 from tests.train.conftest import BATCH, blobs
 
 CE = losses.softmax_cross_entropy
@@ -18,15 +19,6 @@ def images(seed, n=50):
     x, y = blobs(seed, n)
     pictures = jnp.tile(x[:, None, None, :], (1, 6, 6, 1))[..., :1] + 0.1 * x[:, None, None, 1:2]
     return pictures.astype(jnp.float32), y
-
-
-def leaves(tree):
-    out = []
-    for leaf in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out.append(np.asarray(leaf))
-    return out
 
 
 def run(model, data, loop, **kwargs):
