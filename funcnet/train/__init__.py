@@ -6,7 +6,9 @@ jits one step of training, donating the state; `fit` runs each epoch as one comp
 and keeps the best state; `fit_ensemble` trains K models at once under `vmap` over seeds and
 hyperparameters. Growing past one device's memory: `accumulate` micro-batches per step, a
 moving average of the params (`ParamsEma`) and a dynamic loss scale for float16
-(`DynamicLossScale`), both kept in the train state.
+(`DynamicLossScale`), both kept in the train state. Past one device: a `data_mesh` for data
+parallelism, or a `model_mesh` with layout rules (`fsdp`, `tensor_parallel`, `by_path`) that
+shard the params and optimizer state (`funcnet.train.partition`).
 """
 
 from funcnet.train.batching import (
@@ -37,6 +39,15 @@ from funcnet.train.loss_scale import (
     scale_loss,
     unscale_grads,
 )
+from funcnet.train.partition import (
+    by_path,
+    fsdp,
+    model_mesh,
+    param_specs,
+    shard_state,
+    state_shardings,
+    tensor_parallel,
+)
 from funcnet.train.sharding import data_mesh, local_copy, process_share
 from funcnet.train.state import TrainState, init_train_state, shuffle_key, step_key
 from funcnet.train.step import eval_step, make_evaluate, make_step, optimizer_key, train_step
@@ -58,6 +69,7 @@ __all__ = [
     "all_finite",
     "batch_plan",
     "build_optimizer",
+    "by_path",
     "compile_epoch",
     "data_mesh",
     "dynamic_loss_scale",
@@ -67,20 +79,26 @@ __all__ = [
     "eval_step",
     "fit",
     "fit_ensemble",
+    "fsdp",
     "init_train_state",
     "local_copy",
     "make_evaluate",
     "make_step",
+    "model_mesh",
     "optimizer_key",
+    "param_specs",
     "params_ema",
     "process_share",
     "run_loop",
     "scale_loss",
     "select",
+    "shard_state",
     "shuffle",
     "shuffle_key",
+    "state_shardings",
     "step_key",
     "steps_per_epoch",
+    "tensor_parallel",
     "train_step",
     "unscale_grads",
     "update_ema",

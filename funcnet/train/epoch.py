@@ -31,6 +31,7 @@ from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
 from funcnet.train.batching import data_size, epoch_batches, shuffle
 from funcnet.train.loss_scale import all_finite
+from funcnet.train.partition import Rules, constrain
 from funcnet.train.sharding import batch_sharding, stacked_batch_sharding
 from funcnet.train.state import TrainState, shuffle_key
 from funcnet.train.step import LossFn, Metrics, eval_step, evaluate_batches, train_step
@@ -120,6 +121,7 @@ def epoch_parts(
     skip_nonfinite: int | None = None,
     checked: bool = False,
     mesh: Mesh | None = None,
+    rules: Rules | None = None,
     accumulate: int = 1,
     eval_ema: bool = True,
 ) -> EpochParts:
@@ -137,8 +139,12 @@ def epoch_parts(
             ragged = lax.with_sharding_constraint(ragged, batch_sharding(mesh))
         return batches._replace(full=full, ragged=ragged)
 
+    def keep_layout(state: TrainState) -> TrainState:
+        return state if rules is None else constrain(state, mesh, rules)
+
     def start(state: TrainState, hparams: Mapping[str, Array], train_data: Any):
         del hparams
+        state = keep_layout(state)
         n = data_size(train_data)
         batches = layout(epoch_batches(train_data, batch_size, shuffle(shuffle_key(state), n)))
         return (state, jnp.array(-1, jnp.int32)), batches.full, batches.ragged
@@ -156,6 +162,7 @@ def epoch_parts(
         )
         flagged = skip_nonfinite is not None or state.loss_scale is not None
         new, values = step(state, batch)
+        new = keep_layout(new)
         if flagged:
             finite, fatal = values.pop("finite"), values.pop("fatal")
         else:
@@ -224,6 +231,7 @@ def epoch_fn(
     skip_nonfinite: int | None = None,
     checked: bool = False,
     mesh: Mesh | None = None,
+    rules: Rules | None = None,
     accumulate: int = 1,
     eval_ema: bool = True,
 ) -> Callable[[TrainState, Mapping[str, Array], Any, Any], EpochOutput]:
@@ -235,11 +243,12 @@ def epoch_fn(
     `train_step` decides which steps are skipped; only a non-finite step let through (after
     ``m`` in a row) is fatal. `checked` selects the checked epoch (module
     doc). `grad_norm` adds ``‖g‖₂`` to the step metrics. With a `mesh` every minibatch's rows
-    are laid out over its ``data`` axis, for data-parallel training. `accumulate` is
-    `train_step`'s. A state with a loss scale skips steps as `skip_nonfinite` does (see
-    `train_step`). A state with a moving average of the params is evaluated with the
-    average when `eval_ema` holds, with the params otherwise. The steps run in one
-    `lax.scan`; `epoch_parts` gives the same epoch cut at its steps.
+    are laid out over its ``data`` axis, for data-parallel training, and with `rules` the
+    state is kept in the layout they give (`funcnet.train.partition`); without, replicated.
+    `accumulate` is `train_step`'s. A state with a loss scale skips steps as
+    `skip_nonfinite` does (see `train_step`). A state with a moving average of the params is
+    evaluated with the average when `eval_ema` holds, with the params otherwise. The steps
+    run in one `lax.scan`; `epoch_parts` gives the same epoch cut at its steps.
     """
     parts = epoch_parts(
         model,
@@ -251,6 +260,7 @@ def epoch_fn(
         skip_nonfinite=skip_nonfinite,
         checked=checked,
         mesh=mesh,
+        rules=rules,
         accumulate=accumulate,
         eval_ema=eval_ema,
     )

@@ -32,7 +32,8 @@ from funcnet.train.ema import check_decay, params_ema
 from funcnet.train.epoch import EpochOutput, EpochParts, epoch_fn, epoch_parts, select
 from funcnet.train.loop import EpochCallback, History, Members, StopFn, run_loop
 from funcnet.train.loss_scale import DynamicLossScale, dynamic_loss_scale
-from funcnet.train.sharding import check_mesh, place_data, replicate
+from funcnet.train.partition import Rules, as_rules, place, state_shardings
+from funcnet.train.sharding import check_mesh, place_data
 from funcnet.train.state import TrainState, check_train_state, init_train_state
 from funcnet.train.step import (
     LossFn,
@@ -327,6 +328,19 @@ def _initial_state(
     return state
 
 
+def _check_layout(mesh: Mesh | None, rules: Rules | None, settings: EpochSettings) -> tuple | None:
+    """Refuses `rules` without a mesh and a mesh that cannot share a batch or micro-batch;
+    `rules` as a tuple (hashable, for `compile_epoch`'s cache)."""
+    if mesh is None:
+        if rules is not None:
+            raise ValueError("rules lay the params out over a mesh; pass mesh= too")
+        return None
+    check_mesh(mesh, settings.batch_size)
+    if settings.accumulate > 1:
+        check_mesh(mesh, settings.batch_size // settings.accumulate)
+    return None if rules is None else as_rules(rules)
+
+
 def _place(data: Any, mesh: Mesh | None) -> Any:
     """Puts a data set on the device, or on the mesh for data-parallel training."""
     if data is None:
@@ -362,6 +376,7 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     stop: StopFn | None = None,
     mesh: Mesh | None = None,
+    rules: Rules | None = None,
     accumulate: int = 1,
     ema: float | None = None,
     ema_warmup: bool = True,
@@ -419,6 +434,11 @@ def fit(
         replicated, each minibatch's rows split over the devices, gradients averaged by XLA.
         `batch_size` is the global batch and must divide by the axis size. In a
         multi-process run `train_data` and `eval_data` are this process's shards.
+      rules: with `mesh`, lay the params out over it as these rules say instead of
+        replicating them (`funcnet.train.fsdp`, `tensor_parallel`, `by_path`; see
+        `funcnet.train.partition`); the optimizer state and the params' average follow the
+        params. The result's states keep that layout (`funcnet.train.local_copy` brings them
+        whole to one device).
       accumulate: take each step's gradient over this many micro-batches of
         ``batch_size / accumulate`` rows in turn (`make_step`), holding one micro-batch's
         activations at a time; the update is the whole batch's. Batch norm normalises each
@@ -460,8 +480,6 @@ def fit(
         eval_data,
         where="fit",
     )
-    if mesh is not None:
-        check_mesh(mesh, batch_size)
     settings = _settings(
         batch_size,
         metrics,
@@ -472,13 +490,14 @@ def fit(
         accumulate,
         eval_ema,
     )
-    if mesh is not None and accumulate > 1:
-        check_mesh(mesh, batch_size // accumulate)
+    rules = _check_layout(mesh, rules, settings)
     extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
     in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     _check_labels("fit", model, loss_fn, in_shape, train_data, eval_data)
     settings = settings._replace(loop=choose_loop(loop, model, train_data, in_shape))
-    compiled = compile_epoch(model, optimizer, loss_fn=loss_fn, settings=settings, mesh=mesh)
+    compiled = compile_epoch(
+        model, optimizer, loss_fn=loss_fn, settings=settings, mesh=mesh, rules=rules
+    )
     train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
     state = _initial_state(
         lambda key: init_train_state(model, compiled.build(), key, in_shape),
@@ -490,7 +509,7 @@ def fit(
     )
     state = _add_extras(state, extras)
     if mesh is not None:
-        state = replicate(state, mesh)
+        state = place(state, state_shardings(state, mesh, rules))
     out = run_loop(
         lambda state, active, checked: compiled.run(
             state, {}, train_data, eval_data, active, checked=checked
@@ -530,6 +549,8 @@ def fit_ensemble(
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
     stop: StopFn | None = None,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
     accumulate: int = 1,
     ema: float | None = None,
     ema_warmup: bool = True,
@@ -554,6 +575,7 @@ def fit_ensemble(
       hparams: ``{name: K values}``, one value per member; to cross seeds with a grid,
         repeat the grid's values.
       state: a train state with a leading member axis to continue from.
+      mesh, rules: as in `fit`; every member is laid out alike, its member axis whole.
       The other arguments are those of `fit`; `on_epoch_end` receives the stacked state
       and ``{metric: [value per member]}``.
 
@@ -591,10 +613,18 @@ def fit_ensemble(
     in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     _check_labels("fit_ensemble", model, loss_fn, in_shape, train_data, eval_data)
     settings = settings._replace(loop=choose_loop(loop, model, train_data, in_shape))
+    rules = _check_layout(mesh, rules, settings)
     compiled = compile_epoch(
-        model, optimizer, loss_fn=loss_fn, settings=settings, ensemble=True, factory=bool(hparams)
+        model,
+        optimizer,
+        loss_fn=loss_fn,
+        settings=settings,
+        mesh=mesh,
+        rules=rules,
+        ensemble=True,
+        factory=bool(hparams),
     )
-    train_data, eval_data = _place(train_data, None), _place(eval_data, None)
+    train_data, eval_data = _place(train_data, mesh), _place(eval_data, mesh)
 
     def init_members(key):
         init = jax.vmap(lambda kk, h: init_train_state(model, compiled.build(**h), kk, in_shape))
@@ -610,6 +640,8 @@ def fit_ensemble(
     )
     _add_extras(jax.tree.map(lambda leaf: leaf[0], state), extras)  # checks a resumed state
     state = jax.vmap(lambda member: _add_extras(member, extras))(state)
+    if mesh is not None:
+        state = place(state, state_shardings(state, mesh, rules, members=True))
     out = run_loop(
         lambda state, active, checked: compiled.run(
             state, hparams, train_data, eval_data, active, checked=checked
@@ -745,6 +777,7 @@ def compile_epoch(
     loss_fn: LossFn,
     settings: EpochSettings,
     mesh: Mesh | None = None,
+    rules: tuple | None = None,
     ensemble: bool = False,
     factory: bool = False,
 ) -> CompiledEpoch:
@@ -774,6 +807,7 @@ def compile_epoch(
             settings.max_consecutive_skips if settings.on_nonfinite == "skip" else None
         ),
         mesh=mesh,
+        rules=rules,
         accumulate=settings.accumulate,
         eval_ema=settings.eval_ema,
     )

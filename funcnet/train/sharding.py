@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -53,14 +54,15 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.array(chosen), (DATA_AXIS,))
 
 
-def check_mesh(mesh: Mesh, batch_size: int) -> None:
-    """Refuses a mesh without a ``data`` axis, or a batch its devices cannot share evenly."""
+def check_mesh(mesh: Mesh, batch_size: int | None) -> None:
+    """Refuses a mesh without a ``data`` axis, or a batch its devices cannot share evenly
+    (`batch_size` None: no batch to check)."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     if DATA_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh needs an axis named {DATA_AXIS!r}, got axes {mesh.axis_names}")
     count = mesh.shape[DATA_AXIS]
-    if batch_size % count:
+    if batch_size is not None and batch_size % count:
         raise ValueError(
             f"the global batch size {batch_size} does not divide by the {count} devices of the "
             f"mesh's {DATA_AXIS!r} axis; use a multiple of {count}"
@@ -110,13 +112,20 @@ def place_data(data: PyTree, mesh: Mesh) -> PyTree:
 
 
 def local_copy(tree: PyTree) -> PyTree:
-    """A replicated tree (such as `fit`'s result on a mesh) as plain single-device arrays.
+    """A tree on a mesh (such as `fit`'s result) as plain single-device arrays.
 
-    Every process holds the whole of a replicated leaf, so each gets the same copy, ready for
-    evaluation or saving outside the mesh. Typed PRNG keys stay typed keys.
+    A replicated leaf is copied from this process's devices; a sharded one is gathered
+    whole (across processes too, an all-gather every process must join), so each process
+    gets the same copy, ready for evaluation or saving outside the mesh. Typed PRNG keys
+    stay typed keys.
     """
 
-    return _map_arrays(lambda array: jax.device_put(np.asarray(array)), tree)
+    def whole(array):
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            array = multihost_utils.process_allgather(array, tiled=True)
+        return jax.device_put(np.asarray(array))
+
+    return _map_arrays(whole, tree)
 
 
 def _map_arrays(fn, tree: PyTree) -> PyTree:

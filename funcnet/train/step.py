@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
 
 from funcnet._checks import check_int
 from funcnet.losses import accuracy, label_check
@@ -36,6 +37,8 @@ from funcnet.optim import (
 from funcnet.train.batching import batch_plan, check_data, data_size, take
 from funcnet.train.ema import update_ema
 from funcnet.train.loss_scale import adjust, all_finite, scale_loss, unscale_grads
+from funcnet.train.partition import Rules, as_rules, constrain
+from funcnet.train.sharding import batch_sharding, check_mesh
 from funcnet.train.state import TrainState, check_opt_state, step_key
 
 __all__ = [
@@ -459,6 +462,8 @@ def make_step(
     metrics: Metrics | None = None,
     grad_norm: bool = False,
     accumulate: int = 1,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """A jitted training step ``step(train_state, batch) -> (train_state, metrics)``.
 
@@ -496,6 +501,11 @@ def make_step(
       accumulate: take the gradient over this many micro-batches of the batch in turn (see
         `train_step`), so that only one micro-batch's activations are held at a time; the
         update equals the whole batch's. The batch size must divide by it.
+      mesh: split each batch's rows over this mesh's ``data`` axis (data parallel), the
+        state replicated, or with `rules` laid out as they say (`funcnet.train.partition`);
+        place the state first with ``shard_state(state, mesh, rules)``. XLA partitions the
+        step and inserts the communication.
+      rules: how the params (and the optimizer state with them) lie on `mesh`.
 
     The batch is ``(x, y)`` or ``(x, y, w)`` with per-example weights ``w`` (module doc).
     The metrics returned are ``{"loss", **metrics}`` (and ``"grad_norm"`` if asked for),
@@ -511,17 +521,19 @@ def make_step(
     """
     check_model("make_step", model)
     check_optimizer("make_step", optimizer)
-    jitted = jax.jit(
-        train_step(
-            model,
-            optimizer,
-            loss_fn=loss_fn,
-            metrics=metrics,
-            grad_norm=grad_norm,
-            accumulate=accumulate,
-        ),
-        donate_argnums=0,
+    pure = train_step(
+        model,
+        optimizer,
+        loss_fn=loss_fn,
+        metrics=metrics,
+        grad_norm=grad_norm,
+        accumulate=accumulate,
     )
+    if mesh is not None:
+        pure = _on_mesh(pure, mesh, rules)
+    elif rules is not None:
+        raise ValueError("make_step: rules lay the params out over a mesh; pass mesh= too")
+    jitted = jax.jit(pure, donate_argnums=0)
     shapes: dict[tuple, Any] = {}
 
     @functools.wraps(jitted)
@@ -529,8 +541,12 @@ def make_step(
         # Arrays already on the device need no check here (their labels are not read back):
         # this path costs the compiled step a few isinstance calls, not a tree traversal.
         if type(batch) is tuple and 2 <= len(batch) <= 3 and all(map(_is_device_array, batch)):
+            if mesh is not None:
+                check_mesh(mesh, batch[1].shape[0])
             return jitted(state, batch)
         batch = check_data("make_step", "the batch", batch, weights=True)
+        if mesh is not None:
+            check_mesh(mesh, np.shape(batch[1])[0])
         x, y = batch[0], batch[1]
         if isinstance(y, np.ndarray):
             check_not_empty("make_step", "a batch", batch)
@@ -547,6 +563,20 @@ def make_step(
         return jitted(state, batch)
 
     return step
+
+
+def _on_mesh(step: Callable, mesh: Mesh, rules: Rules | None) -> Callable:
+    """`step` with its batch's rows over the mesh's ``data`` axis and its state, in and out,
+    in the layout of `rules` (replicated without)."""
+    check_mesh(mesh, None)
+    rules = None if rules is None else as_rules(rules)
+
+    def sharded(state: TrainState, batch: Batch):
+        batch = lax.with_sharding_constraint(batch, batch_sharding(mesh))
+        new, values = step(constrain(state, mesh, rules), batch)
+        return constrain(new, mesh, rules), values
+
+    return sharded
 
 
 def _is_device_array(part: Any) -> bool:
