@@ -41,6 +41,14 @@ threads or processes never share one), flushed and fsynced, renamed over `path` 
 at `path` intact (and a stray temporary file); of saves racing to one path, the last rename
 wins and the file is always one whole checkpoint. When several processes train together only
 process 0 writes (see `funcnet.launch.is_leader`).
+
+Sharded checkpoints
+-------------------
+For trees sharded over devices or processes, `save_sharded` writes a step of an
+orbax-checkpoint directory (every process its own shards, optionally in the background:
+`wait_sharded`), and `load_sharded` restores a step onto any mesh, checking the stored shapes
+and dtypes against a target tree first; `sharded_steps` and `sharded_metadata` read the
+directory. The format and its checks are described in ``funcnet/_sharded_checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -89,8 +97,13 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "CheckpointError",
     "load",
+    "load_sharded",
     "metadata",
     "save",
+    "save_sharded",
+    "sharded_metadata",
+    "sharded_steps",
+    "wait_sharded",
 ]
 
 
@@ -693,3 +706,13 @@ def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
             array = jnp.asarray(array, dtype=template.dtype)
         restored.append(array)
     return jax.tree.unflatten(treedef, restored)
+
+
+# Imported last: the sharded format reuses this module's error and tree checks above.
+from funcnet._sharded_checkpoint import (  # noqa: E402
+    load_sharded,
+    save_sharded,
+    sharded_metadata,
+    sharded_steps,
+    wait_sharded,
+)
