@@ -145,7 +145,10 @@ def test_the_issue_29_commands_are_refused_in_one_line_before_any_work(run_dir, 
         (["train", "--out", f"{file}/sub"], f"--out {file}/sub: {file} is a file, not a folder"),
         (["plot", str(out), "--out", f"{file}/x.png"], f"{file} is a file, not a folder"),
         (["plot", str(out), "--out", "x.txt"], "--out x.txt has an extension .txt; a figure"),
-        (["eval", "--checkpoint", str(out)], "is a folder, not a checkpoint file; pass the "),
+        (
+            ["eval", "--checkpoint", str(out)],
+            "is a folder, not a checkpoint file; pass the checkpoint in it",
+        ),
         (
             ["hessian", "--checkpoint", ckpt, "--top-k", "100000"],
             "more than the model's 62 parameters",

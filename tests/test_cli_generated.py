@@ -137,6 +137,8 @@ def flags(world):
             "--quiet": switch,
             "--devices": Flag(["1"], ["2"], BAD_POSITIVE),
             "--distributed": Flag([], [], [None]),  # no coordinator here: always refused
+            "--fsdp": switch,
+            "--tensor-parallel": Flag(["1"], ["2"], BAD_POSITIVE),
             "--init-timeout": Flag(["5"], ["1e-9"], [*BAD_FLOATS, "0", "-1"]),
         },
         "eval": {

@@ -77,6 +77,8 @@ def model_mesh(data: int | None = None, model: int = 1, *, devices: Any = None) 
     if isinstance(model, bool) or not isinstance(model, int) or model < 1:
         raise ValueError(f"model_mesh: model must be a positive int, got {model!r}")
     if data is None:
+        if len(chosen) % model:
+            raise ValueError(f"model_mesh: model={model} does not divide the {len(chosen)} devices")
         data = len(chosen) // model
     if isinstance(data, bool) or not isinstance(data, int) or data < 1:
         raise ValueError(f"model_mesh: data must be a positive int, got {data!r}")

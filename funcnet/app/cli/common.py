@@ -32,6 +32,9 @@ OPTIMIZERS = (
 SCHEDULES = ("constant", "cosine", "warmup-cosine")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CHECKPOINT, METRICS, CURVES = "checkpoint.npz", "metrics.json", "curves.png"
+# A run with sharded params (--fsdp, --tensor-parallel) checkpoints to this folder instead:
+# orbax's steps, one per checkpointed epoch, each process writing its own shards.
+SHARDED_CHECKPOINT = "checkpoint"
 EPOCHS = "metrics.jsonl"
 
 
@@ -445,26 +448,62 @@ def state_shapes(model, optimizer, config: dict[str, Any], in_shape, members: in
     return jax.eval_shape(init, jax.random.key(0))
 
 
+def is_sharded(path: pathlib.Path) -> bool:
+    """Whether `path` is a folder of sharded checkpoint steps (`SHARDED_CHECKPOINT`)."""
+    from funcnet import checkpoint
+
+    return path.is_dir() and bool(checkpoint.sharded_steps(path))
+
+
 def checkpoint_file(path: str, flag: str = "--checkpoint") -> pathlib.Path:
-    """`path`, refused with a `CommandError` unless it names a readable file; a run's folder
-    is refused with the name of the checkpoint in it."""
+    """`path`, refused with a `CommandError` unless it names a readable checkpoint file or a
+    folder of sharded checkpoint steps; a run's folder is refused with the name of the
+    checkpoint in it."""
     file = pathlib.Path(path)
     if not path or not file.exists():
         raise CommandError(f"no checkpoint at {path}")
     if file.is_dir():
-        inside = file / CHECKPOINT
-        hint = f"; pass the checkpoint file in it, {inside}" if inside.is_file() else ""
+        if is_sharded(file):
+            return file
+        inside = [file / name for name in (CHECKPOINT, SHARDED_CHECKPOINT)]
+        found = [str(p) for p in inside if p.is_file() or (p.is_dir() and is_sharded(p))]
+        hint = f"; pass the checkpoint in it, {found[0]}" if found else ""
         raise CommandError(f"{flag} {path} is a folder, not a checkpoint file{hint}")
     return input_file(path, flag, what="checkpoint")
 
 
-def open_checkpoint(path: str, flag: str = "--checkpoint") -> tuple[Run, dict[str, Any]]:
-    """`rebuild`'s run and the checkpoint's ``{"best", "last"}`` train states."""
+def checkpoint_metadata(file: pathlib.Path) -> dict[str, Any]:
+    """The metadata of a checkpoint file or of the newest step of a sharded one."""
+    from funcnet import checkpoint
+
+    return checkpoint.sharded_metadata(file) if file.is_dir() else checkpoint.metadata(file)
+
+
+def open_checkpoint(
+    path: str, flag: str = "--checkpoint", *, layout: Any = None
+) -> tuple[Run, dict[str, Any]]:
+    """`rebuild`'s run and the checkpoint's ``{"best", "last"}`` train states. A sharded
+    checkpoint is restored onto this process's first device, or with `layout` (a function
+    of a train state's shapes giving its shardings) onto those shardings."""
     from funcnet import checkpoint
 
     file = checkpoint_file(path, flag)
-    run = rebuild(checkpoint.metadata(file))
-    return run, checkpoint.load(file, like=run.template)
+    run = rebuild(checkpoint_metadata(file))
+    if not file.is_dir():
+        return run, checkpoint.load(file, like=run.template)
+    like = run.template
+    if layout is not None:
+        like = {
+            name: jax.tree.map(
+                lambda leaf, sharding: jax.ShapeDtypeStruct(
+                    leaf.shape, leaf.dtype, sharding=sharding
+                ),
+                shapes,
+                layout(shapes),
+            )
+            for name, shapes in like.items()
+        }
+    return run, checkpoint.load_sharded(file, like=like)
 
 
 def best_of_member(run: Run, states: dict[str, Any], member: int):

@@ -24,10 +24,12 @@ from funcnet.app.cli.common import (
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
+    SHARDED_CHECKPOINT,
     CommandError,
     build,
     check_memory,
     checkpoint_file,
+    checkpoint_metadata,
     deployed,
     evaluate_state,
     fraction,
@@ -142,6 +144,22 @@ def add_parser(commands: Any) -> None:
         "train data parallel over every process's devices",
     )
     p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="with --devices or --distributed: shard the params and optimizer state over the "
+        "devices (FSDP, funcnet.train.fsdp) instead of copying them to each; checkpoints go "
+        f"to --out/{SHARDED_CHECKPOINT}/, each process writing its own shards",
+    )
+    p.add_argument(
+        "--tensor-parallel",
+        type=positive_int,
+        default=1,
+        metavar="M",
+        help="with --devices or --distributed: split each dense layer over groups of M devices "
+        "(Megatron-style, funcnet.train.tensor_parallel), the batch over the rest; "
+        "checkpoints as with --fsdp",
+    )
+    p.add_argument(
         "--init-timeout",
         type=positive_float,
         default=None,
@@ -158,18 +176,22 @@ def _check_out(args: argparse.Namespace) -> pathlib.Path:
     out = output_folder(args.out)
     for name in (CHECKPOINT, METRICS, EPOCHS, CURVES):
         output_file(out / name)
-    held = [name for name in (CHECKPOINT, METRICS, EPOCHS) if (out / name).exists()]
+    sharded = out / SHARDED_CHECKPOINT
+    if sharded.exists() and not sharded.is_dir():
+        raise CommandError(f"{sharded} is a file; a sharded run checkpoints to a folder there")
+    names = (CHECKPOINT, SHARDED_CHECKPOINT, METRICS, EPOCHS)
+    held = [name for name in names if (out / name).exists()]
     if held and not (args.overwrite or args.resume):
+        checkpoint = out / (SHARDED_CHECKPOINT if SHARDED_CHECKPOINT in held else CHECKPOINT)
         raise CommandError(
             f"{out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
-            f"--resume {out / CHECKPOINT} to continue it, or choose another --out"
+            f"--resume {checkpoint} to continue it, or choose another --out"
         )
     return out
 
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuses options that cannot go together, before any data is read."""
-    from funcnet import checkpoint
     from funcnet.nn import ACTIVATIONS
 
     if args.activation not in ACTIVATIONS:
@@ -183,7 +205,7 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.model == "cnn" and args.dataset != "digits":
         raise CommandError(f"the cnn needs images; the {args.dataset} data set has 2-D points")
     if args.resume is not None:
-        checkpoint.metadata(checkpoint_file(args.resume, "--resume"))  # a checkpoint at all?
+        checkpoint_metadata(checkpoint_file(args.resume, "--resume"))  # a checkpoint at all?
     if args.patience is not None and args.val_fraction == 0:
         raise CommandError("--patience needs a validation split (--val-fraction > 0)")
     if args.precision == "float16" and args.skip_nonfinite:
@@ -193,6 +215,9 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     if args.members > 1 and (args.distributed or args.devices is not None):
         raise CommandError("--members > 1 does not combine with --distributed or --devices")
+    if (args.fsdp or args.tensor_parallel > 1) and not (args.distributed or args.devices):
+        flag = "--fsdp" if args.fsdp else "--tensor-parallel"
+        raise CommandError(f"{flag} shards over devices; pass --devices N or --distributed too")
 
 
 def _check_size(model: Any, in_shape: list[int], members: int, eval_rows: int) -> None:
@@ -292,6 +317,27 @@ class _BestSoFar:
             self.epoch = [epoch if up else e for up, e in zip(improved, old, strict=True)]
 
 
+def _write_checkpoint(
+    out: pathlib.Path, states: dict[str, Any], metadata: dict[str, Any], layout: str
+) -> pathlib.Path:
+    """Writes ``{"best", "last"}`` where `layout` says: ``"single"``, one file; ``"mesh"``,
+    a replicated state gathered into one file (process 0 writes); ``"sharded"``, a new step
+    of the sharded checkpoint folder, each process writing its own shards. Returns the path
+    to resume from."""
+    from funcnet import checkpoint, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    if layout != "sharded":
+        if layout == "mesh":
+            states = train.local_copy(states)
+        return checkpoint.save(out / CHECKPOINT, states, metadata=metadata)
+    folder = out / SHARDED_CHECKPOINT
+    steps = checkpoint.sharded_steps(folder)
+    step = steps[-1] + 1 if steps else 0
+    checkpoint.save_sharded(folder, states, step=step, metadata=metadata, keep=2)
+    return folder
+
+
 def _save_progress(
     out: pathlib.Path,
     metadata: dict[str, Any],
@@ -299,19 +345,15 @@ def _save_progress(
     state: Any,
     done: int,
     epochs: int,
-    sharded: bool,
+    layout: str,
 ) -> None:
-    """Writes the checkpoint of a run in progress (process 0 writes, atomically), and has a
-    lost peer's message name it (`funcnet.launch.on_peer_failure`)."""
-    from funcnet import checkpoint, train
+    """Writes the checkpoint of a run in progress (`_write_checkpoint`), and has a lost
+    peer's message name it (`funcnet.launch.on_peer_failure`)."""
     from funcnet.launch import on_peer_failure
 
-    states = {"best": best.state, "last": state}
-    if sharded:
-        states = train.local_copy(states)
-    out.mkdir(parents=True, exist_ok=True)
     progress = {"best_epoch": best.epoch, "progress": {"epoch": done, "of": epochs}}
-    path = checkpoint.save(out / CHECKPOINT, states, metadata=metadata | progress)
+    states = {"best": best.state, "last": state}
+    path = _write_checkpoint(out, states, metadata | progress, layout)
     on_peer_failure(f"last checkpoint {path} (epoch {done} of {epochs}); continue with --resume")
 
 
@@ -335,7 +377,7 @@ def _epoch_of(line: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from funcnet import __version__, checkpoint, nn, train
+    from funcnet import __version__, nn, train
     from funcnet.app import plots
     from funcnet.launch import LaunchError, initialize, is_leader
     from funcnet.train.batching import num_batches
@@ -359,12 +401,17 @@ def run(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
     }
     data = run_data(config, images=cnn)
-    mesh = None
+    mesh, rules = None, []
     if args.distributed or args.devices is not None:
         try:
             mesh = train.data_mesh(args.devices)
+            if args.tensor_parallel > 1:
+                devices = list(mesh.devices.flat)
+                mesh = train.model_mesh(model=args.tensor_parallel, devices=devices)
         except ValueError as err:
             raise CommandError(str(err)) from err
+        rules += [train.tensor_parallel()] if args.tensor_parallel > 1 else []
+        rules += [train.fsdp()] if args.fsdp else []
         # Each process keeps its share of the rows; together they make the global set.
         data = data._replace(
             train=train.process_share(data.train),
@@ -415,6 +462,8 @@ def run(args: argparse.Namespace) -> int:
         "accumulate": args.accumulate,
         "ema": args.ema,
         "loss_scale": "dynamic" if args.precision == "float16" else None,
+        "fsdp": args.fsdp,
+        "tensor_parallel": args.tensor_parallel,
     }
     if batch_size % args.accumulate:
         raise CommandError(
@@ -435,8 +484,13 @@ def run(args: argparse.Namespace) -> int:
     if args.patience is not None and data.val is None:
         raise CommandError("--patience needs a validation split (--val-fraction > 0)")
     state = None
+    layout = "sharded" if rules else "single" if mesh is None else "mesh"
     if args.resume:
-        run_, states = open_checkpoint(args.resume, "--resume")
+        run_, states = open_checkpoint(
+            args.resume,
+            "--resume",
+            layout=(lambda shapes: train.state_shardings(shapes, mesh, rules)) if rules else None,
+        )
         if (run_.metadata["model"], run_.metadata["in_shape"]) != (model_config, in_shape):
             raise CommandError(
                 f"{args.resume} holds another model, precision or data shape than asked"
@@ -470,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
         best.update(epoch, state, metrics)
         every = args.checkpoint_every
         if every and (epoch + 1) % every == 0 and epoch + 1 < args.epochs:  # the end saves
-            _save_progress(out, metadata, best, state, epoch + 1, args.epochs, mesh is not None)
+            _save_progress(out, metadata, best, state, epoch + 1, args.epochs, layout)
         if not leader:
             return
         # Opened at the first epoch's end: every process has checked --out by then (the
@@ -510,12 +564,15 @@ def run(args: argparse.Namespace) -> int:
                 )
             elif mesh is not None:
                 try:
-                    result = train.fit(model, optimizer, data.train, mesh=mesh, **kwargs)
+                    result = train.fit(
+                        model, optimizer, data.train, mesh=mesh, rules=rules or None, **kwargs
+                    )
                 except ValueError as err:  # a batch the mesh cannot share evenly
                     raise CommandError(str(err)) from err
-                result = result._replace(
-                    state=train.local_copy(result.state), best=train.local_copy(result.best)
-                )
+                if not rules:  # a sharded state is saved as it lies
+                    result = result._replace(
+                        state=train.local_copy(result.state), best=train.local_copy(result.best)
+                    )
             else:
                 result = train.fit(model, optimizer, data.train, **kwargs)
         finally:
@@ -528,10 +585,8 @@ def run(args: argparse.Namespace) -> int:
                 "epoch": done,
                 "signal": signal.Signals(interrupt.signum).name,
             }
-            out.mkdir(parents=True, exist_ok=True)
-            saved = checkpoint.save(
-                out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata=metadata
-            )
+            states = {"best": result.best, "last": result.state}
+            saved = _write_checkpoint(out, states, metadata, layout if rules else "single")
             print(
                 f"funcnet: interrupted at epoch {done} of {args.epochs}; checkpoint {saved}; "
                 "continue with --resume",
@@ -540,7 +595,9 @@ def run(args: argparse.Namespace) -> int:
             return interrupt.exit_code
     trained = time.perf_counter() - started
 
-    test = evaluate_state(model, deployed(result.best), data.test, args.members, task=data.task)
+    states = {"best": result.best, "last": result.state}
+    best_state = train.local_copy(result.best) if rules else result.best
+    test = evaluate_state(model, deployed(best_state), data.test, args.members, task=data.task)
     metadata["best_epoch"] = result.best_epoch
     metadata["test"] = test
     metadata["data_parallel"] = (
@@ -548,10 +605,7 @@ def run(args: argparse.Namespace) -> int:
         if mesh is None
         else {"devices": int(mesh.devices.size), "processes": jax.process_count()}
     )
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(
-        out / CHECKPOINT, {"best": result.best, "last": result.state}, metadata=metadata
-    )
+    saved = _write_checkpoint(out, states, metadata, layout if rules else "single")
     if not leader:  # process 0 writes the checkpoint, the report and the plot
         return 0
     report = {**metadata, "history": result.history, "seconds": round(trained, 2)}
@@ -564,7 +618,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         plots.plot_history(result.history, out / CURVES, title=title, loss_name=loss)
 
-    where = ", ".join(str(out / name) for name in (CHECKPOINT, EPOCHS, METRICS, CURVES))
+    where = ", ".join(str(path) for path in (saved, *(out / n for n in (EPOCHS, METRICS, CURVES))))
     if data.task == "regression":
         print(f"test mean squared error {test['loss']:.4g}; trained in {trained:.1f} s")
     elif args.members > 1:
