@@ -185,6 +185,35 @@ def _check_mode_pads(mode: str, shape: tuple[int, ...], pairs: tuple[tuple[int, 
             )
 
 
+def _channels_last_conv(
+    x: Array,
+    kernel: Array,
+    bias: Array | None,
+    *,
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    groups: int,
+    input_dilation: Sequence[int] | None = None,
+) -> Array:
+    """`lax.conv_general_dilated` of `x` ``(batch, *spatial, in)`` with `kernel` ``(*window,
+    in / groups, out)``, both in their common dtype, plus `bias` ``(out,)`` unless None."""
+    ndim = kernel.ndim - 2
+    layout = "N" + _SPATIAL[ndim] + "C"
+    dtype = jnp.result_type(x, kernel)
+    y = lax.conv_general_dilated(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=input_dilation,
+        rhs_dilation=dilation,
+        dimension_numbers=(layout, _SPATIAL[ndim] + "IO", layout),
+        feature_group_count=groups,
+    )
+    return y if bias is None else y + bias
+
+
 def conv(
     features: int,
     kernel_size: int | Sequence[int],
@@ -296,19 +325,9 @@ def conv(
             _check_mode_pads(padding_mode, tuple(x.shape), pairs)
             x = jnp.pad(x, ((0, 0), *pairs, (0, 0)), mode=_PADDING_MODES[padding_mode])
             pads = "VALID"
-        layout = "N" + _SPATIAL[ndim] + "C"
-        dtype = jnp.result_type(x, w)
-        y = lax.conv_general_dilated(
-            x.astype(dtype),
-            w.astype(dtype),
-            window_strides=stride,
-            padding=pads,
-            rhs_dilation=dil,
-            dimension_numbers=(layout, _SPATIAL[ndim] + "IO", layout),
-            feature_group_count=groups,
+        y = _channels_last_conv(
+            x, w, params.get("b"), strides=stride, padding=pads, dilation=dil, groups=groups
         )
-        if "b" in params:
-            y = y + params["b"]
         return y, state
 
     return Layer(init, apply, kind="conv")
@@ -471,20 +490,16 @@ def conv_transpose(
             (d * (k - 1) - lo, d * (k - 1) - hi + e)
             for k, d, (lo, hi), e in zip(window, dil, pairs, extra, strict=True)
         ]
-        layout = "N" + _SPATIAL[ndim] + "C"
-        dtype = jnp.result_type(x, w)
-        y = lax.conv_general_dilated(
-            x.astype(dtype),
-            kernel.astype(dtype),
-            window_strides=(1,) * ndim,
+        y = _channels_last_conv(
+            x,
+            kernel,
+            params.get("b"),
+            strides=(1,) * ndim,
             padding=conv_pads,
-            lhs_dilation=stride,
-            rhs_dilation=dil,
-            dimension_numbers=(layout, _SPATIAL[ndim] + "IO", layout),
-            feature_group_count=groups,
+            dilation=dil,
+            groups=groups,
+            input_dilation=stride,
         )
-        if "b" in params:
-            y = y + params["b"]
         return y, state
 
     return Layer(init, apply, kind=kind)
