@@ -22,6 +22,7 @@ If one fails, the launcher names it and stops the others.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import os
 import re
@@ -121,6 +122,13 @@ def initialize(
         joined.set()
     _peer.update(index=index, count=count, address=address)
     sys.excepthook = _peer_failure_hook(sys.excepthook)
+    if index != 0:
+        threading.Thread(
+            target=_watch_coordinator,
+            args=(host, int(port)),
+            name="funcnet-coordinator-watch",
+            daemon=True,
+        ).start()
 
 
 def _env_number(name: str, kind: type) -> int | float | None:
@@ -199,6 +207,53 @@ def on_peer_failure(note: str | None) -> None:
 
 # What JAX's errors say when a collective or the coordination service lost a peer.
 _PEER_ERROR = re.compile(r"gloo .*failed|coordination service|heartbeat|unhealthy", re.I)
+
+
+def _watch_coordinator(host: str, port: int) -> None:
+    """Holds a TCP connection to the coordinator's port; when it closes and the port no
+    longer takes connections, process 0 is gone: says so in one line and ends this process.
+
+    JAX ends a process that loses the coordinator with a native abort (status 134) and
+    pages of its own log, from a thread of its client. That client takes a callback for the
+    loss, but cannot call a Python one (its status argument has no Python type). The same
+    closed socket wakes this thread, whose line goes out while JAX prints its stack trace.
+    An idle connection the server closes is reopened; nothing is said once this process
+    has left the run (`jax.distributed.shutdown`) or exits, when a finished process 0 may
+    close the port first.
+    """
+    while not _exiting.is_set():
+        try:
+            sock = socket.create_connection((host, port), timeout=5.0)
+        except OSError:
+            break
+        with sock:
+            sock.settimeout(None)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    if _exiting.is_set() or not _joined():
+        return
+    note = _peer["note"]
+    print(
+        f"funcnet: process {_peer['index']} of {_peer['count']} stops: lost process 0 of "
+        f"{_peer['count']}, the coordinator at {host}:{port}" + (f"; {note}" if note else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
+
+
+_exiting = threading.Event()
+atexit.register(_exiting.set)
+
+
+def _joined() -> bool:
+    """Whether this process is still in the run (`jax.distributed.shutdown` not called)."""
+    from jax._src import distributed
+
+    return getattr(distributed.global_state, "client", None) is not None
 
 
 def _lost_process(text: str) -> str:

@@ -99,7 +99,8 @@ def test_a_bad_timeout_is_refused(value, message, monkeypatch):
         initialize("127.0.0.1:1", 2, 0)
 
 
-# `funcnet train`, where process 1 pauses after its first epoch (so the test can kill it there).
+# `funcnet train`, where every process says "ready" after its first epoch and process PAUSE
+# pauses there (so the test can kill it there).
 PAUSING_TRAIN = textwrap.dedent(
     """
     import os, sys, time
@@ -111,8 +112,9 @@ PAUSING_TRAIN = textwrap.dedent(
     def pausing_fit(*args, on_epoch_end, **kwargs):
         def hook(epoch, state, metrics):
             on_epoch_end(epoch, state, metrics)
-            if os.environ["FUNCNET_PROCESS_ID"] == "1":
+            if epoch == 0:
                 print("ready", flush=True)
+            if os.environ["FUNCNET_PROCESS_ID"] == os.environ["PAUSE"]:
                 time.sleep(60)
 
         return fit(*args, on_epoch_end=hook, **kwargs)
@@ -123,45 +125,70 @@ PAUSING_TRAIN = textwrap.dedent(
 )
 
 
-def test_a_survivor_names_the_lost_process_and_the_last_checkpoint(tmp_path):
-    """Process 1 is killed after the first epoch; process 0 ends at once with a line naming
-    it and the checkpoint written at that epoch's end, which `--resume` continues from.
-
-    Only the loss of a process other than 0 is tested: when process 0, JAX's coordinator,
-    dies, JAX itself ends the others within a second, with its own native message.
-    """
+def kill_one_after_an_epoch(tmp_path, lost):
+    """Two processes of `funcnet train --distributed`; process `lost` is killed after the
+    first epoch's checkpoint. The survivor's exit status, seconds to exit and stderr."""
     address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "run"
     args = ["train", "--dataset", "moons", "--quiet", "--epochs", "3", "--hidden", "8"]
     args += ["--distributed", "--out", str(out)]
+    env = {**ENV, ENV_ADDRESS: address, ENV_COUNT: "2", "PAUSE": str(lost)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", PAUSING_TRAIN, *args],
-            env={**ENV, ENV_ADDRESS: address, ENV_COUNT: "2", ENV_ID: str(index)},
+            env={**env, ENV_ID: str(index)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for index in range(2)
     ]
+    survivor = procs[1 - lost]
     try:
-        assert "ready\n" in iter(procs[1].stdout.readline, ""), procs[1].stderr.read()
-        procs[1].kill()
+        for p in procs:  # both past the first epoch's checkpoint
+            assert "ready\n" in iter(p.stdout.readline, ""), p.stderr.read()
+        procs[lost].kill()
         started = time.monotonic()
-        _, err = procs[0].communicate(timeout=60)
+        _, err = survivor.communicate(timeout=60)
         seconds = time.monotonic() - started
     finally:
         for p in procs:
             p.kill()
             p.communicate()
+    return survivor.returncode, seconds, err, address, out
+
+
+def test_a_survivor_names_the_lost_process_and_the_last_checkpoint(tmp_path):
+    """Process 1 is killed after the first epoch; process 0 ends at once with a line naming
+    it and the checkpoint written at that epoch's end, which `--resume` continues from."""
+    code, seconds, err, address, out = kill_one_after_an_epoch(tmp_path, lost=1)
     lines = [line for line in err.splitlines() if line.startswith("funcnet:")]
-    assert procs[0].returncode == 1, err
+    assert code == 1, err
     assert seconds < 30
     assert len(lines) == 1, err
     assert lines[0].startswith(
         f"funcnet: process 0 of 2 stops: lost process 1 of 2 at {address}; "
         f"last checkpoint {out / 'checkpoint.npz'} (epoch 1 of 3); continue with --resume ("
     )
+    assert checkpoint.metadata(out / "checkpoint.npz")["progress"] == {"epoch": 1, "of": 3}
+
+
+def test_a_survivor_of_the_coordinator_says_so_before_jax_aborts(tmp_path):
+    """Process 0, JAX's coordinator, is killed after the first epoch. JAX would end process
+    1 with a native abort (status 134) and pages of its log; process 1 ends first, with
+    status 1 and one line naming process 0 and the last checkpoint."""
+    code, seconds, err, address, out = kill_one_after_an_epoch(tmp_path, lost=0)
+    lines = [line for line in err.splitlines() if line.startswith("funcnet:")]
+    assert code == 1, err
+    assert seconds < 30
+    # Whichever notices first: the watch on the coordinator's port, or the collective of
+    # the next epoch failing (`_peer_failure_hook`).
+    assert len(lines) == 1, err
+    assert lines[0].startswith("funcnet: process 1 of 2 stops: lost process 0 of 2"), err
+    assert (
+        f"{address}; last checkpoint {out / 'checkpoint.npz'} (epoch 1 of 3); "
+        "continue with --resume" in lines[0]
+    ), err
     assert checkpoint.metadata(out / "checkpoint.npz")["progress"] == {"epoch": 1, "of": 3}
 
 
