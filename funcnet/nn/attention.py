@@ -159,9 +159,11 @@ def _split_input(kind: str, inputs, *, cross: bool = False) -> list:
     return parts
 
 
-def _output(parts: list, y):
-    """``y`` in the place of ``x``: the output has the form of the input (shapes, in `init`)."""
-    return y if len(parts) == 1 else (y, *parts[1:])
+def _output(parts: list, y, weights=None):
+    """``y`` in the place of ``x``: the output has the form of the input (shapes, in `init`);
+    with `weights` (the attention weights, or their shape) the pair ``(output, weights)``."""
+    out = y if len(parts) == 1 else (y, *parts[1:])
+    return out if weights is None else (out, weights)
 
 
 def _check_rate(kind: str, rate: float) -> None:
@@ -327,10 +329,8 @@ def multi_head_attention(
                     "index": jnp.zeros((), jnp.int32),
                 }
             }
-        out_shape = _output(parts, parts[0])
-        if return_weights:
-            out_shape = (out_shape, (batch, num_heads, time, cache_length or time))
-        return out_shape, params, state
+        weights_shape = (batch, num_heads, time, cache_length or time)
+        return _output(parts, parts[0], weights_shape if return_weights else None), params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
         parts = _split_input(kind, inputs)
@@ -387,8 +387,7 @@ def multi_head_attention(
         y, weights = _attend(
             kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
         )
-        out = _output(parts, y)
-        return ((out, weights) if return_weights else out), state
+        return _output(parts, y, weights if return_weights else None), state
 
     return Layer(init, apply, kind=kind)
 
@@ -438,10 +437,8 @@ def cross_attention(
         params = _init_projections(
             kind, key, features, context_shape[2], num_heads, head_dim, w_init, b_init, dtype
         )
-        out_shape = _output(parts, parts[0])
-        if return_weights:
-            out_shape = (out_shape, (batch, num_heads, q_time, context_shape[1]))
-        return out_shape, params, {}
+        weights_shape = (batch, num_heads, q_time, context_shape[1])
+        return _output(parts, parts[0], weights_shape if return_weights else None), params, {}
 
     def apply(params, state, inputs, *, key=None, train=False):
         parts = _split_input(kind, inputs, cross=True)
@@ -471,8 +468,7 @@ def cross_attention(
         y, weights = _attend(
             kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
         )
-        out = _output(parts, y)
-        return ((out, weights) if return_weights else out), state
+        return _output(parts, y, weights if return_weights else None), state
 
     return Layer(init, apply, kind=kind)
 
