@@ -30,6 +30,7 @@ from funcnet.optim.base import (
     is_zero,
 )
 from funcnet.optim.transforms import (
+    _check_betas,
     add_decayed_weights,
     masked,
     scale_by_adadelta,
@@ -81,10 +82,7 @@ def _check_moments(
     """The checks an Adam-like optimizer `owner` makes: a finite positive rate or a schedule,
     betas in [0, 1) ([0, 1] with `allow_one`), ε > 0 and a weight decay ≥ 0."""
     check_rate(owner, learning_rate)
-    check_decay(owner, "b1", b1, allow_one=allow_one)
-    check_decay(owner, "b2", b2, allow_one=allow_one)
-    if eps is not None:
-        check_positive(owner, "eps", eps)
+    _check_betas(owner, b1, b2, eps, allow_one=allow_one)
     check_positive(owner, "weight_decay", weight_decay, allow_zero=True)
 
 

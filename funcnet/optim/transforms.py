@@ -77,6 +77,17 @@ def _zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
+def _check_betas(
+    owner: str, b1: float, b2: float, eps: float | None, *, allow_one: bool = False
+) -> None:
+    """Refuses the betas of an Adam-like rule `owner` outside [0, 1) ([0, 1] with `allow_one`)
+    and an `eps` that is not > 0 (None: the rule has no `eps`)."""
+    check_decay(owner, "b1", b1, allow_one=allow_one)
+    check_decay(owner, "b2", b2, allow_one=allow_one)
+    if eps is not None:
+        check_positive(owner, "eps", eps)
+
+
 # Scaling.
 
 
@@ -234,9 +245,7 @@ def scale_by_adam(
         towards 0 and the first steps differ (the slides' "not quite Adam").
       moment_dtype: dtype of `m`, `v` (and `v_max`); `None` keeps each param's dtype.
     """
-    check_decay("scale_by_adam", "b1", b1)
-    check_decay("scale_by_adam", "b2", b2)
-    check_positive("scale_by_adam", "eps", eps)
+    _check_betas("scale_by_adam", b1, b2, eps)
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -461,9 +470,7 @@ def scale_by_nadam(
       momentum_decay: `ψ`, how fast `μ_t` rises from `β₁/2` towards `β₁`.
       moment_dtype: dtype of `m` and `v`; `None` keeps each param's dtype.
     """
-    check_decay("scale_by_nadam", "b1", b1)
-    check_decay("scale_by_nadam", "b2", b2)
-    check_positive("scale_by_nadam", "eps", eps)
+    _check_betas("scale_by_nadam", b1, b2, eps)
     check_positive("scale_by_nadam", "momentum_decay", momentum_decay, allow_zero=True)
 
     def init_fn(params: Params) -> ScaleByNadamState:
@@ -526,9 +533,7 @@ def scale_by_adamax(
       eps: `ε`, added to `|g|` so that `n` never vanishes.
       moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
     """
-    check_decay("scale_by_adamax", "b1", b1)
-    check_decay("scale_by_adamax", "b2", b2)
-    check_positive("scale_by_adamax", "eps", eps)
+    _check_betas("scale_by_adamax", b1, b2, eps)
 
     def init_fn(params: Params) -> ScaleByAdamaxState:
         return ScaleByAdamaxState(
@@ -576,8 +581,7 @@ def scale_by_lion(
       b2: decay `β₂` of the momentum.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
-    check_decay("scale_by_lion", "b1", b1, allow_one=True)
-    check_decay("scale_by_lion", "b2", b2, allow_one=True)
+    _check_betas("scale_by_lion", b1, b2, None, allow_one=True)
 
     def init_fn(params: Params) -> ScaleByLionState:
         return ScaleByLionState(mu=zeros_like(params, moment_dtype))
