@@ -1,7 +1,8 @@
 """One process of the two-process FSDP test (started by `funcnet.launch`, 4 devices each).
 
 Trains an MLP with its params and Adam's moments cut over the 8 devices of both processes,
-gathers the final params whole and writes them to ``params_<id>.npz``.
+saves the state as a sharded checkpoint (``sharded/``, each process its shards), gathers the
+final params whole and writes them to ``params_<id>.npz``.
 """
 
 import sys
@@ -52,6 +53,8 @@ if __name__ == "__main__":
     )
     w = result.state.params["dense_0"]["w"]  # (64, 64): the first of equal dimensions
     assert not w.is_fully_addressable and w.sharding.spec == jax.sharding.PartitionSpec("data")
+    # Each process writes the shards its devices hold.
+    fn.checkpoint.save_sharded(f"{out}/sharded", result.state, step=5)
     params = jax.tree.map(np.asarray, fn.train.local_copy(result.state.params))
     flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
     np.savez(f"{out}/params_{rank}.npz", **flat)

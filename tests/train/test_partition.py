@@ -185,7 +185,7 @@ def test_fsdp_tp_and_both_train_what_the_replicated_run_trains_on_eight_devices(
     run_forced("sharded_checks.py")
 
 
-def test_two_processes_of_four_devices_train_fsdp_as_one(tmp_path):
+def test_two_processes_of_four_devices_train_fsdp_as_one_and_save_their_shards(tmp_path):
     env = {
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
@@ -204,3 +204,11 @@ def test_two_processes_of_four_devices_train_fsdp_as_one(tmp_path):
         name = jax.tree_util.keystr(path)
         np.testing.assert_array_equal(p0[name], p1[name])
         np.testing.assert_allclose(p0[name], np.asarray(leaf), rtol=1e-5, atol=1e-5)
+    # The checkpoint both processes wrote, restored whole onto this process's one device.
+    like = jax.eval_shape(lambda: expected.state)
+    restored = fn.checkpoint.load_sharded(tmp_path / "sharded", like=like)
+    for got, want in zip(
+        jax.tree.leaves(restored.opt_state), jax.tree.leaves(expected.state.opt_state), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert int(restored.step) == 5
