@@ -90,9 +90,11 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import funcnet  # noqa: E402
 from benchmarks import timing  # noqa: E402
+from benchmarks.family_models import adam_update  # noqa: E402
+from benchmarks.trainers import B1, B2, EPS  # noqa: E402
+from benchmarks.workload import LEARNING_RATE  # noqa: E402
 from funcnet import nn, train  # noqa: E402
 
-LEARNING_RATE, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
 DEVICES = 8
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 STEP_TARGET = 1.10
@@ -291,17 +293,7 @@ def raw_step_fn(forward: Callable[[dict, jax.Array], jax.Array]) -> Callable:
         x, y = batch
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        count = count + 1
-        mu = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, mu, grads)
-        nu = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, nu, grads)
-        t = count.astype(jnp.float32)
-        mu_scale, nu_scale = 1 / (1 - B1**t), 1 / (1 - B2**t)
-        params = jax.tree.map(
-            lambda p, m, v: p - LEARNING_RATE * (m * mu_scale) / (jnp.sqrt(v * nu_scale) + EPS),
-            params,
-            mu,
-            nu,
-        )
+        params, (count, mu, nu) = adam_update(params, grads, (count, mu, nu))
         return (params, mu, nu, count), {"loss": loss, "accuracy": accuracy}
 
     return step

@@ -336,7 +336,7 @@ def _step_loop(step, carry, batches, lower=None) -> Built:
     return Built(run, float(loss), temp, seconds)
 
 
-def _adam(params, grads, opt):
+def adam_update(params, grads, opt):
     """One step of Adam written out: ``(new params, new (count, mu, nu))``."""
     count, mu, nu = opt
     count = count + 1
@@ -475,7 +475,7 @@ def _raw_step_fn(family: Family):
             params, state, x, y, key
         )
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        params, opt = _adam(params, grads, opt)
+        params, opt = adam_update(params, grads, opt)
         return (params, state, opt), (loss, accuracy)
 
     return step
