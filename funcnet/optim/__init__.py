@@ -7,13 +7,40 @@ The protocol is optax's, so either library's pieces mix with the other's::
     updates, opt_state = opt.update(grads, opt_state, params)
     params = funcnet.optim.apply_updates(params, updates)
 
-Named optimizers follow the `torch.optim` class of the same name; each docstring states its
-update rule. `learning_rate` is a number or a schedule `step -> rate`. The curvature
-optimizers (`hessian_free`, `sophia`, `adahessian`) follow their papers and take what they need
-besides the gradient as extra args of `update`, which `funcnet.train`'s steps pass.
+Named optimizers follow the `torch.optim` class of the same name (`alias.py`), or, for those
+torch lacks or names otherwise, optax's function of the same name (`catalogue.py`, with the
+building blocks of `adaptive.py`); each docstring states its update rule and its reference.
+`learning_rate` is a number or a schedule `step -> rate`. The curvature optimizers
+(`hessian_free`, `sophia`, `adahessian`) follow their papers and take what they need besides the
+gradient as extra args of `update`, which `funcnet.train`'s steps pass; so do `polyak_sgd`
+(the loss) and `lbfgs` (the loss and its function, for the line search).
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
+from funcnet.optim.adaptive import (
+    ScaleByAdanState,
+    ScaleByAmsgradState,
+    ScaleByBeliefState,
+    ScaleByFactoredRmsState,
+    ScaleByNovogradState,
+    ScaleByRAdamState,
+    ScaleByRpropState,
+    ScaleBySm3State,
+    ScaleByYogiState,
+    clip_by_block_rms,
+    scale_by_adan,
+    scale_by_amsgrad,
+    scale_by_belief,
+    scale_by_factored_rms,
+    scale_by_novograd,
+    scale_by_param_block_rms,
+    scale_by_polyak,
+    scale_by_radam,
+    scale_by_rprop,
+    scale_by_sm3,
+    scale_by_trust_ratio,
+    scale_by_yogi,
+)
 from funcnet.optim.alias import (
     adadelta,
     adagrad,
@@ -49,6 +76,23 @@ from funcnet.optim.base import (
     update_moment,
     with_extra_args_support,
 )
+from funcnet.optim.catalogue import (
+    adabelief,
+    adafactor,
+    adan,
+    amsgrad,
+    fromage,
+    lamb,
+    lars,
+    noisy_sgd,
+    novograd,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    radam,
+    rprop,
+    sm3,
+    yogi,
+)
 from funcnet.optim.curvature import (
     HessianFreeState,
     ScaleByAdaHessianState,
@@ -69,7 +113,10 @@ from funcnet.optim.schedules import (
     warmup_cosine_decay_schedule,
 )
 from funcnet.optim.transforms import (
+    AddDecayedWeightsState,
+    AddNoiseState,
     ApplyIfFiniteState,
+    EmaState,
     MaskedNode,
     MaskedState,
     ScaleByAdadeltaState,
@@ -79,12 +126,15 @@ from funcnet.optim.transforms import (
     ScaleByLearningRateState,
     ScaleByLionState,
     ScaleByNadamState,
+    ScaleByOptimisticGradientState,
     ScaleByRmsState,
     TraceState,
     add_decayed_weights,
+    add_noise,
     apply_if_finite,
     clip,
     clip_by_global_norm,
+    ema,
     freeze,
     masked,
     scale,
@@ -95,6 +145,7 @@ from funcnet.optim.transforms import (
     scale_by_learning_rate,
     scale_by_lion,
     scale_by_nadam,
+    scale_by_optimistic_gradient,
     scale_by_rms,
     set_to_zero,
     trace,
@@ -142,6 +193,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "scale_by_nadam",
     "scale_by_rms",
     "trace",
+    "AddDecayedWeightsState",
     "ApplyIfFiniteState",
     "MaskedNode",
     "MaskedState",
@@ -167,6 +219,50 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "nesterov",
     "rmsprop",
     "sgd",
+    # Named optimizers of optax's catalogue (optax's defaults), and their building blocks.
+    "adabelief",
+    "adafactor",
+    "adan",
+    "amsgrad",
+    "fromage",
+    "lamb",
+    "lars",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
+    "radam",
+    "rprop",
+    "sm3",
+    "yogi",
+    "add_noise",
+    "clip_by_block_rms",
+    "ema",
+    "scale_by_adan",
+    "scale_by_amsgrad",
+    "scale_by_belief",
+    "scale_by_factored_rms",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_radam",
+    "scale_by_rprop",
+    "scale_by_sm3",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
+    "AddNoiseState",
+    "EmaState",
+    "ScaleByAdanState",
+    "ScaleByAmsgradState",
+    "ScaleByBeliefState",
+    "ScaleByFactoredRmsState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
+    "ScaleByRAdamState",
+    "ScaleByRpropState",
+    "ScaleBySm3State",
+    "ScaleByYogiState",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from funcnet._checks import check_decay, check_positive, check_rate
+from funcnet._keys import typed_key
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -36,7 +37,10 @@ from funcnet.optim.base import (
 from funcnet.optim.base import bias_correction as correct_bias  # `bias_correction` is a flag
 
 __all__ = [
+    "AddDecayedWeightsState",
+    "AddNoiseState",
     "ApplyIfFiniteState",
+    "EmaState",
     "MaskedNode",
     "MaskedState",
     "ScaleByAdadeltaState",
@@ -46,12 +50,15 @@ __all__ = [
     "ScaleByLearningRateState",
     "ScaleByLionState",
     "ScaleByNadamState",
+    "ScaleByOptimisticGradientState",
     "ScaleByRmsState",
     "TraceState",
     "add_decayed_weights",
+    "add_noise",
     "apply_if_finite",
     "clip",
     "clip_by_global_norm",
+    "ema",
     "freeze",
     "masked",
     "scale",
@@ -62,6 +69,7 @@ __all__ = [
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_optimistic_gradient",
     "scale_by_rms",
     "set_to_zero",
     "trace",
@@ -196,6 +204,94 @@ def trace(
         else:
             out = new_trace
         return _cast_like(out, updates), TraceState(increment(state.count), new_trace)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class EmaState(NamedTuple):
+    """`count`: int32 scalar; `ema`: the moving average `m`, one array per param."""
+
+    count: jax.Array
+    ema: Updates
+
+
+def ema(
+    decay: float, *, debias: bool = True, moment_dtype: DTypeLike | None = None
+) -> GradientTransformation:
+    """An exponential moving average of the updates, as optax's `ema`.
+
+    ::
+
+        m ← β·m + (1 − β)·g          from m = 0
+        u ← m / (1 − βᵗ)   with debias,   else   u ← m
+
+    Args:
+      decay: `β`, in [0, 1).
+      debias: divide by ``1 − βᵗ``, so that the first steps are not shrunk towards 0.
+      moment_dtype: dtype of `m`; `None` keeps each param's dtype.
+    """
+    check_decay("ema", "decay", decay)
+
+    def init_fn(params: Params) -> EmaState:
+        return EmaState(count=_zero_count(), ema=zeros_like(params, moment_dtype))
+
+    def update_fn(
+        updates: Updates, state: EmaState, params: Params | None = None
+    ) -> tuple[Updates, EmaState]:
+        del params
+        count = increment(state.count)
+        average = update_moment(updates, state.ema, decay, 1)
+        out = correct_bias(average, decay, count) if debias else average
+        return _cast_like(out, updates), EmaState(count, average)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByOptimisticGradientState(NamedTuple):
+    """`is_initial_step`: bool scalar, True before the first update; `previous_gradient`:
+    the last incoming `g`, one array per param."""
+
+    is_initial_step: jax.Array
+    previous_gradient: Updates
+
+
+def scale_by_optimistic_gradient(
+    *, alpha: float = 1.0, beta: float = 1.0
+) -> GradientTransformation:
+    """The optimistic gradient (Popov, 1980; Daskalakis et al., 2018), as optax.
+
+    ::
+
+        u ← (α + β)·g_t − β·g_{t−1}        with g_0 = g_1 (so u = α·g_1 at the first step)
+
+    `β` weighs the negative momentum that damps the rotation of gradient descent-ascent in
+    min-max games; `α = β = 1` is the optimistic step `2·g_t − g_{t−1}`.
+
+    Args:
+      alpha: `α`, ``>= 0``, the weight of the current gradient.
+      beta: `β`, ``>= 0``, the weight of the change since the last gradient.
+    """
+    check_positive("scale_by_optimistic_gradient", "alpha", alpha, allow_zero=True)
+    check_positive("scale_by_optimistic_gradient", "beta", beta, allow_zero=True)
+
+    def init_fn(params: Params) -> ScaleByOptimisticGradientState:
+        return ScaleByOptimisticGradientState(
+            is_initial_step=jnp.array(True), previous_gradient=zeros_like(params)
+        )
+
+    def update_fn(
+        updates: Updates, state: ScaleByOptimisticGradientState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByOptimisticGradientState]:
+        del params
+        check_fits(updates, state.previous_gradient)
+
+        def rule(g: jax.Array, previous: jax.Array) -> jax.Array:
+            previous = jnp.where(state.is_initial_step, g, previous.astype(g.dtype))
+            return ((alpha + beta) * g - beta * previous).astype(g.dtype)
+
+        out = jax.tree.map(rule, updates, state.previous_gradient)
+        previous = _cast_like(updates, state.previous_gradient)
+        return out, ScaleByOptimisticGradientState(jnp.array(False), previous)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -600,23 +696,95 @@ def scale_by_lion(
 # Weight decay and clipping.
 
 
-def add_decayed_weights(weight_decay: float | jax.Array) -> GradientTransformation:
-    """Adds the params, scaled, to the updates: `u ← g + λ·x`.
+class AddDecayedWeightsState(NamedTuple):
+    """`count`: int32 scalar, the number of updates made, fed to a weight-decay schedule."""
 
-    Placed before an adaptive rescaling this is an L2 penalty (torch's `weight_decay`);
-    placed after it, right before the learning rate, it is decoupled weight decay (AdamW).
-    Wrap it in `masked` to decay only some params.
+    count: jax.Array
+
+
+def add_decayed_weights(weight_decay: ScalarOrSchedule) -> GradientTransformation:
+    """Adds the params, scaled, to the updates: `u ← g + λ_t·x`.
+
+    `λ_t = weight_decay` for a number and `λ_t = weight_decay(t − 1)` for a schedule
+    `step -> λ` (steps count from 0, as for learning rates). Placed before an adaptive
+    rescaling this is an L2 penalty (torch's `weight_decay`); placed after it, right before the
+    learning rate, it is decoupled weight decay (AdamW). Wrap it in `masked` to decay only some
+    params. A constant `λ` keeps no state (`EmptyState`); a schedule keeps the step count.
     """
-    check_positive("add_decayed_weights", "weight_decay", weight_decay, allow_zero=True)
+    if not callable(weight_decay):
+        check_positive("add_decayed_weights", "weight_decay", weight_decay, allow_zero=True)
 
-    def rule(updates: Updates, params: Params | None) -> Updates:
+    def decayed(updates: Updates, params: Params | None, rate) -> Updates:
         if params is None:
             raise ValueError("add_decayed_weights needs the params: call update(g, state, params).")
         return jax.tree.map(
-            lambda g, x: (g + weight_decay * x.astype(g.dtype)).astype(g.dtype), updates, params
+            lambda g, x: (g + rate * x.astype(g.dtype)).astype(g.dtype), updates, params
         )
 
-    return stateless(rule)
+    if not callable(weight_decay):
+        return stateless(lambda updates, params: decayed(updates, params, weight_decay))
+
+    def init_fn(params: Params) -> AddDecayedWeightsState:
+        del params
+        return AddDecayedWeightsState(count=_zero_count())
+
+    def update_fn(
+        updates: Updates, state: AddDecayedWeightsState, params: Params | None = None
+    ) -> tuple[Updates, AddDecayedWeightsState]:
+        updates = decayed(updates, params, weight_decay(state.count))
+        return updates, AddDecayedWeightsState(count=increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class AddNoiseState(NamedTuple):
+    """`count`: int32 scalar, the steps taken; `key`: the typed key of the next step's noise."""
+
+    count: jax.Array
+    key: jax.Array
+
+
+def add_noise(eta: float, gamma: float, *, key: jax.Array) -> GradientTransformation:
+    """Adds annealed Gaussian noise to the updates (Neelakantan et al., 2015), as optax.
+
+    ::
+
+        σ_t = √(η / tᵞ)
+        u ← g + σ_t·ξ,   ξ ~ N(0, I), drawn afresh at every step
+
+    The key lives in the state: each step splits it into the next state's key and the key of
+    this step's noise, which is split once more into one key per leaf (in the order of
+    `jax.tree.leaves`), the draws of optax's `add_noise` from the same key.
+
+    Args:
+      eta: `η`, the variance of the noise at the first step, ``>= 0``.
+      gamma: `γ`, the exponent of its decay, ``>= 0``.
+      key: a `jax.random.key` (or a legacy uint32 key), the seed of the noise.
+    """
+    check_positive("add_noise", "eta", eta, allow_zero=True)
+    check_positive("add_noise", "gamma", gamma, allow_zero=True)
+    key = typed_key(key, caller="add_noise")
+
+    def init_fn(params: Params) -> AddNoiseState:
+        del params
+        return AddNoiseState(count=_zero_count(), key=key)
+
+    def update_fn(
+        updates: Updates, state: AddNoiseState, params: Params | None = None
+    ) -> tuple[Updates, AddNoiseState]:
+        del params
+        count = increment(state.count)
+        std = jnp.sqrt(eta / count**gamma)
+        next_key, draw_key = jax.random.split(state.key)
+        leaves, treedef = jax.tree.flatten(updates)
+        keys = jax.random.split(draw_key, len(leaves))
+        noisy = [
+            (g + std * jax.random.normal(k, jnp.shape(g), jnp.result_type(g))).astype(g.dtype)
+            for g, k in zip(leaves, keys, strict=True)
+        ]
+        return treedef.unflatten(noisy), AddNoiseState(count=count, key=next_key)
+
+    return GradientTransformation(init_fn, update_fn)
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
