@@ -84,6 +84,7 @@ from funcnet.optim.catalogue import (
     fromage,
     lamb,
     lars,
+    lbfgs,
     noisy_sgd,
     novograd,
     optimistic_gradient_descent,
@@ -102,6 +103,13 @@ from funcnet.optim.curvature import (
     scale_by_adahessian,
     scale_by_sophia,
     sophia,
+)
+from funcnet.optim.quasi_newton import (
+    ScaleByLbfgsState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_lbfgs,
+    scale_by_zoom_linesearch,
 )
 from funcnet.optim.schedules import (
     constant_schedule,
@@ -227,6 +235,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "fromage",
     "lamb",
     "lars",
+    "lbfgs",
     "noisy_sgd",
     "novograd",
     "optimistic_gradient_descent",
@@ -251,6 +260,8 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
     "AddNoiseState",
     "EmaState",
     "ScaleByAdanState",
@@ -263,6 +274,9 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "ScaleByRpropState",
     "ScaleBySm3State",
     "ScaleByYogiState",
+    "ScaleByLbfgsState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",

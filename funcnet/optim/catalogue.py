@@ -49,6 +49,7 @@ from funcnet.optim.base import (
     identity,
     is_zero,
 )
+from funcnet.optim.quasi_newton import scale_by_lbfgs, scale_by_zoom_linesearch
 from funcnet.optim.transforms import (
     _check_betas,
     add_decayed_weights,
@@ -70,6 +71,7 @@ __all__ = [
     "fromage",
     "lamb",
     "lars",
+    "lbfgs",
     "noisy_sgd",
     "novograd",
     "optimistic_gradient_descent",
@@ -721,4 +723,56 @@ def polyak_sgd(
     return chain(
         scale_by_learning_rate(scaling),
         scale_by_polyak(f_min=f_min, max_learning_rate=max_learning_rate, eps=eps, variant=variant),
+    )
+
+
+# Quasi-Newton.
+
+# optax's default line search for L-BFGS: trial step 1, at most 20 evaluations.
+_LBFGS_LINESEARCH = scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+
+
+def lbfgs(
+    learning_rate: ScalarOrSchedule | None = None,
+    *,
+    memory_size: int = 10,
+    scale_init_precond: bool = True,
+    linesearch: GradientTransformation | None = _LBFGS_LINESEARCH,
+) -> GradientTransformationExtraArgs:
+    """L-BFGS (Liu & Nocedal, 1989, "On the limited memory BFGS method for large scale
+    optimization") with a zoom line search, as optax's `lbfgs`, with optax's defaults.
+
+    With `H_k` the inverse-Hessian estimate from the last `m = memory_size` steps `s_i` and
+    gradient changes `y_i` (see `scale_by_lbfgs`)::
+
+        d ← −α_t·H_k g                 (α_t = 1 without a learning rate)
+        η ← a step along d meeting the strong Wolfe conditions (see `scale_by_zoom_linesearch`:
+            trial step 1, at most 20 evaluations)
+        x ← x + η·d
+
+    The line search evaluates the loss along `d`, so `update` takes the extra args `value`
+    (`f(x)`), `grad` (`∇f(x)`) and `value_fn` (`x ↦ f(x)` on the same batch), which
+    `funcnet.train`'s steps pass; by hand,
+    ``opt.update(g, state, params, value=f(params), grad=g, value_fn=f)``. Each step costs one
+    gradient and as many values and gradients of `f` as the line search tries (one, once the
+    estimate is good); the state holds `2m + 3` copies of the params. For full-batch, smooth,
+    deterministic problems; torch's `LBFGS` (a closure-based optimizer) has another interface
+    and defaults (`history_size=100`, no line search by default).
+
+    Args:
+      learning_rate: `α_t`, a number or a schedule, or None (the line search alone sets the
+        step).
+      memory_size: `m`.
+      scale_init_precond: start each estimate from `γ_k·I`, `γ_k = ⟨s, y⟩/⟨y, y⟩` of the last
+        pair (else `I`).
+      linesearch: the transformation that scales the direction (None: no line search, the
+        step `−α_t·H_k g` as it is).
+    """
+    if learning_rate is not None:
+        check_rate("lbfgs", learning_rate)
+    check_int("lbfgs", "memory_size", memory_size)
+    return chain(
+        scale_by_lbfgs(memory_size=memory_size, scale_init_precond=scale_init_precond),
+        scale(-1.0) if learning_rate is None else scale_by_learning_rate(learning_rate),
+        identity() if linesearch is None else linesearch,
     )

@@ -58,6 +58,7 @@ Probe = Literal["rademacher", "gaussian"]
 
 _EXTRA_ARGS = {
     "value": "the loss L(θ) of the batch",
+    "grad": "the gradient ∇L(θ) of the batch loss, shaped like the params",
     "value_fn": "the function θ ↦ L(θ) on the batch",
     "outputs_fn": "the function θ ↦ model outputs on the batch",
     "loss_of_outputs": "the function outputs ↦ L",
