@@ -318,8 +318,10 @@ def scale_by_yogi(
     )
 
     def init_fn(params: Params) -> ScaleByYogiState:
-        start = jax.tree.map(lambda z: z + initial_accumulator_value, zeros_like(params))
-        return ScaleByYogiState(_zero_count(), start, start)
+        def start() -> Updates:  # one buffer per moment, so that a donated state stays valid
+            return jax.tree.map(lambda z: z + initial_accumulator_value, zeros_like(params))
+
+        return ScaleByYogiState(_zero_count(), start(), start())
 
     def update_fn(
         updates: Updates, state: ScaleByYogiState, params: Params | None = None
@@ -388,8 +390,13 @@ def scale_by_adan(
     check_positive("scale_by_adan", "eps_root", eps_root, allow_zero=True)
 
     def init_fn(params: Params) -> ScaleByAdanState:
-        zeros = zeros_like(params)
-        return ScaleByAdanState(_zero_count(), zeros, zeros, zeros, zeros)
+        return ScaleByAdanState(
+            _zero_count(),
+            zeros_like(params),
+            zeros_like(params),
+            zeros_like(params),
+            zeros_like(params),
+        )
 
     def update_fn(
         updates: Updates, state: ScaleByAdanState, params: Params | None = None
@@ -623,14 +630,13 @@ def scale_by_factored_rms(
     def init_fn(params: Params) -> ScaleByFactoredRmsState:
         def one(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             dtype, shape = jnp.result_type(x), jnp.shape(x)
-            empty = jnp.zeros((0,), dtype)
             axes = _factored_axes(shape, factored, min_dim_size_to_factor)
             if axes is None:
-                return empty, empty, jnp.zeros(shape, dtype)
+                return jnp.zeros((0,), dtype), jnp.zeros((0,), dtype), jnp.zeros(shape, dtype)
             r, c = axes
             row = jnp.zeros(shape[:c] + shape[c + 1 :], dtype)
             col = jnp.zeros(shape[:r] + shape[r + 1 :], dtype)
-            return row, col, empty
+            return row, col, jnp.zeros((0,), dtype)
 
         leaves, treedef = jax.tree.flatten(params)
         rows, cols, fulls = zip(*map(one, leaves), strict=True) if leaves else ((), (), ())

@@ -133,15 +133,17 @@ def scale_by_lbfgs(
     check_int("scale_by_lbfgs", "memory_size", memory_size)
 
     def init_fn(params: Params) -> ScaleByLbfgsState:
-        stacked = jax.tree.map(
-            lambda x: jnp.zeros((memory_size, *jnp.shape(x)), jnp.result_type(x)), params
-        )
+        def stacked() -> PyTree:  # one buffer each, so that a donated state stays valid
+            return jax.tree.map(
+                lambda x: jnp.zeros((memory_size, *jnp.shape(x)), jnp.result_type(x)), params
+            )
+
         return ScaleByLbfgsState(
             count=jnp.zeros([], jnp.int32),
             params=zeros_like(params),
             updates=zeros_like(params),
-            diff_params_memory=stacked,
-            diff_updates_memory=stacked,
+            diff_params_memory=stacked(),
+            diff_updates_memory=stacked(),
             weights_memory=jnp.zeros(memory_size),
         )
 

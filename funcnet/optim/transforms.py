@@ -767,7 +767,8 @@ def add_noise(eta: float, gamma: float, *, key: jax.Array) -> GradientTransforma
 
     def init_fn(params: Params) -> AddNoiseState:
         del params
-        return AddNoiseState(count=_zero_count(), key=key)
+        # A copy: donating the state must not delete the caller's key or another state's.
+        return AddNoiseState(count=_zero_count(), key=jax.random.clone(key))
 
     def update_fn(
         updates: Updates, state: AddNoiseState, params: Params | None = None

@@ -463,3 +463,14 @@ def test_lbfgs_asks_for_what_its_line_search_needs():
         search.update(params, search.init(params), params)
     with pytest.raises(ValueError, match="lbfgs: memory_size must be a positive int"):
         fo.lbfgs(memory_size=0)
+
+
+def test_states_share_no_buffers_so_they_can_be_donated():
+    """The training step donates the optimizer state: two leaves of one state (or a leaf and
+    the caller's key) holding the same buffer would make XLA refuse the call."""
+    params, _ = _problem()
+    optimizers = [variants[0][0]() for variants in CASES.values()] + [fo.lbfgs()]
+    for opt in optimizers:
+        leaves = jax.tree.leaves(opt.init(params))
+        assert len({id(x) for x in leaves}) == len(leaves)
+    assert fo.noisy_sgd(0.1, key=KEY).init(params)[0].key is not KEY
