@@ -6,6 +6,8 @@ each transposed per-example kernel gradient folded away where there is one, JAX'
 `vmap(grad)` where there is none.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +120,14 @@ def loop_of_grads(loss, params, batch):
     return jax.tree.map(lambda *g: np.stack(g), *grads)
 
 
+@functools.cache
+def case_and_reference(case, dtype):
+    """`(loss, params, batch)` of a case with its loop of grads, built once for both methods
+    (the same `loss` object lets the compiled reference be reused)."""
+    loss, params, batch = CASES[case](dtype)
+    return (loss, params, batch), loop_of_grads(loss, params, batch)
+
+
 def assert_trees_close(actual, expected, rtol, atol):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
@@ -128,9 +138,9 @@ def assert_trees_close(actual, expected, rtol, atol):
 @pytest.mark.parametrize("method", ["auto", "vmap"])
 @pytest.mark.parametrize("case", CASES)
 def test_float32_matches_a_loop_of_grads(case, method):
-    loss, params, batch = CASES[case](jnp.float32)
+    (loss, params, batch), expected = case_and_reference(case, jnp.float32)
     grads = jax.jit(lambda p, b: fd.per_example_grads(loss, p, b, method=method))(params, batch)
-    assert_trees_close(grads, loop_of_grads(loss, params, batch), rtol=2e-5, atol=1e-6)
+    assert_trees_close(grads, expected, rtol=2e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -223,19 +233,19 @@ def test_programs_without_products_run_jax_vmap_grad():
 
 def test_composes_with_grad_and_vmap_and_closures():
     loss, params, batch = mlp(jnp.float32)
-    reference = jax.vmap(jax.grad(loss), in_axes=(None, 0))
+    reference = jax.vmap(jax.grad(loss), in_axes=(None, 0))  # JAX's own, compiled below
 
     def squared_norm(grads):
         return sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))
 
     # The gradient of the summed squared per-example gradient norms (second order).
     ours = jax.jit(jax.grad(lambda p: squared_norm(fd.per_example_grads(loss, p, batch))))
-    theirs = jax.grad(lambda p: squared_norm(reference(p, batch)))
+    theirs = jax.jit(jax.grad(lambda p: squared_norm(reference(p, batch))))
     assert_trees_close(ours(params), theirs(params), rtol=1e-4, atol=1e-6)
     # vmap over two copies of the params, as an ensemble would.
     stacked = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
     ours = jax.vmap(lambda p: fd.per_example_grads(loss, p, batch))(stacked)
-    theirs = jax.vmap(lambda p: reference(p, batch))(stacked)
+    theirs = jax.jit(jax.vmap(lambda p: reference(p, batch)))(stacked)
     assert_trees_close(ours, theirs, rtol=2e-5, atol=1e-6)
     # A loss closing over a value traced by an enclosing jit.
     ours = jax.jit(lambda t, p: fd.per_example_grads(lambda q, e: t * loss(q, e), p, batch))
