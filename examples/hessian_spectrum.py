@@ -1,6 +1,7 @@
 """The Hessian spectrum of a small MLP on the digits, before and after training.
 
-A 64 → 32 → 10 ReLU network (2,410 parameters) is trained with Adam on the 8×8 digits.
+A 64 → 32 → 10 ReLU network (2,410 parameters; `--hidden` sets the 32) is trained with Adam
+on the 8×8 digits.
 At initialisation and after training, the Hessian of the training loss (the mean over the
 training set, accumulated batch by batch) is probed without ever being formed:
 
@@ -13,10 +14,12 @@ with `numpy.linalg.eigh` to show the matrix-free figures agree. The density plot
 `hessian_spectrum.png` in `--out`: a bulk of eigenvalues near zero and a few outliers well
 separated from it, with the exact density (eigh, same Gaussian smoothing) overlaid.
 
-Run: python examples/hessian_spectrum.py [--out runs/] [--steps 500] [--no-dense-check]
+Run: python examples/hessian_spectrum.py [--out runs/] [--steps 500] [--hidden 32]
+[--no-dense-check]
 """
 
 import argparse
+import functools
 import pathlib
 import time
 
@@ -32,26 +35,29 @@ import funcnet
 import funcnet.diff as fd
 
 NUM_BATCHES = 3  # the training set (1,437 digits) is 3 batches of 479
+HIDDEN = 32
 
 
-def model() -> funcnet.nn.Layer:
-    return funcnet.nn.serial(funcnet.nn.dense(32), funcnet.nn.relu, funcnet.nn.dense(10))
+def model(hidden: int = HIDDEN) -> funcnet.nn.Layer:
+    return funcnet.nn.serial(funcnet.nn.dense(hidden), funcnet.nn.relu, funcnet.nn.dense(10))
 
 
-def batch_loss(params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+def batch_loss(params: dict, batch: tuple[jax.Array, jax.Array], hidden: int = HIDDEN) -> jax.Array:
     """Mean softmax cross-entropy of the network on one batch `(x, labels)`."""
     x, y = batch
-    logits, _ = model().apply(params, {}, x)
+    logits, _ = model(hidden).apply(params, {}, x)
     return funcnet.losses.softmax_cross_entropy(logits, y)
 
 
-def train(params: dict, data: funcnet.data.Split, steps: int, learning_rate: float) -> dict:
+def train(
+    params: dict, data: funcnet.data.Split, steps: int, learning_rate: float, loss=batch_loss
+) -> dict:
     """Full-batch Adam on the training set."""
     optimizer = funcnet.optim.adam(learning_rate)
 
     @jax.jit
     def step(params, opt_state):
-        grads = jax.grad(batch_loss)(params, (data.x_train, data.y_train))
+        grads = jax.grad(loss)(params, (data.x_train, data.y_train))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return funcnet.optim.apply_updates(params, updates), opt_state
 
@@ -61,22 +67,24 @@ def train(params: dict, data: funcnet.data.Split, steps: int, learning_rate: flo
     return params
 
 
-def accuracy(params: dict, x: jax.Array, y: jax.Array) -> float:
-    logits, _ = model().apply(params, {}, x)
+def accuracy(params: dict, x: jax.Array, y: jax.Array, hidden: int = HIDDEN) -> float:
+    logits, _ = model(hidden).apply(params, {}, x)
     return float(funcnet.losses.accuracy(logits, y))
 
 
-def spectrum(params: dict, batches: tuple, key: jax.Array, dense_check: bool) -> dict:
-    """Top eigenvalues, trace and SLQ density of the training-loss Hessian."""
+def spectrum(
+    params: dict, batches: tuple, key: jax.Array, dense_check: bool, loss=batch_loss
+) -> dict:
+    """Top eigenvalues, trace and SLQ density of the training-loss Hessian `loss`."""
     k_eigs, k_power, k_trace, k_density = jax.random.split(key, 4)
     start = time.perf_counter()
-    eigs = fd.hessian_eigs(batch_loss, params, key=k_eigs, k=5, batches=batches, num_iters=100)
+    eigs = fd.hessian_eigs(loss, params, key=k_eigs, k=5, batches=batches, num_iters=100)
     power = fd.hessian_eigs(
-        batch_loss, params, key=k_power, k=1, batches=batches, method="power", num_iters=500
+        loss, params, key=k_power, k=1, batches=batches, method="power", num_iters=500
     )
-    trace = fd.hessian_trace(batch_loss, params, key=k_trace, num_samples=100, batches=batches)
+    trace = fd.hessian_trace(loss, params, key=k_trace, num_samples=100, batches=batches)
     density = fd.hessian_density(
-        batch_loss, params, key=k_density, num_iters=100, num_probes=4, batches=batches
+        loss, params, key=k_density, num_iters=100, num_probes=4, batches=batches
     )
     jax.block_until_ready(density)
     result = {
@@ -90,7 +98,7 @@ def spectrum(params: dict, batches: tuple, key: jax.Array, dense_check: bool) ->
     if dense_check:
         # The mean over equal batches is the loss on the whole training set.
         full = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), batches)
-        matrix = jax.jit(lambda p: fd.flat_hessian(lambda q: batch_loss(q, full), p)[0])(params)
+        matrix = jax.jit(lambda p: fd.flat_hessian(lambda q: loss(q, full), p)[0])(params)
         exact = np.linalg.eigvalsh(np.asarray(matrix, np.float64))
         result["exact_top"] = exact[::-1][:5]
         result["exact_trace"] = float(exact.sum())
@@ -110,7 +118,7 @@ def report(name: str, s: dict) -> None:
     print(line)
 
 
-def plot(spectra: dict[str, dict], path: pathlib.Path) -> None:
+def plot(spectra: dict[str, dict], path: pathlib.Path, hidden: int = HIDDEN) -> None:
     fig, axes = plt.subplots(1, len(spectra), figsize=(6 * len(spectra), 4.5))
     for ax, (name, s) in zip(np.atleast_1d(axes), spectra.items(), strict=True):
         nodes = np.asarray(s["density"].nodes)
@@ -136,7 +144,7 @@ def plot(spectra: dict[str, dict], path: pathlib.Path) -> None:
         ax.set_ylabel("density")
         ax.set_title(f"{name}: tr(H) ≈ {s['trace']:.2f} ± {s['trace_stderr']:.2f}")
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle("Hessian eigenvalue density of the training loss, 64 → 32 → 10 ReLU MLP")
+    fig.suptitle(f"Hessian eigenvalue density of the training loss, 64 → {hidden} → 10 ReLU MLP")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs"))
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden units (quick: 8)")
     parser.add_argument("--dense-check", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
 
@@ -158,24 +167,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     )
     key = jax.random.key(0)
     init_key, spectra_key = jax.random.split(key)
-    _, params, _ = model().init(init_key, data.x_train.shape)
+    _, params, _ = model(args.hidden).init(init_key, data.x_train.shape)
     n = sum(leaf.size for leaf in jax.tree.leaves(params))
-    print(f"MLP 64 → 32 → 10, {n:,} parameters; {data.x_train.shape[0]} training digits")
+    print(f"MLP 64 → {args.hidden} → 10, {n:,} parameters; {data.x_train.shape[0]} training digits")
 
-    spectra = {"at initialisation": spectrum(params, batches, spectra_key, args.dense_check)}
-    params = train(params, data, args.steps, args.learning_rate)
+    loss = functools.partial(batch_loss, hidden=args.hidden)
+    spectra = {"at initialisation": spectrum(params, batches, spectra_key, args.dense_check, loss)}
+    params = train(params, data, args.steps, args.learning_rate, loss)
     print(
         f"after {args.steps} Adam steps: train accuracy "
-        f"{accuracy(params, data.x_train, data.y_train):.3f}, "
-        f"test accuracy {accuracy(params, data.x_test, data.y_test):.3f}"
+        f"{accuracy(params, data.x_train, data.y_train, args.hidden):.3f}, "
+        f"test accuracy {accuracy(params, data.x_test, data.y_test, args.hidden):.3f}"
     )
-    spectra["after training"] = spectrum(params, batches, spectra_key, args.dense_check)
+    spectra["after training"] = spectrum(params, batches, spectra_key, args.dense_check, loss)
     for name, s in spectra.items():
         report(name, s)
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "hessian_spectrum.png"
-    plot(spectra, path)
+    plot(spectra, path, args.hidden)
     print(f"\nsaved {path}")
     return spectra
 

@@ -19,13 +19,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 QUICK = {
     "optimizer_paths": ["--steps", "60"],
-    "forward_vs_reverse": ["--sizes", "4", "16", "--repeats", "1"],
-    "hessian_spectrum": ["--steps", "20", "--no-dense-check"],
 }
 WRITTEN = {
     "optimizer_paths": ["optimizer_paths_rosenbrock.png", "optimizer_paths_beale.png"],
-    "forward_vs_reverse": ["forward_vs_reverse.png"],
-    "hessian_spectrum": ["hessian_spectrum.png"],
 }
 # Where the rest are checked: the test module whose fixture renders them.
 ELSEWHERE = {
@@ -35,6 +31,8 @@ ELSEWHERE = {
     "edge_of_stability": "tests/test_example_edge_of_stability.py",
     "loss_landscape": "tests/test_example_loss_landscape.py",
     "universal_approximation": "tests/test_example_universal_approximation.py",
+    "hessian_spectrum": "tests/diff/test_diff_benchmark.py",
+    "forward_vs_reverse": "tests/diff/test_diff_benchmark.py",
 }
 COMMAND = {
     "plot_history": "tests/test_cli.py",  # curves.png of a run, and of a regression in _data

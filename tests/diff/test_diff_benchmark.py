@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.figure_checks import checked_figures
 from tests.helpers import load_module as load
 
 
@@ -24,7 +25,9 @@ def test_second_order_benchmark_rows():
 def test_forward_vs_reverse_example(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     example = load("examples/forward_vs_reverse.py")
-    rows = example.main(["--out", str(tmp_path), "--sizes", "2", "32", "--repeats", "1"])
+    with checked_figures() as saved:  # the figure is checked as it is saved
+        rows = example.main(["--out", str(tmp_path), "--sizes", "2", "32", "--repeats", "1"])
+    assert saved == [tmp_path / "forward_vs_reverse.png"]
     assert len(rows) == 4
     assert (tmp_path / "forward_vs_reverse.png").stat().st_size > 0
     by = {(r["n"], r["m"]): r for r in rows}
@@ -39,11 +42,16 @@ def _quiet_matplotlib(monkeypatch):
 
 
 def test_hessian_spectrum_example_agrees_with_the_dense_hessian(tmp_path, capsys):
+    """At 8 hidden units (610 parameters) the dense Hessian and its eigh are quick; the
+    matrix-free code is the same at any width. Its figure is checked here as it is saved."""
     example = load("examples/hessian_spectrum.py")
-    spectra = example.main(["--out", str(tmp_path), "--steps", "30"])
+    with checked_figures() as saved:
+        spectra = example.main(["--out", str(tmp_path), "--steps", "30", "--hidden", "8"])
+    assert saved == [tmp_path / "hessian_spectrum.png"]
     assert (tmp_path / "hessian_spectrum.png").stat().st_size > 0
     for s in spectra.values():
         # Lanczos' top eigenvalues and Hutchinson's trace against eigh of the dense Hessian.
+        assert s["exact"].shape == (610,)
         np.testing.assert_allclose(s["top"], s["exact_top"], rtol=1e-3)
         assert abs(s["trace"] - s["exact_trace"]) < 4 * s["trace_stderr"]
     assert "after 30 Adam steps" in capsys.readouterr().out
