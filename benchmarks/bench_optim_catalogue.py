@@ -14,6 +14,7 @@ that cheap function (on a network each trial costs a forward and backward pass m
 
     python -m benchmarks.bench_optim_catalogue            # 15 repeats of about 0.1 s
     python -m benchmarks.bench_optim_catalogue --smoke    # one short repeat
+    python -m benchmarks.bench_optim_catalogue --only lookahead schedule_free_sgd
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def optimizers() -> dict[str, fo.GradientTransformation]:
         "rprop": fo.rprop(1e-2),
         "sm3": fo.sm3(1e-2),
         "yogi": fo.yogi(1e-3),
+        # optax's contrib level (lookahead around Adam).
+        "lookahead": fo.lookahead(fo.adam(1e-3), 5, 0.5),
+        "schedule_free_sgd": fo.schedule_free_sgd(1e-2),
+        "schedule_free_adamw": fo.schedule_free_adamw(),
     }
 
 
@@ -84,6 +89,7 @@ def stepper(opt, params, grads, target):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one short repeat")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="time these optimizers only")
     args = parser.parse_args()
     repeats, min_time = (1, 0.01) if args.smoke else (15, 0.1)
     rng = np.random.default_rng(0)
@@ -95,6 +101,8 @@ def main() -> None:
     adam = stepper(fo.adam(1e-3), params, grads, target)
     print(f"{'optimizer':<30} {'ms/step':>8} {'adam ms':>8} {'× adam':>7}")
     for name, opt in optimizers().items():
+        if args.only and name not in args.only:
+            continue
         times = measure_interleaved(
             {"adam": adam, name: stepper(opt, params, grads, target)},
             repeats=repeats,

@@ -13,7 +13,9 @@ building blocks of `adaptive.py`); each docstring states its update rule and its
 `learning_rate` is a number or a schedule `step -> rate`. The curvature optimizers
 (`hessian_free`, `sophia`, `adahessian`) follow their papers and take what they need besides the
 gradient as extra args of `update`, which `funcnet.train`'s steps pass; so do `polyak_sgd`
-(the loss) and `lbfgs` (the loss and its function, for the line search).
+(the loss) and `lbfgs` (the loss and its function, for the line search). Optax's contrib
+level (`contrib.py`: `lookahead`, `schedule_free`) wraps another optimizer and keeps any
+second copy of the params in its state, so the train step's params stay a plain pytree.
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -93,6 +95,16 @@ from funcnet.optim.catalogue import (
     rprop,
     sm3,
     yogi,
+)
+from funcnet.optim.contrib import (
+    LookaheadState,
+    ScheduleFreeState,
+    lookahead,
+    lookahead_slow_params,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
 )
 from funcnet.optim.curvature import (
     HessianFreeState,
@@ -277,6 +289,15 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "ScaleByLbfgsState",
     "ScaleByZoomLinesearchState",
     "ZoomLinesearchInfo",
+    # Optax's contrib level: wrappers around another optimizer, with their states.
+    "lookahead",
+    "lookahead_slow_params",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
+    "LookaheadState",
+    "ScheduleFreeState",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",
