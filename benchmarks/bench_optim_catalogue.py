@@ -54,6 +54,7 @@ def optimizers() -> dict[str, fo.GradientTransformation]:
         "lookahead": fo.lookahead(fo.adam(1e-3), 5, 0.5),
         "schedule_free_sgd": fo.schedule_free_sgd(1e-2),
         "schedule_free_adamw": fo.schedule_free_adamw(),
+        "muon": fo.muon(0.02),
     }
 
 

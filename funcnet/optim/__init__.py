@@ -15,7 +15,9 @@ building blocks of `adaptive.py`); each docstring states its update rule and its
 gradient as extra args of `update`, which `funcnet.train`'s steps pass; so do `polyak_sgd`
 (the loss) and `lbfgs` (the loss and its function, for the line search). Optax's contrib
 level (`contrib.py`: `lookahead`, `schedule_free`) wraps another optimizer and keeps any
-second copy of the params in its state, so the train step's params stay a plain pytree.
+second copy of the params in its state, so the train step's params stay a plain pytree;
+`muon` (`orthogonal.py`) orthogonalises the momentum of the matrices and gives the other
+leaves to Adam.
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -115,6 +117,12 @@ from funcnet.optim.curvature import (
     scale_by_adahessian,
     scale_by_sophia,
     sophia,
+)
+from funcnet.optim.orthogonal import (
+    ScaleByMuonState,
+    muon,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
 )
 from funcnet.optim.quasi_newton import (
     ScaleByLbfgsState,
@@ -298,6 +306,11 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "schedule_free_sgd",
     "LookaheadState",
     "ScheduleFreeState",
+    # Muon: orthogonalised momentum for the matrices, Adam for the rest.
+    "muon",
+    "orthogonalize_via_newton_schulz",
+    "scale_by_muon",
+    "ScaleByMuonState",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",

@@ -258,12 +258,147 @@ def test_schedule_free_eval_params_wants_its_state():
         (lambda: fo.schedule_free_adamw(b2=1.0), "schedule_free_adamw: b2 must lie in"),
         (lambda: fo.schedule_free_adamw(eps=0.0), "schedule_free_adamw: eps must be"),
         (lambda: fo.schedule_free_adamw(weight_decay=-0.1), "schedule_free_adamw: weight_decay"),
+        (lambda: fo.muon(0.0), "muon: learning_rate must be"),
+        (lambda: fo.muon(0.1, beta=1.0), "muon: beta must lie in"),
+        (lambda: fo.muon(0.1, ns_steps=0), "muon: ns_steps must be a positive int"),
+        (lambda: fo.muon(0.1, ns_coeffs=(1.0, 2.0)), "muon: ns_coeffs must be a triple"),
+        (lambda: fo.muon(0.1, fallback="sgd"), "muon: fallback must be 'adam' or None"),
+        (lambda: fo.muon(0.1, adam_b2=1.5), "muon: adam_b2 must lie in"),
+        (lambda: fo.muon(0.1, adam_learning_rate=-1.0), "muon: adam_learning_rate must be"),
+        (lambda: fo.muon(0.1, consistent_rms=0.0), "muon: consistent_rms must be"),
     ],
 )
 def test_bad_hyperparameters_are_refused_in_one_line(make, message):
     with pytest.raises(ValueError, match=message) as error:
         make()
     assert "\n" not in str(error.value)
+
+
+# Muon: the matrices by Newton–Schulz, the rest by Adam, against optax.contrib.muon.
+
+MUON_SHAPES = {"w": (5, 3), "v": (3, 6), "b": (4,), "k": (2, 3, 4)}
+
+
+def _muon_problem():
+    """The catalogue's problem on a tall matrix, a wide one, a vector and a 3-D array."""
+    global SHAPES
+    saved, SHAPES = SHAPES, MUON_SHAPES
+    try:
+        return _problem()
+    finally:
+        SHAPES = saved
+
+
+def _plain_pair(ours, theirs):
+    same = lambda p: p
+    return [
+        Run(ours, fo.apply_updates, same, same, lambda p, s: (p,)),
+        Run(theirs, optax.apply_updates, same, same, lambda p, s: (p,)),
+    ]
+
+
+def _optax_schedule(count):
+    return 0.05 / (1 + 0.1 * jnp.asarray(count, jnp.float64))
+
+
+def test_muon_matches_optax_in_float64():
+    params, loss = _muon_problem()
+    dims = optax.contrib.MuonDimensionNumbers()
+    runs = (
+        _plain_pair(fo.muon(0.05), optax.contrib.muon(0.05))
+        + _plain_pair(
+            fo.muon(
+                _optax_schedule,
+                beta=0.9,
+                nesterov=False,
+                adaptive=True,
+                weight_decay=1e-2,
+                consistent_rms=0.2,
+                adam_learning_rate=0.02,
+                adam_b2=0.99,
+                adam_weight_decay=1e-2,
+            ),
+            optax.contrib.muon(
+                _optax_schedule,
+                beta=0.9,
+                nesterov=False,
+                adaptive=True,
+                weight_decay=1e-2,
+                consistent_rms=0.2,
+                adam_learning_rate=0.02,
+                adam_b2=0.99,
+                adam_weight_decay=1e-2,
+            ),
+        )
+        + _plain_pair(
+            fo.muon(
+                0.05,
+                ns_steps=3,
+                muon_mask={"w": True, "v": False, "b": False, "k": False},
+                weight_decay=1e-2,
+                weight_decay_mask={"w": True, "v": False, "b": False, "k": False},
+            ),
+            optax.contrib.muon(
+                0.05,
+                ns_steps=3,
+                muon_weight_dimension_numbers={"w": dims, "v": None, "b": None, "k": None},
+                weight_decay=1e-2,
+                weight_decay_mask={"w": True, "v": False, "b": False, "k": False},
+            ),
+        )
+    )
+    paths = _paths(runs, params, loss)
+    _assert_pairs_agree(paths, params, rtol=1e-8)
+
+
+def test_newton_schulz_nears_the_polar_factor():
+    rng = np.random.default_rng(3)
+    for shape in [(6, 4), (4, 6)]:
+        x = rng.standard_normal(shape)
+        got = np.asarray(fo.orthogonalize_via_newton_schulz(jnp.asarray(x), ns_steps=10))
+        u, _, vt = np.linalg.svd(x, full_matrices=False)
+        # The quintic leaves the singular values in about [0.7, 1.2], the vectors exact.
+        s = np.linalg.svd(got, compute_uv=False)
+        assert s.min() > 0.6 and s.max() < 1.25
+        np.testing.assert_allclose(u.T @ got @ vt.T, np.diag(np.diag(u.T @ got @ vt.T)), atol=1e-8)
+
+
+def test_muon_refuses_a_vector_without_a_fallback_in_one_line():
+    params, _ = _muon_problem()
+    cases = [
+        (
+            lambda: fo.muon(0.05, fallback=None).init(params),
+            r"muon: param \['b'\] of shape \(4,\) is not a matrix.*fallback='adam'",
+        ),
+        (
+            lambda: fo.muon(0.05, muon_mask={"w": True, "v": True, "b": True, "k": False}).init(
+                params
+            ),
+            r"muon: param \['b'\] of shape \(4,\) is not a matrix.*leave it out of muon_mask",
+        ),
+        (
+            lambda: fo.muon(
+                0.05, fallback=None, muon_mask={"w": True, "v": True, "b": False, "k": False}
+            ).init(params),
+            r"muon: param \['b'\] of shape \(4,\) is left out of muon_mask and fallback",
+        ),
+        (
+            lambda: fo.scale_by_muon().init({"dense": {"b": jnp.ones(3)}}),
+            r"scale_by_muon: param \['dense'\]\['b'\] of shape \(3,\) is not a matrix",
+        ),
+        (
+            lambda: jax.jit(
+                lambda g: fo.scale_by_muon().update(
+                    g, fo.scale_by_muon().init({"w": jnp.ones((2, 2))})
+                )
+            )({"w": jnp.ones((2, 2, 1))}),
+            r"scale_by_muon: param \['w'\] of shape \(2, 2, 1\) is not a matrix",
+        ),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            make()
+        assert "\n" not in str(error.value)
 
 
 # In `fit`: the train state holds the plain params; the slow or eval params come from the
