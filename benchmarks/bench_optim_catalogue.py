@@ -55,6 +55,7 @@ def optimizers() -> dict[str, fo.GradientTransformation]:
         "schedule_free_sgd": fo.schedule_free_sgd(1e-2),
         "schedule_free_adamw": fo.schedule_free_adamw(),
         "muon": fo.muon(0.02),
+        "prodigy": fo.prodigy(),
     }
 
 

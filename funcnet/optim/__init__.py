@@ -17,7 +17,7 @@ gradient as extra args of `update`, which `funcnet.train`'s steps pass; so do `p
 level (`contrib.py`: `lookahead`, `schedule_free`) wraps another optimizer and keeps any
 second copy of the params in its state, so the train step's params stay a plain pytree;
 `muon` (`orthogonal.py`) orthogonalises the momentum of the matrices and gives the other
-leaves to Adam.
+leaves to Adam; `prodigy` (`parameter_free.py`) estimates its own step size.
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -124,6 +124,7 @@ from funcnet.optim.orthogonal import (
     orthogonalize_via_newton_schulz,
     scale_by_muon,
 )
+from funcnet.optim.parameter_free import ProdigyState, prodigy
 from funcnet.optim.quasi_newton import (
     ScaleByLbfgsState,
     ScaleByZoomLinesearchState,
@@ -311,6 +312,9 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "orthogonalize_via_newton_schulz",
     "scale_by_muon",
     "ScaleByMuonState",
+    # Learning-rate free: the step estimated from the run.
+    "prodigy",
+    "ProdigyState",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",

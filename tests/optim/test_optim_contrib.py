@@ -258,6 +258,11 @@ def test_schedule_free_eval_params_wants_its_state():
         (lambda: fo.schedule_free_adamw(b2=1.0), "schedule_free_adamw: b2 must lie in"),
         (lambda: fo.schedule_free_adamw(eps=0.0), "schedule_free_adamw: eps must be"),
         (lambda: fo.schedule_free_adamw(weight_decay=-0.1), "schedule_free_adamw: weight_decay"),
+        (lambda: fo.prodigy(0.0), "prodigy: learning_rate must be"),
+        (lambda: fo.prodigy(betas=(0.9, 1.0)), "prodigy: betas\\[1\\] must lie in"),
+        (lambda: fo.prodigy(beta3=-0.1), "prodigy: beta3 must lie in"),
+        (lambda: fo.prodigy(estim_lr0=0.0), "prodigy: estim_lr0 must be a finite number > 0"),
+        (lambda: fo.prodigy(weight_decay=-1.0), "prodigy: weight_decay must be"),
         (lambda: fo.muon(0.0), "muon: learning_rate must be"),
         (lambda: fo.muon(0.1, beta=1.0), "muon: beta must lie in"),
         (lambda: fo.muon(0.1, ns_steps=0), "muon: ns_steps must be a positive int"),
@@ -399,6 +404,34 @@ def test_muon_refuses_a_vector_without_a_fallback_in_one_line():
         with pytest.raises(ValueError, match=message) as error:
             make()
         assert "\n" not in str(error.value)
+
+
+# Prodigy: Adam with its step size estimated.
+
+
+def test_prodigy_matches_optax_in_float64():
+    params, loss = _problem()
+    settings = dict(
+        betas=(0.85, 0.99), beta3=0.9, estim_lr0=1e-4, estim_lr_coef=0.5, weight_decay=1e-2
+    )
+    runs = (
+        _plain_pair(fo.prodigy(), optax.contrib.prodigy())
+        + _plain_pair(fo.prodigy(0.5, **settings), optax.contrib.prodigy(0.5, **settings))
+        + _plain_pair(
+            fo.prodigy(_warmup_to_one, estim_lr0=1e-3, safeguard_warmup=True),
+            optax.contrib.prodigy(_warmup_to_one, estim_lr0=1e-3, safeguard_warmup=True),
+        )
+    )
+    # From d₀ = 1e-6 the estimate takes some 30 steps to grow to the problem's scale.
+    paths = _paths(runs, params, loss, steps=48)
+    _assert_pairs_agree(paths, params)
+    final = jax.tree.map(lambda a: a[-1], paths[0][0])
+    assert loss(final) < 0.05 * loss(params)
+
+
+def _warmup_to_one(count):
+    """A warm-up to the multiplier 1, as Prodigy's paper schedules it."""
+    return jnp.minimum(1.0, (jnp.asarray(count, jnp.float64) + 1) / 8)
 
 
 # In `fit`: the train state holds the plain params; the slow or eval params come from the
