@@ -6,6 +6,7 @@ Benchmarks are not tests; this only keeps their code working. It runs every sect
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -110,6 +111,17 @@ def test_families_section_times_and_checks_every_workload(smoke):
     assert all(t["met"] is None for t in bench_families.targets({}))
 
 
+@functools.cache
+def funcnet_first(family, step: bool):
+    """funcnet's first logits on `family` (its first step's loss when `step`), computed once
+    for every contender compared with it."""
+    params, state = family_models.initial(family)
+    if step:
+        return family_models.STEP_CONTENDERS["funcnet"](family, params, state, family.data(2)).first
+    x = family.data(1)[0][0]
+    return family_models.INFERENCE_CONTENDERS["funcnet"](family, params, state, x).first
+
+
 @pytest.mark.parametrize("contender", ["raw_jax", "flax_linen", "equinox"])
 def test_family_models_compute_what_funcnet_computes(contender):
     """Each library's version of each family, holding funcnet's weights, gives funcnet's
@@ -122,14 +134,11 @@ def test_family_models_compute_what_funcnet_computes(contender):
             theirs = family_models.INFERENCE_CONTENDERS[contender](family, params, state, x)
         except trainers.Unavailable as err:
             pytest.skip(str(err))
-        ours = family_models.INFERENCE_CONTENDERS["funcnet"](family, params, state, x)
-        np.testing.assert_allclose(theirs.first, ours.first, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(theirs.first, funcnet_first(family, False), rtol=1e-4, atol=1e-5)
     family = sizes.mlp_bn._replace(rate=0.0)
     params, state = family_models.initial(family)
-    data = family.data(2)
-    theirs = family_models.STEP_CONTENDERS[contender](family, params, state, data)
-    ours = family_models.STEP_CONTENDERS["funcnet"](family, params, state, data)
-    np.testing.assert_allclose(theirs.first, ours.first, rtol=1e-5)
+    theirs = family_models.STEP_CONTENDERS[contender](family, params, state, family.data(2))
+    np.testing.assert_allclose(theirs.first, funcnet_first(family, True), rtol=1e-5)
     assert np.isfinite(theirs.run(1))
 
 
@@ -192,6 +201,15 @@ def test_torch_per_example_grads_match_funcnet():
         np.testing.assert_allclose(b, theirs[f"{2 * i}.bias"].numpy(), rtol=1e-5, atol=1e-6)
 
 
+@functools.cache
+def raw_jax_after_three_steps():
+    """Raw JAX's weights after three Adam steps on the small MLP, computed once."""
+    mlp = SMOKE.mlps["small"]
+    reference = trainers.raw_jax(mlp, workload.initial_weights(mlp), workload.batches(mlp, count=3))
+    reference.run(3)
+    return reference.weights()
+
+
 @pytest.mark.parametrize(
     "contender",
     # The epochs shuffle, so their batches differ: test_hand_written_epoch_equals_fit.
@@ -202,17 +220,16 @@ def test_contenders_do_the_same_arithmetic(contender):
     """After three Adam steps on the same batches every contender holds raw JAX's weights."""
     mlp = SMOKE.mlps["small"]
     weights, data = workload.initial_weights(mlp), workload.batches(mlp, count=3)
-    reference = trainers.raw_jax(mlp, weights, data)
-    reference.run(3)
+    reference = raw_jax_after_three_steps()
     try:
         runner = contender.make(mlp, weights, data, epoch_steps=3)
     except trainers.Unavailable as err:
         pytest.skip(str(err))
     runner.run(1 if contender.epoch else 3)
-    for (w, b), (w_ref, b_ref) in zip(runner.weights(), reference.weights(), strict=True):
+    for (w, b), (w_ref, b_ref) in zip(runner.weights(), reference, strict=True):
         np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(b, b_ref, rtol=1e-4, atol=1e-6)
-    assert not np.allclose(reference.weights()[0][0], weights[0][0])
+    assert not np.allclose(reference[0][0], weights[0][0])
 
 
 def test_hand_written_epoch_equals_fit():
