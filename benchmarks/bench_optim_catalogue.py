@@ -6,11 +6,12 @@ biases) and a fixed gradient; the loss, its gradient and the forward pass are le
 figure is the optimizer's own work. Each optimizer is timed in turns with `fo.adam(1e-3)`
 (`benchmarks.timing.measure_interleaved`), and the ratio of the two medians is reported.
 
-The params and state are donated, as `funcnet.train`'s step donates them. `polyak_sgd` and
-`lbfgs` get the extra args `value`, `grad` and `value_fn` of the quadratic ``½‖x − x*‖²``,
+The params and state are donated, as `funcnet.train`'s step donates them. `polyak_sgd`,
+`lbfgs` and `sam` get the extra args `value`, `grad` and `value_fn` of the quadratic ``½‖x − x*‖²``,
 whose gradient replaces the fixed one for them; its Hessian is the identity, so L-BFGS's line
 search accepts its first trial and the figure is the direction plus one value-and-gradient of
-that cheap function (on a network each trial costs a forward and backward pass more).
+that cheap function (on a network each trial costs a forward and backward pass more; so does
+SAM's second gradient).
 
     python -m benchmarks.bench_optim_catalogue            # 15 repeats of about 0.1 s
     python -m benchmarks.bench_optim_catalogue --smoke    # one short repeat
@@ -56,6 +57,7 @@ def optimizers() -> dict[str, fo.GradientTransformation]:
         "schedule_free_adamw": fo.schedule_free_adamw(),
         "muon": fo.muon(0.02),
         "prodigy": fo.prodigy(),
+        "sam": fo.sam(fo.adam(1e-3)),
     }
 
 

@@ -17,7 +17,8 @@ gradient as extra args of `update`, which `funcnet.train`'s steps pass; so do `p
 level (`contrib.py`: `lookahead`, `schedule_free`) wraps another optimizer and keeps any
 second copy of the params in its state, so the train step's params stay a plain pytree;
 `muon` (`orthogonal.py`) orthogonalises the momentum of the matrices and gives the other
-leaves to Adam; `prodigy` (`parameter_free.py`) estimates its own step size.
+leaves to Adam; `prodigy` (`parameter_free.py`) estimates its own step size; `sam`
+(`sharpness.py`) takes the loss as the extra arg `value_fn` for its second gradient.
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -141,6 +142,7 @@ from funcnet.optim.schedules import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
+from funcnet.optim.sharpness import SAMState, sam
 from funcnet.optim.transforms import (
     AddDecayedWeightsState,
     AddNoiseState,
@@ -315,6 +317,9 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     # Learning-rate free: the step estimated from the run.
     "prodigy",
     "ProdigyState",
+    # Sharpness-aware: the gradient at the worst nearby point (the loss as an extra arg).
+    "sam",
+    "SAMState",
     # Optimizers that take curvature as extra args of `update`, with their states.
     "adahessian",
     "hessian_free",

@@ -49,17 +49,24 @@ class Run:
     gradient is taken at, `seen(p, state)` the pair compared at each step (the params the
     gradient is taken at, the params to evaluate)."""
 
-    def __init__(self, opt, apply, start, at, seen):
+    def __init__(self, opt, apply, start, at, seen, extra=None):
         self.opt, self.apply, self.start, self.at, self.seen = opt, apply, start, at, seen
+        self.extra = extra or (lambda value, g, loss: dict(value=value, grad=g, value_fn=loss))
 
 
 def _ours(opt, evaluate):
     return Run(opt, fo.apply_updates, lambda p: p, lambda p: p, lambda p, s: (p, evaluate(p, s)))
 
 
+def _alone(opt, apply=fo.apply_updates, extra=None):
+    """A run compared on its params alone."""
+    same = lambda p: p
+    return Run(opt, apply, same, same, lambda p, s: (p,), extra)
+
+
 def _paths(runs, params, loss, steps=STEPS):
     """What each run `seen` after each step, all runs in one jitted scan. Optimizers that take
-    extra args get `value`, `grad` and `value_fn`."""
+    extra args get `value`, `grad` and `value_fn`, or the run's own `extra`."""
 
     def run(params):
         def step(carry, _):
@@ -67,7 +74,7 @@ def _paths(runs, params, loss, steps=STEPS):
             for r, (p, state) in zip(runs, carry, strict=True):
                 value, g = jax.value_and_grad(loss)(r.at(p))
                 if fo.accepts_extra_args(r.opt):
-                    updates, state = r.opt.update(g, state, p, value=value, grad=g, value_fn=loss)
+                    updates, state = r.opt.update(g, state, p, **r.extra(value, g, loss))
                 else:
                     updates, state = r.opt.update(g, state, p)
                 p = r.apply(p, updates)
@@ -138,8 +145,8 @@ def test_lookahead_passes_extra_args_to_a_fast_optimizer_that_takes_them():
     # With one sync step and α = 1 lookahead is its fast optimizer.
     paths = _paths(
         [
-            _ours(fo.lookahead(fo.polyak_sgd(0.1), 1, 1.0), lambda p, s: p),
-            _ours(fo.polyak_sgd(0.1), lambda p, s: p),
+            _alone(fo.lookahead(fo.polyak_sgd(0.1), 1, 1.0)),
+            _alone(fo.polyak_sgd(0.1)),
         ],
         params,
         loss,
@@ -263,6 +270,8 @@ def test_schedule_free_eval_params_wants_its_state():
         (lambda: fo.prodigy(beta3=-0.1), "prodigy: beta3 must lie in"),
         (lambda: fo.prodigy(estim_lr0=0.0), "prodigy: estim_lr0 must be a finite number > 0"),
         (lambda: fo.prodigy(weight_decay=-1.0), "prodigy: weight_decay must be"),
+        (lambda: fo.sam(fo.sgd(0.1), rho=0.0), "sam: rho must be a finite number > 0"),
+        (lambda: fo.sam(fo.sgd(0.1), eta=-1.0), "sam: eta must be a finite number >= 0"),
         (lambda: fo.muon(0.0), "muon: learning_rate must be"),
         (lambda: fo.muon(0.1, beta=1.0), "muon: beta must lie in"),
         (lambda: fo.muon(0.1, ns_steps=0), "muon: ns_steps must be a positive int"),
@@ -295,11 +304,7 @@ def _muon_problem():
 
 
 def _plain_pair(ours, theirs):
-    same = lambda p: p
-    return [
-        Run(ours, fo.apply_updates, same, same, lambda p, s: (p,)),
-        Run(theirs, optax.apply_updates, same, same, lambda p, s: (p,)),
-    ]
+    return [_alone(ours), _alone(theirs, optax.apply_updates)]
 
 
 def _optax_schedule(count):
@@ -434,6 +439,95 @@ def _warmup_to_one(count):
     return jnp.minimum(1.0, (jnp.asarray(count, jnp.float64) + 1) / 8)
 
 
+# SAM and ASAM: against the papers' algorithm as a NumPy loop, and against optax's opaque SAM.
+
+
+def _numpy_sam(params, loss, lr, rho, adaptive=False, eta=0.01, steps=20):
+    """Foret et al.'s Algorithm 1 with plain SGD as the base step (Kwon et al.'s ASAM with
+    `adaptive`), in NumPy on the flat params; only the gradients come from JAX."""
+    x, unravel = jax.flatten_util.ravel_pytree(params)
+    x = np.asarray(x)
+
+    flat_grad = jax.jit(lambda v: jax.flatten_util.ravel_pytree(jax.grad(loss)(unravel(v)))[0])
+
+    def grad(v):
+        return np.asarray(flat_grad(v))
+
+    path = []
+    for _ in range(steps):
+        g = grad(x)
+        if adaptive:
+            t = np.abs(x) + eta
+            eps = rho * t**2 * g / np.linalg.norm(t * g)
+        else:
+            eps = rho * g / np.linalg.norm(g)
+        x = x - lr * grad(x + eps)
+        path.append(x)
+    return np.stack(path)
+
+
+def test_sam_and_asam_follow_the_papers_algorithm():
+    params, loss = _problem()
+    runs = [
+        _alone(fo.sam(fo.sgd(0.02), rho=0.1)),
+        _alone(fo.sam(fo.sgd(0.02), rho=0.5, adaptive=True, eta=0.1)),
+    ]
+    paths = _paths(runs, params, loss, steps=20)
+    wants = [
+        _numpy_sam(params, loss, 0.02, 0.1),
+        _numpy_sam(params, loss, 0.02, 0.5, adaptive=True, eta=0.1),
+    ]
+    for (got,), want in zip(paths, wants, strict=True):
+        got = flat(got, 1)
+        assert np.abs(got[-1] - flat(params)).max() > 1e-3
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # SAM's second gradient changes the path: plain SGD's differs.
+    sgd = _paths([_alone(fo.sgd(0.02))], params, loss, steps=20)
+    assert np.abs(flat(sgd[0][0], 1) - flat(paths[0][0], 1)).max() > 1e-4
+
+
+def _optax_sam(optimizer, rho):
+    """optax's SAM in its opaque mode: one normalised ascent step of size ρ, then
+    `optimizer` fed the gradient there."""
+    adversary = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+    return optax.contrib.sam(optimizer, adversary, sync_period=2, opaque_mode=True)
+
+
+def _optax_run(opt):
+    """optax's SAM gets `grad_fn(params, i)`, not the loss."""
+    extra = lambda value, g, loss: dict(grad_fn=lambda p, i: jax.grad(loss)(p))
+    return _alone(opt, optax.apply_updates, extra)
+
+
+def test_sam_matches_optaxs_opaque_sam_in_float64():
+    params, loss = _problem()
+    runs = [
+        _alone(fo.sam(fo.radam(0.05))),
+        _optax_run(_optax_sam(optax.radam(0.05), 0.05)),
+        _alone(fo.sam(fo.adabelief(0.05), rho=0.2)),
+        _optax_run(_optax_sam(optax.adabelief(0.05), 0.2)),
+    ]
+    paths = _paths(runs, params, loss)
+    _assert_pairs_agree(paths, params)
+
+
+def test_sam_takes_grad_fn_and_asks_for_the_loss():
+    params, loss = _problem()
+    opt = fo.sam(fo.sgd(0.1))
+    state = opt.init(params)
+    g = jax.grad(loss)(params)
+    by_value, _ = opt.update(g, state, params, value_fn=loss)
+    by_grad, _ = opt.update(g, state, params, grad_fn=jax.grad(loss))
+    np.testing.assert_array_equal(flat(by_value), flat(by_grad))
+    with pytest.raises(TypeError, match=r"sam: update needs the extra arg `value_fn`"):
+        opt.update(g, state, params)
+    # A zero gradient makes no perturbation, not a NaN.
+    zero = jax.tree.map(jnp.zeros_like, g)
+    for adaptive in (False, True):
+        step, _ = fo.sam(fo.sgd(0.1), adaptive=adaptive).update(zero, state, params, value_fn=loss)
+        np.testing.assert_allclose(flat(step), -0.1 * flat(g), rtol=1e-12)
+
+
 # In `fit`: the train state holds the plain params; the slow or eval params come from the
 # optimizer state.
 
@@ -451,9 +545,9 @@ def _blobs(n=64):
     ("opt", "evaluate"),
     [
         (fo.lookahead(fo.adam(0.05), 4, 0.5), lambda s, p: fo.lookahead_slow_params(s)),
-        (fo.schedule_free_adamw(0.05), fo.schedule_free_eval_params),
+        (fo.sam(fo.adam(0.05)), lambda s, p: p),
     ],
-    ids=["lookahead", "schedule_free_adamw"],
+    ids=["lookahead", "sam"],
 )
 def test_fit_trains_with_the_params_a_plain_pytree(opt, evaluate):
     x, y = _blobs()
