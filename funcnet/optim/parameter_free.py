@@ -21,6 +21,7 @@ from funcnet.optim.base import (
     increment,
     zeros_like,
 )
+from funcnet.optim.contrib import _copy, _lowest_dtype
 
 __all__ = ["ProdigyState", "prodigy"]
 
@@ -96,13 +97,12 @@ def prodigy(
     check_positive("prodigy", "weight_decay", weight_decay, allow_zero=True)
 
     def init_fn(params: Params) -> ProdigyState:
-        dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
-        dtype = min(dtypes, key=lambda d: jnp.finfo(d).bits) if dtypes else float
+        dtype = _lowest_dtype(params)
         return ProdigyState(
             exp_avg=zeros_like(params),
             exp_avg_sq=zeros_like(params),
             grad_sum=zeros_like(params),
-            params0=jax.tree.map(lambda x: jnp.array(x, copy=True), params),
+            params0=_copy(params),
             estim_lr=jnp.asarray(estim_lr0, dtype),
             numerator_weighted=jnp.zeros([], dtype),
             count=jnp.zeros([], jnp.int32),
