@@ -4,6 +4,7 @@ Over devices: 8 forced host devices in a subprocess (the device count is fixed w
 starts). Over processes: two local processes joined through `funcnet.launch` on 127.0.0.1.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from tests.train.dp_common import SETTINGS, global_data, model
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
 def single_device_params():
+    """One device's params after `fit`, trained once for both comparisons."""
     result = fn.train.fit(model(), fn.optim.adam(1e-2), global_data(), progress=False, **SETTINGS)
     return jax.tree.map(np.asarray, result.state.params)
 
