@@ -117,7 +117,7 @@ def test_hessian_top_eigenvalues_match_the_dense_hessian(run_dir, capsys, tmp_pa
     def loss(theta):
         return losses.softmax_cross_entropy(written_out_logits(unravel(theta), x[:100]), y[:100])
 
-    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))[::-1]
+    dense = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(loss))(flat), np.float64))[::-1]
     assert report["params"] == flat.size == 2 * 12 + 12 + 12 * 2 + 2
     np.testing.assert_allclose(report["top_eigenvalues"], dense[:3], rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(report["trace"], dense.sum(), atol=6 * report["trace_stderr"] + 1e-4)
