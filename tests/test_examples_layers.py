@@ -8,7 +8,8 @@ def load(name):
 
 
 def test_cnn_with_batch_norm_reaches_98_percent_on_digits():
-    results = load("cnn_digits").main()
+    # Half the example's 20 epochs: about 99% already (99.4% after 20).
+    results = load("cnn_digits").main(epochs=10)
     assert results["test_accuracy"] >= 0.98
 
 
