@@ -1,7 +1,45 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the order the test files are handed to the workers."""
 
 import jax
 import pytest
+
+# The slowest files, slowest first (seconds alone on a quiet 2-core machine, roughly). The
+# two xdist workers take whole files from one queue; xdist orders it by the number of tests
+# per file, which leaves slow files of few tests (the benchmarks' smoke run, the docs, the
+# determinism check) to the end, where one worker runs them while the other waits. These go
+# first instead (longest first), the rest after them in collection order.
+SLOWEST_FIRST = [
+    "tests/test_benchmarks.py",  # 100
+    "tests/diff/test_diff_per_example.py",  # 80
+    "tests/nn/test_precision.py",  # 70
+    "tests/test_properties.py",  # 60
+    "tests/train/test_train_data_parallel.py",  # 60
+    "tests/train/test_train_nonfinite.py",  # 55
+    "tests/test_edge_cases.py",  # 55
+    "tests/test_docs.py",  # 50, in two processes
+    "tests/train/test_partition.py",  # 50
+    "tests/test_losses.py",  # 45
+    "tests/diff/test_diff_matrix_calculus.py",  # 40
+    "tests/test_cli_interrupt.py",  # 35
+    "tests/test_cli.py",  # 35
+    "tests/test_launch_failures.py",  # 35
+    "tests/test_cli_growth.py",  # 35
+    "tests/train/test_train_loop.py",  # 35
+    "tests/train/test_train_growth.py",  # 35
+    "tests/test_examples_layers.py",  # 30
+    "tests/nn/test_activations.py",  # 30
+    "tests/train/test_train_precision_digits.py",  # 30
+]
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist's reordering by test count
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture
