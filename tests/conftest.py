@@ -1,7 +1,23 @@
-"""Shared fixtures, and the order the test files are handed to the workers."""
+"""Shared fixtures, the XLA flags every test process compiles with, and the order the test
+files are handed to the workers."""
+
+import os
 
 import jax
 import pytest
+
+# The suite's programs are tiny, so compiling them is most of its time. XLA's cheaper
+# compile passes (LLVM at -O0 without its expensive passes, as `make soak` and the docs run
+# use) make that about a third cheaper; the HLO XLA runs is the same, the machine code less
+# optimised, so results may differ from a default build in the last bits, within every
+# tolerance here. Set here, before JAX starts its backend, so the processes tests start
+# inherit them too. FUNCNET_TEST_XLA=default keeps XLA's defaults (what users run).
+FAST_XLA = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+if os.environ.get("FUNCNET_TEST_XLA") != "default":
+    _flags = os.environ.get("XLA_FLAGS", "").split()
+    _named = {flag.split("=")[0] for flag in _flags}
+    _flags += [flag for flag in FAST_XLA if flag.split("=")[0] not in _named]
+    os.environ["XLA_FLAGS"] = " ".join(_flags)
 
 # The slowest files, slowest first (seconds alone on a quiet 2-core machine, roughly). The
 # two xdist workers take whole files from one queue; xdist orders it by the number of tests
