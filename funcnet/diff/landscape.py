@@ -22,7 +22,9 @@ and scanned, so a list of many equal batches and a last, smaller one compiles to
 not one call per batch.
 
 With `has_aux=True`, `f` returns `(loss, metric)`, a scalar metric such as the accuracy,
-averaged over batches the same way and returned beside the losses.
+averaged over batches the same way and returned beside the losses. `chunk_size` is the
+number of grid points evaluated at once under `vmap` (default 32; None evaluates all at
+once).
 
 The grid functions are compiled with `jax.jit`, keyed on the identity of `f` and on
 `has_aux` and `chunk_size`: the same `f` with new params, directions, grids or batches of
@@ -208,16 +210,11 @@ def linear_interpolation(
     (Goodfellow et al. 2015 plot α ∈ [−0.5, 1.5] from an initialisation to a solution).
 
     Args:
-      f: the loss, `f(params)`, or `f(params, batch)` with `batch` or `batches` (module doc);
-        with `has_aux`, it returns `(loss, metric)`, both scalars.
+      f: the loss (module doc).
       params0: the pytree θ₀ of float arrays.
       params1: the pytree θ₁, with θ₀'s structure and shapes.
       alphas: the grid, shape `(g,)`.
-      batch: one batch for `f(params, batch)`.
-      batches: a list of batches for `f(params, batch)`; the loss is their mean weighted by
-        batch size.
-      has_aux: whether `f` returns `(loss, metric)`.
-      chunk_size: grid points evaluated at once under `vmap`; None evaluates all at once.
+      batch, batches, has_aux, chunk_size: as in the module doc.
 
     Returns:
       `LossLine(alphas, losses, accuracy)`, each of shape `(g,)` (accuracy None without
@@ -230,13 +227,10 @@ def linear_interpolation(
         source="params1",
     )
     _check_float(params0, what="linear_interpolation: params0")
-    dtype = _float_dtype(params0)
-    alphas = _grid(alphas, dtype, name="alphas", caller="linear_interpolation")
-    groups = _batch_groups(batch, batches, caller="linear_interpolation")
-    _check_chunk_size(chunk_size, caller="linear_interpolation")
+    alphas = _grid(alphas, _float_dtype(params0), name="alphas", caller="linear_interpolation")
     weights = jnp.stack([1 - alphas, alphas], axis=1)
-    losses, metric = _grid_losses(
-        f, (params0, params1), weights, groups, has_aux=has_aux, chunk_size=chunk_size
+    losses, metric = _on_grid(
+        "linear_interpolation", f, (params0, params1), weights, batch, batches, has_aux, chunk_size
     )
     return LossLine(alphas, losses, metric)
 
@@ -260,29 +254,21 @@ def loss_line(
     the curvature dᵀAd along d, for every α and h.
 
     Args:
-      f: the loss, `f(params)`, or `f(params, batch)` with `batch` or `batches` (module doc);
-        with `has_aux`, it returns `(loss, metric)`, both scalars.
+      f: the loss (module doc).
       params: the centre θ, a pytree of float arrays.
       direction: d, with θ's structure and shapes.
       alphas: the grid, shape `(g,)`; include 0 to have the loss at θ itself.
-      batch: one batch for `f(params, batch)`.
-      batches: a list of batches for `f(params, batch)`; the loss is their mean weighted by
-        batch size.
-      has_aux: whether `f` returns `(loss, metric)`.
-      chunk_size: grid points evaluated at once under `vmap`; None evaluates all at once.
+      batch, batches, has_aux, chunk_size: as in the module doc.
 
     Returns:
       `LossLine(alphas, losses, accuracy)`, each of shape `(g,)` (accuracy None without
       `has_aux`).
     """
     _check_directions(params, [direction], caller="loss_line")
-    dtype = _float_dtype(params)
-    alphas = _grid(alphas, dtype, name="alphas", caller="loss_line")
-    groups = _batch_groups(batch, batches, caller="loss_line")
-    _check_chunk_size(chunk_size, caller="loss_line")
+    alphas = _grid(alphas, _float_dtype(params), name="alphas", caller="loss_line")
     weights = jnp.stack([jnp.ones_like(alphas), alphas], axis=1)
-    losses, metric = _grid_losses(
-        f, (params, direction), weights, groups, has_aux=has_aux, chunk_size=chunk_size
+    losses, metric = _on_grid(
+        "loss_line", f, (params, direction), weights, batch, batches, has_aux, chunk_size
     )
     return LossLine(alphas, losses, metric)
 
@@ -305,17 +291,12 @@ def loss_surface(
     plot of Li et al. (2018). All g₁·g₂ grid points run in one compiled program.
 
     Args:
-      f: the loss, `f(params)`, or `f(params, batch)` with `batch` or `batches` (module doc);
-        with `has_aux`, it returns `(loss, metric)`, both scalars.
+      f: the loss (module doc).
       params: the centre θ, a pytree of float arrays.
       directions: `(d₁, d₂)`, each with θ's structure and shapes.
       alphas: the grid along d₁, shape `(g₁,)`.
       betas: the grid along d₂, shape `(g₂,)`; default `alphas`.
-      batch: one batch for `f(params, batch)`.
-      batches: a list of batches for `f(params, batch)`; the loss is their mean weighted by
-        batch size.
-      has_aux: whether `f` returns `(loss, metric)`.
-      chunk_size: grid points evaluated at once under `vmap`; None evaluates all at once.
+      batch, batches, has_aux, chunk_size: as in the module doc.
 
     Returns:
       `LossSurface(alphas, betas, losses, accuracy)`: losses (and accuracy, None without
@@ -331,12 +312,10 @@ def loss_surface(
     dtype = _float_dtype(params)
     alphas = _grid(alphas, dtype, name="alphas", caller="loss_surface")
     betas = alphas if betas is None else _grid(betas, dtype, name="betas", caller="loss_surface")
-    groups = _batch_groups(batch, batches, caller="loss_surface")
-    _check_chunk_size(chunk_size, caller="loss_surface")
     a, b = jnp.meshgrid(alphas, betas, indexing="ij")
     weights = jnp.stack([jnp.ones(a.size, dtype), a.ravel(), b.ravel()], axis=1)
-    losses, metric = _grid_losses(
-        f, (params, *directions), weights, groups, has_aux=has_aux, chunk_size=chunk_size
+    losses, metric = _on_grid(
+        "loss_surface", f, (params, *directions), weights, batch, batches, has_aux, chunk_size
     )
     shape = (alphas.size, betas.size)
     return LossSurface(
@@ -345,6 +324,13 @@ def loss_surface(
 
 
 # The compiled evaluation.
+
+
+def _on_grid(caller, f, trees, weights, batch, batches, has_aux, chunk_size):
+    """Checks the batches and `chunk_size`, then evaluates `_grid_losses`."""
+    groups = _batch_groups(batch, batches, caller=caller)
+    _check_chunk_size(chunk_size, caller=caller)
+    return _grid_losses(f, trees, weights, groups, has_aux=has_aux, chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("f", "has_aux", "chunk_size"))
