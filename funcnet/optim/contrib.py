@@ -34,6 +34,7 @@ from funcnet.optim.base import (
     OptState,
     Params,
     ScalarOrSchedule,
+    TransformUpdateExtraArgsFn,
     Updates,
     accepts_extra_args,
     bias_correction,
@@ -61,23 +62,17 @@ __all__ = [
 def _wrapper(
     inner: GradientTransformation,
     init_fn: Callable[[Params], OptState],
-    update_fn: Callable[..., tuple[Updates, OptState]],
+    update_fn: TransformUpdateExtraArgsFn,
 ) -> GradientTransformation:
     """`(init_fn, update_fn)` as a transformation that takes extra args exactly when `inner`
-    does; `update_fn(updates, state, params, extra_args)` gets them as a dict."""
+    does; otherwise `update_fn(updates, state, params)` is called without any."""
     if accepts_extra_args(inner):
-
-        def update_extra(
-            updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
-        ) -> tuple[Updates, OptState]:
-            return update_fn(updates, state, params, extra_args)
-
-        return GradientTransformationExtraArgs(init_fn, update_extra)
+        return GradientTransformationExtraArgs(init_fn, update_fn)
 
     def update_plain(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
-        return update_fn(updates, state, params, {})
+        return update_fn(updates, state, params)
 
     return GradientTransformation(init_fn, update_plain)
 
@@ -161,10 +156,7 @@ def lookahead(
         )
 
     def update_fn(
-        updates: Updates,
-        state: LookaheadState,
-        params: Params | None,
-        extra_args: dict[str, Any],
+        updates: Updates, state: LookaheadState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, LookaheadState]:
         _needs_params("lookahead", params)
         check_fits(params, state.slow)
@@ -279,10 +271,7 @@ def schedule_free(
         )
 
     def update_fn(
-        grads: Updates,
-        state: ScheduleFreeState,
-        params: Params | None,
-        extra_args: dict[str, Any],
+        updates: Updates, state: ScheduleFreeState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, ScheduleFreeState]:
         _needs_params("schedule_free", params)
         check_fits(params, state.z)
@@ -298,7 +287,7 @@ def schedule_free(
             jnp.nan_to_num(weight / weight_sum, nan=0.0, posinf=jnp.inf),
         )
         base_updates, base_state = _inner_update(
-            base_optimizer, grads, state.base_optimizer_state, params, extra_args
+            base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
         z = jax.tree.map(lambda zi, u: (zi + u).astype(zi.dtype), state.z, base_updates)
         x = jax.tree.map(lambda y, zi: (y - (1.0 - b1) * zi) / b1, params, state.z)
