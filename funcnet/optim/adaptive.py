@@ -36,7 +36,15 @@ from funcnet.optim.base import (
     zeros_like,
 )
 from funcnet.optim.base import bias_correction as correct_bias
-from funcnet.optim.transforms import _cast_like, _check_betas, _zero_count
+from funcnet.optim.transforms import (
+    MomentsState,
+    ScaleByAdamState,
+    _adam_moments,
+    _cast_like,
+    _check_betas,
+    _init_moments,
+    _zero_count,
+)
 
 __all__ = [
     "ScaleByAdanState",
@@ -82,24 +90,25 @@ def _rms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x)))
 
 
-def _nesterov_mean(mu: Updates, updates: Updates, b1: float, count: jax.Array) -> Updates:
-    """Nesterov's look-ahead first moment, `β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ)`."""
+def _debiased_mean(
+    mu: Updates, updates: Updates, b1: float, count: jax.Array, nesterov: bool
+) -> Updates:
+    """The bias-corrected first moment `m / (1 − β₁ᵗ)`, or with `nesterov` its look-ahead
+    `β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ)`."""
+    if not nesterov:
+        return correct_bias(mu, b1, count)
     ahead = correct_bias(mu, b1, increment(count))
     now = correct_bias(_cast_like(updates, mu), b1, count)
     return jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, ahead, now)
 
 
-# Adam's relatives.
+# Adam's relatives. Those that keep a count and two moments share `MomentsState`; the old
+# names of their states stay importable.
 
-
-class ScaleByAmsgradState(NamedTuple):
-    """`count`: int32 scalar; `mu`, `nu`: first and second moments; `nu_max`: the running
-    maximum of the bias-corrected second moment."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
-    nu_max: Updates
+ScaleByAmsgradState = ScaleByAdamState
+ScaleByBeliefState = MomentsState
+ScaleByRAdamState = MomentsState
+ScaleByYogiState = MomentsState
 
 
 def scale_by_amsgrad(
@@ -116,6 +125,7 @@ def scale_by_amsgrad(
 
     The maximum is of the bias-corrected `v` (optax); torch's `Adam(amsgrad=True)`, which is
     `scale_by_adam(amsgrad=True)`, keeps the maximum of the raw `v` and corrects it after.
+    The state is a `ScaleByAdamState` with `nu_max` = `v̂_max`.
 
     Args:
       b1: decay `β₁` of the first moment.
@@ -126,34 +136,23 @@ def scale_by_amsgrad(
     _check_betas("scale_by_amsgrad", b1, b2, eps)
     check_positive("scale_by_amsgrad", "eps_root", eps_root, allow_zero=True)
 
-    def init_fn(params: Params) -> ScaleByAmsgradState:
-        return ScaleByAmsgradState(
+    def init_fn(params: Params) -> ScaleByAdamState:
+        return ScaleByAdamState(
             _zero_count(), zeros_like(params), zeros_like(params), zeros_like(params)
         )
 
     def update_fn(
-        updates: Updates, state: ScaleByAmsgradState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAmsgradState]:
+        updates: Updates, state: ScaleByAdamState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByAdamState]:
         del params
-        count = increment(state.count)
-        mu = update_moment(updates, state.mu, b1, 1)
-        nu = update_moment(updates, state.nu, b2, 2)
+        count, mu, nu = _adam_moments(updates, state, b1, b2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, correct_bias(nu, b2, count))
         out = jax.tree.map(
             lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), correct_bias(mu, b1, count), nu_max
         )
-        return _cast_like(out, updates), ScaleByAmsgradState(count, mu, nu, nu_max)
+        return _cast_like(out, updates), ScaleByAdamState(count, mu, nu, nu_max)
 
     return GradientTransformation(init_fn, update_fn)
-
-
-class ScaleByBeliefState(NamedTuple):
-    """`count`: int32 scalar; `mu`: first moment `m`; `nu`: the mean square `s` of the
-    prediction error `g − m`."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
 
 
 def scale_by_belief(
@@ -173,6 +172,8 @@ def scale_by_belief(
         m̂ ← m / (1 − β₁ᵗ)      (Nesterov: β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ))
         u ← m̂ / (√(s / (1 − β₂ᵗ)) + ε)
 
+    The state is a `MomentsState` whose `nu` is `s`, the mean square of the prediction error.
+
     Args:
       b1: decay `β₁` of the first moment.
       b2: decay `β₂` of the mean square of the prediction error.
@@ -183,35 +184,21 @@ def scale_by_belief(
     _check_betas("scale_by_belief", b1, b2, eps)
     check_positive("scale_by_belief", "eps_root", eps_root, allow_zero=True)
 
-    def init_fn(params: Params) -> ScaleByBeliefState:
-        return ScaleByBeliefState(_zero_count(), zeros_like(params), zeros_like(params))
-
     def update_fn(
-        updates: Updates, state: ScaleByBeliefState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByBeliefState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         del params
-        count = increment(state.count)
         mu = update_moment(updates, state.mu, b1, 1)
         error = jax.tree.map(lambda g, m: g.astype(m.dtype) - m, updates, mu)
         nu = jax.tree.map(lambda s: s + eps_root, update_moment(error, state.nu, b2, 2))
-        if nesterov:
-            mu_hat = _nesterov_mean(mu, updates, b1, count)
-        else:
-            mu_hat = correct_bias(mu, b1, count)
+        count = increment(state.count)
+        mu_hat = _debiased_mean(mu, updates, b1, count, nesterov)
         out = jax.tree.map(
             lambda m, s: m / (jnp.sqrt(s) + eps), mu_hat, correct_bias(nu, b2, count)
         )
-        return _cast_like(out, updates), ScaleByBeliefState(count, mu, nu)
+        return _cast_like(out, updates), MomentsState(count, mu, nu)
 
-    return GradientTransformation(init_fn, update_fn)
-
-
-class ScaleByRAdamState(NamedTuple):
-    """`count`: int32 scalar; `mu`, `nu`: first and second moments."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
+    return GradientTransformation(_init_moments, update_fn)
 
 
 def scale_by_radam(
@@ -235,6 +222,8 @@ def scale_by_radam(
         u ← r_t·m̂ / (√(v / (1 − β₂ᵗ) + ε_root) + ε)    if ρ_t ≥ threshold
         u ← m̂                                           otherwise (momentum SGD)
 
+    The state is a `MomentsState`.
+
     Args:
       b1: decay `β₁` of the first moment.
       b2: decay `β₂` of the second moment.
@@ -251,38 +240,25 @@ def scale_by_radam(
         raise ValueError(f"scale_by_radam: threshold must be >= 4, got {threshold!r}")
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
-    def init_fn(params: Params) -> ScaleByRAdamState:
-        return ScaleByRAdamState(_zero_count(), zeros_like(params), zeros_like(params))
-
     def update_fn(
-        updates: Updates, state: ScaleByRAdamState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByRAdamState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         del params
-        count = increment(state.count)
-        mu = update_moment(updates, state.mu, b1, 1)
-        nu = update_moment(updates, state.nu, b2, 2)
+        count, mu, nu = _adam_moments(updates, state, b1, b2)
         t = count.astype(_scalar_dtype())
         b2t = b2**t
         rho = rho_inf - 2 * t * b2t / (1 - b2t)
         r = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-        mu_hat = _nesterov_mean(mu, updates, b1, count) if nesterov else correct_bias(mu, b1, count)
+        mu_hat = _debiased_mean(mu, updates, b1, count, nesterov)
 
         def rectified(m: jax.Array, v: jax.Array) -> jax.Array:
             adapted = r.astype(m.dtype) * m / (jnp.sqrt(v + eps_root) + eps)
             return jnp.where(rho >= threshold, adapted, m)
 
         out = jax.tree.map(rectified, mu_hat, correct_bias(nu, b2, count))
-        return _cast_like(out, updates), ScaleByRAdamState(count, mu, nu)
+        return _cast_like(out, updates), MomentsState(count, mu, nu)
 
-    return GradientTransformation(init_fn, update_fn)
-
-
-class ScaleByYogiState(NamedTuple):
-    """`count`: int32 scalar; `mu`, `nu`: first and second moments."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
+    return GradientTransformation(_init_moments, update_fn)
 
 
 def scale_by_yogi(
@@ -302,7 +278,8 @@ def scale_by_yogi(
         u ← [m / (1 − β₁ᵗ)] / (√(v / (1 − β₂ᵗ) + ε_root) + ε)
 
     `v` moves towards `g²` by an additive step, where Adam's moves by a multiplicative one, so
-    a burst of large gradients cannot make the effective rate jump.
+    a burst of large gradients cannot make the effective rate jump. The state is a
+    `MomentsState`.
 
     Args:
       b1: decay `β₁` of the first moment.
@@ -317,31 +294,31 @@ def scale_by_yogi(
         "scale_by_yogi", "initial_accumulator_value", initial_accumulator_value, allow_zero=True
     )
 
-    def init_fn(params: Params) -> ScaleByYogiState:
+    def init_fn(params: Params) -> MomentsState:
         def start() -> Updates:  # one buffer per moment, so that a donated state stays valid
             return jax.tree.map(lambda z: z + initial_accumulator_value, zeros_like(params))
 
-        return ScaleByYogiState(_zero_count(), start(), start())
+        return MomentsState(_zero_count(), start(), start())
 
     def update_fn(
-        updates: Updates, state: ScaleByYogiState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByYogiState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         del params
-        count = increment(state.count)
         mu = update_moment(updates, state.mu, b1, 1)
-        check_fits(updates, state.nu)
 
         def second(g: jax.Array, v: jax.Array) -> jax.Array:
             g2 = jnp.square(g.astype(v.dtype))
             return (v - (1 - b2) * jnp.sign(v - g2) * g2).astype(v.dtype)
 
+        check_fits(updates, state.nu)
         nu = jax.tree.map(second, updates, state.nu)
+        count = increment(state.count)
         out = jax.tree.map(
             lambda m, v: m / (jnp.sqrt(v + eps_root) + eps),
             correct_bias(mu, b1, count),
             correct_bias(nu, b2, count),
         )
-        return _cast_like(out, updates), ScaleByYogiState(count, mu, nu)
+        return _cast_like(out, updates), MomentsState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -402,13 +379,13 @@ def scale_by_adan(
         updates: Updates, state: ScaleByAdanState, params: Params | None = None
     ) -> tuple[Updates, ScaleByAdanState]:
         del params
+        mu = update_moment(updates, state.mu, b1, 1)
         check_fits(updates, state.previous_gradient)
         change = jax.tree.map(
             lambda g, p: jnp.where(state.count == 0, 0, g.astype(p.dtype) - p),
             updates,
             state.previous_gradient,
         )
-        mu = update_moment(updates, state.mu, b1, 1)
         delta = update_moment(change, state.delta, b2, 1)
         ahead = jax.tree.map(lambda g, c: g.astype(c.dtype) + (1 - b2) * c, updates, change)
         nu = update_moment(ahead, state.nu, b3, 2)
@@ -428,13 +405,7 @@ def scale_by_adan(
 # Layer-wise rules: one norm per leaf.
 
 
-class ScaleByNovogradState(NamedTuple):
-    """`count`: int32 scalar; `mu`: the momentum `m`, one array per param; `nu`: the mean
-    squared norm `n` of each leaf's gradient, one scalar per param."""
-
-    count: jax.Array
-    mu: Updates
-    nu: PyTree
+ScaleByNovogradState = MomentsState
 
 
 def scale_by_novograd(
@@ -454,6 +425,9 @@ def scale_by_novograd(
         m_l ← β₁·m_l + g_l / (√(n_l + ε_root) + ε) + λ·x_l
         u_l ← m_l
 
+    The state is a `MomentsState`: `mu` is the momentum `m`, `nu` the mean squared norm `n`
+    of each leaf's gradient, one scalar per param.
+
     Args:
       b1: `β₁`, the momentum factor.
       b2: decay `β₂` of the squared norms.
@@ -465,13 +439,13 @@ def scale_by_novograd(
     check_positive("scale_by_novograd", "eps_root", eps_root, allow_zero=True)
     check_positive("scale_by_novograd", "weight_decay", weight_decay, allow_zero=True)
 
-    def init_fn(params: Params) -> ScaleByNovogradState:
+    def init_fn(params: Params) -> MomentsState:
         norms = jax.tree.map(lambda x: jnp.zeros([], jnp.result_type(x)), params)
-        return ScaleByNovogradState(_zero_count(), zeros_like(params), norms)
+        return MomentsState(_zero_count(), zeros_like(params), norms)
 
     def update_fn(
-        updates: Updates, state: ScaleByNovogradState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByNovogradState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         if params is None and not is_zero(weight_decay):
             raise ValueError("scale_by_novograd with weight_decay needs the params.")
         check_fits(updates, state.mu)
@@ -490,7 +464,7 @@ def scale_by_novograd(
             return (b1 * m + step).astype(m.dtype)
 
         mu = jax.tree.map(first, updates, nu, decay, state.mu)
-        return _cast_like(mu, updates), ScaleByNovogradState(count, mu, nu)
+        return _cast_like(mu, updates), MomentsState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
 

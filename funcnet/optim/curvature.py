@@ -41,7 +41,7 @@ from funcnet.optim.base import (
     update_moment,
     zeros_like,
 )
-from funcnet.optim.transforms import scale_by_learning_rate
+from funcnet.optim.transforms import MomentsState, _init_moments, scale_by_learning_rate
 
 __all__ = [
     "HessianFreeState",
@@ -451,12 +451,7 @@ def sophia(
 # AdaHessian.
 
 
-class ScaleByAdaHessianState(NamedTuple):
-    """`count`: int32 steps taken; `mu`: the gradient EMA `m`; `nu`: the EMA `v` of `D²`."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
+ScaleByAdaHessianState = MomentsState
 
 
 def _spatial_average(diagonal: jax.Array) -> jax.Array:
@@ -496,7 +491,8 @@ def scale_by_adahessian(
       spatial_average: average `|D|` over conv kernel windows.
 
     Returns:
-      A `GradientTransformationExtraArgs` with state `ScaleByAdaHessianState`.
+      A `GradientTransformationExtraArgs` with state `MomentsState`: `mu` is the gradient EMA
+      `m`, `nu` the EMA `v` of `D²`.
     """
     who = "scale_by_adahessian"
     _check_unit_interval(who, "b1", b1)
@@ -506,17 +502,9 @@ def scale_by_adahessian(
     if not 0 <= hessian_power <= 1:
         raise ValueError(f"{who}: hessian_power must lie in [0, 1], got {hessian_power}")
 
-    def init_fn(params: Params) -> ScaleByAdaHessianState:
-        return ScaleByAdaHessianState(
-            count=jnp.zeros([], jnp.int32), mu=zeros_like(params), nu=zeros_like(params)
-        )
-
     def update_fn(
-        updates: Updates,
-        state: ScaleByAdaHessianState,
-        params: Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[Updates, ScaleByAdaHessianState]:
+        updates: Updates, state: MomentsState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, MomentsState]:
         _require("adahessian", params, extra_args, ("value_fn", "key"))
         value_fn, key = extra_args["value_fn"], extra_args["key"]
         diagonal = _hutchinson_diagonal(value_fn, params, key, "rademacher")
@@ -533,9 +521,9 @@ def scale_by_adahessian(
             return (m / denom).astype(u.dtype)
 
         out = jax.tree.map(rescale, mu_hat, nu, updates)
-        return out, ScaleByAdaHessianState(count, mu, nu)
+        return out, MomentsState(count, mu, nu)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return GradientTransformationExtraArgs(_init_moments, update_fn)
 
 
 def adahessian(

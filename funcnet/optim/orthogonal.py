@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from funcnet._checks import check_decay, check_int, check_positive, check_rate
-from funcnet.optim.adaptive import _nesterov_mean
+from funcnet.optim.adaptive import _debiased_mean
 from funcnet.optim.base import (
     GradientTransformation,
     Params,
@@ -28,12 +28,13 @@ from funcnet.optim.base import (
     Updates,
     bias_correction,
     chain,
-    check_fits,
     increment,
     update_moment,
     zeros_like,
 )
 from funcnet.optim.transforms import (
+    MomentsState,
+    _adam_moments,
     add_decayed_weights,
     masked,
     scale_by_learning_rate,
@@ -157,13 +158,9 @@ def scale_by_muon(
     ) -> tuple[Updates, ScaleByMuonState]:
         del params
         _refuse_non_matrices("scale_by_muon", updates, advice)
-        check_fits(updates, state.mu)
-        mu = update_moment(updates, state.mu, beta, 1)
+        mu = update_moment(updates, state.mu, beta, 1)  # refuses a state of another tree
         count = increment(state.count)
-        if nesterov:
-            mu_hat = _nesterov_mean(mu, updates, beta, count)
-        else:
-            mu_hat = bias_correction(mu, beta, count)
+        mu_hat = _debiased_mean(mu, updates, beta, count, nesterov)
         out = jax.tree.map(
             lambda m: orthogonalize_via_newton_schulz(m, ns_coeffs, ns_steps, eps), mu_hat
         )
@@ -198,33 +195,23 @@ def _scale_by_shape(consistent_rms: float | None) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
-class _ScaleByAdamState(NamedTuple):
-    count: jax.Array
-    mu: Updates
-    nu: Updates
-
-
 def _scale_by_adam(
     b1: float, b2: float, eps: float, eps_root: float, nesterov: bool, mu_dtype: DTypeLike | None
 ) -> GradientTransformation:
     """optax's `scale_by_adam` (with its Nesterov option, which funcnet's `scale_by_adam`,
     torch's rule, lacks): `u ← m̂ / (√(v/(1 − β₂ᵗ) + ε_root) + ε)`."""
 
-    def init_fn(params: Params) -> _ScaleByAdamState:
-        return _ScaleByAdamState(
+    def init_fn(params: Params) -> MomentsState:
+        return MomentsState(
             jnp.zeros([], jnp.int32), zeros_like(params, mu_dtype), zeros_like(params)
         )
 
     def update_fn(
-        updates: Updates, state: _ScaleByAdamState, params: Params | None = None
-    ) -> tuple[Updates, _ScaleByAdamState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         del params
-        mu = update_moment(updates, state.mu, b1, 1)
-        nu = update_moment(updates, state.nu, b2, 2)
-        count = increment(state.count)
-        mu_hat = (
-            _nesterov_mean(mu, updates, b1, count) if nesterov else bias_correction(mu, b1, count)
-        )
+        count, mu, nu = _adam_moments(updates, state, b1, b2)
+        mu_hat = _debiased_mean(mu, updates, b1, count, nesterov)
         nu_hat = bias_correction(nu, b2, count)
         out = jax.tree.map(
             lambda m, v, g: (m / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),
@@ -232,7 +219,7 @@ def _scale_by_adam(
             nu_hat,
             updates,
         )
-        return out, _ScaleByAdamState(count, mu, nu)
+        return out, MomentsState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
 

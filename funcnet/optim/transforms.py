@@ -43,6 +43,7 @@ __all__ = [
     "EmaState",
     "MaskedNode",
     "MaskedState",
+    "MomentsState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -299,9 +300,34 @@ def scale_by_optimistic_gradient(
 # Adaptive scalings.
 
 
+class MomentsState(NamedTuple):
+    """The state of a rule that keeps a step count and two moments, as Adam's relatives do:
+    `count`, an int32 scalar; `mu`, the first moment `m`; `nu`, the rule's second moment (its
+    docstring says which), one array per param (one scalar per param for NovoGrad)."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+
+
+def _init_moments(params: Params, dtype: DTypeLike | None = None) -> MomentsState:
+    """A `MomentsState` at step 0: both moments zeros shaped like `params`, in `dtype` if given."""
+    return MomentsState(_zero_count(), zeros_like(params, dtype), zeros_like(params, dtype))
+
+
+def _adam_moments(
+    updates: Updates, state: MomentsState | ScaleByAdamState, b1: float, b2: float
+) -> tuple[jax.Array, Updates, Updates]:
+    """The step count and Adam's moments of `state` after `updates`: `t ← t + 1`,
+    `m ← β₁·m + (1 − β₁)·g`, `v ← β₂·v + (1 − β₂)·g²`."""
+    count = increment(state.count)
+    return count, update_moment(updates, state.mu, b1, 1), update_moment(updates, state.nu, b2, 2)
+
+
 class ScaleByAdamState(NamedTuple):
     """`count`: int32 scalar; `mu`, `nu`: first and second moments; `nu_max`: the running
-    maximum of `nu` (AMSGrad), `None` when not used."""
+    maximum of the second moment (AMSGrad: of `nu` for `scale_by_adam`, as torch, of the
+    bias-corrected `nu` for `scale_by_amsgrad`, as optax), `None` when not used."""
 
     count: jax.Array
     mu: Updates
@@ -355,9 +381,7 @@ def scale_by_adam(
         updates: Updates, state: ScaleByAdamState, params: Params | None = None
     ) -> tuple[Updates, ScaleByAdamState]:
         del params
-        count = increment(state.count)
-        mu = update_moment(updates, state.mu, b1, 1)
-        nu = update_moment(updates, state.nu, b2, 2)
+        count, mu, nu = _adam_moments(updates, state, b1, b2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
         mu_hat, nu_hat = mu, nu_max if amsgrad else nu
         if bias_correction:
@@ -604,12 +628,7 @@ def scale_by_nadam(
     return GradientTransformation(init_fn, update_fn)
 
 
-class ScaleByAdamaxState(NamedTuple):
-    """`count`: int32 scalar; `mu`: first moment; `nu`: the decayed infinity norm `u`."""
-
-    count: jax.Array
-    mu: Updates
-    nu: Updates
+ScaleByAdamaxState = MomentsState  # `nu`: the decayed infinity norm `n`
 
 
 def scale_by_adamax(
@@ -631,27 +650,23 @@ def scale_by_adamax(
     """
     _check_betas("scale_by_adamax", b1, b2, eps)
 
-    def init_fn(params: Params) -> ScaleByAdamaxState:
-        return ScaleByAdamaxState(
-            count=_zero_count(),
-            mu=zeros_like(params, moment_dtype),
-            nu=zeros_like(params, moment_dtype),
-        )
+    def init_fn(params: Params) -> MomentsState:
+        return _init_moments(params, moment_dtype)
 
     def update_fn(
-        updates: Updates, state: ScaleByAdamaxState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAdamaxState]:
+        updates: Updates, state: MomentsState, params: Params | None = None
+    ) -> tuple[Updates, MomentsState]:
         del params
-        count = increment(state.count)
         mu = update_moment(updates, state.mu, b1, 1)
         nu = jax.tree.map(
             lambda g, n: jnp.maximum(b2 * n, jnp.abs(g.astype(n.dtype)) + eps).astype(n.dtype),
             updates,
             state.nu,
         )
+        count = increment(state.count)
         correction = one_minus_power(b1, count)
         out = jax.tree.map(lambda m, n: m / (correction.astype(m.dtype) * n), mu, nu)
-        return _cast_like(out, updates), ScaleByAdamaxState(count, mu, nu)
+        return _cast_like(out, updates), MomentsState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
 
