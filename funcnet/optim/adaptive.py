@@ -133,8 +133,7 @@ def scale_by_amsgrad(
       eps: `ε`, added to the root.
       eps_root: `ε_root`, added inside the root.
     """
-    _check_betas("scale_by_amsgrad", b1, b2, eps)
-    check_positive("scale_by_amsgrad", "eps_root", eps_root, allow_zero=True)
+    _check_betas("scale_by_amsgrad", b1, b2, eps, eps_root=eps_root)
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -181,8 +180,7 @@ def scale_by_belief(
       eps_root: `ε_root`, added to `s` at every step (the paper's is 0).
       nesterov: use Nesterov's look-ahead first moment.
     """
-    _check_betas("scale_by_belief", b1, b2, eps)
-    check_positive("scale_by_belief", "eps_root", eps_root, allow_zero=True)
+    _check_betas("scale_by_belief", b1, b2, eps, eps_root=eps_root)
 
     def update_fn(
         updates: Updates, state: MomentsState, params: Params | None = None
@@ -199,6 +197,16 @@ def scale_by_belief(
         return _cast_like(out, updates), MomentsState(count, mu, nu)
 
     return GradientTransformation(_init_moments, update_fn)
+
+
+def _check_radam(
+    owner: str, b1: float, b2: float, eps: float, eps_root: float, threshold: float
+) -> None:
+    """Refuses, in the name of `owner`, what `scale_by_radam` refuses."""
+    _check_betas(owner, b1, b2, eps, eps_root=eps_root)
+    check_positive(owner, "threshold", threshold)
+    if isinstance(threshold, int | float) and threshold < 4:
+        raise ValueError(f"{owner}: threshold must be >= 4, got {threshold!r}")
 
 
 def scale_by_radam(
@@ -233,11 +241,7 @@ def scale_by_radam(
         which `r_t` is not real.
       nesterov: use Nesterov's look-ahead first moment.
     """
-    _check_betas("scale_by_radam", b1, b2, eps)
-    check_positive("scale_by_radam", "eps_root", eps_root, allow_zero=True)
-    check_positive("scale_by_radam", "threshold", threshold)
-    if isinstance(threshold, int | float) and threshold < 4:
-        raise ValueError(f"scale_by_radam: threshold must be >= 4, got {threshold!r}")
+    _check_radam("scale_by_radam", b1, b2, eps, eps_root, threshold)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
     def update_fn(
@@ -288,8 +292,7 @@ def scale_by_yogi(
       eps_root: `ε_root`, added inside the root.
       initial_accumulator_value: the starting value of both moments.
     """
-    _check_betas("scale_by_yogi", b1, b2, eps)
-    check_positive("scale_by_yogi", "eps_root", eps_root, allow_zero=True)
+    _check_betas("scale_by_yogi", b1, b2, eps, eps_root=eps_root)
     check_positive(
         "scale_by_yogi", "initial_accumulator_value", initial_accumulator_value, allow_zero=True
     )
@@ -335,6 +338,13 @@ class ScaleByAdanState(NamedTuple):
     previous_gradient: Updates
 
 
+def _check_adan(owner: str, b1: float, b2: float, b3: float, eps: float, eps_root: float) -> None:
+    """Refuses, in the name of `owner`, what `scale_by_adan` refuses."""
+    _check_betas(owner, b1, b2, eps)
+    check_decay(owner, "b3", b3)
+    check_positive(owner, "eps_root", eps_root, allow_zero=True)
+
+
 def scale_by_adan(
     *,
     b1: float = 0.98,
@@ -362,9 +372,7 @@ def scale_by_adan(
       eps: `ε`, added to the root.
       eps_root: `ε_root`, added inside the root.
     """
-    _check_betas("scale_by_adan", b1, b2, eps)
-    check_decay("scale_by_adan", "b3", b3)
-    check_positive("scale_by_adan", "eps_root", eps_root, allow_zero=True)
+    _check_adan("scale_by_adan", b1, b2, b3, eps, eps_root)
 
     def init_fn(params: Params) -> ScaleByAdanState:
         return ScaleByAdanState(
@@ -435,8 +443,7 @@ def scale_by_novograd(
       eps_root: `ε_root`, added inside the root.
       weight_decay: `λ`, the weight decay inside the momentum (needs the params).
     """
-    _check_betas("scale_by_novograd", b1, b2, eps)
-    check_positive("scale_by_novograd", "eps_root", eps_root, allow_zero=True)
+    _check_betas("scale_by_novograd", b1, b2, eps, eps_root=eps_root)
     check_positive("scale_by_novograd", "weight_decay", weight_decay, allow_zero=True)
 
     def init_fn(params: Params) -> MomentsState:
@@ -744,6 +751,31 @@ class ScaleByRpropState(NamedTuple):
     prev_updates: Updates
 
 
+def _check_rprop(
+    owner: str,
+    learning_rate: float,
+    eta_minus: float,
+    eta_plus: float,
+    min_step_size: float,
+    max_step_size: float,
+) -> None:
+    """Refuses, in the name of `owner`, what `scale_by_rprop` refuses."""
+    check_positive(owner, "learning_rate", learning_rate)
+    check_positive(owner, "eta_minus", eta_minus)
+    check_decay(owner, "eta_minus", eta_minus)
+    if isinstance(eta_plus, int | float) and not eta_plus > 1:
+        raise ValueError(f"{owner}: eta_plus must be > 1, got {eta_plus!r}")
+    check_positive(owner, "eta_plus", eta_plus)
+    check_positive(owner, "min_step_size", min_step_size, allow_zero=True)
+    check_positive(owner, "max_step_size", max_step_size)
+    if isinstance(min_step_size, int | float) and isinstance(max_step_size, int | float):
+        if min_step_size > max_step_size:
+            raise ValueError(
+                f"{owner}: min_step_size must be <= max_step_size = {max_step_size!r}, "
+                f"got {min_step_size!r}"
+            )
+
+
 def scale_by_rprop(
     learning_rate: float,
     *,
@@ -775,21 +807,7 @@ def scale_by_rprop(
       min_step_size: `η_min`.
       max_step_size: `η_max`.
     """
-    who = "scale_by_rprop"
-    check_positive(who, "learning_rate", learning_rate)
-    check_positive(who, "eta_minus", eta_minus)
-    check_decay(who, "eta_minus", eta_minus)
-    check_positive(who, "eta_plus", eta_plus)
-    if isinstance(eta_plus, int | float) and not eta_plus > 1:
-        raise ValueError(f"{who}: eta_plus must be > 1, got {eta_plus!r}")
-    check_positive(who, "min_step_size", min_step_size, allow_zero=True)
-    check_positive(who, "max_step_size", max_step_size)
-    if isinstance(min_step_size, int | float) and isinstance(max_step_size, int | float):
-        if min_step_size > max_step_size:
-            raise ValueError(
-                f"{who}: min_step_size must be <= max_step_size = {max_step_size!r}, "
-                f"got {min_step_size!r}"
-            )
+    _check_rprop("scale_by_rprop", learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
 
     def init_fn(params: Params) -> ScaleByRpropState:
         sizes = jax.tree.map(lambda z: z + learning_rate, zeros_like(params))

@@ -24,6 +24,9 @@ from jax.typing import DTypeLike
 
 from funcnet._checks import check_decay, check_int, check_positive, check_rate
 from funcnet.optim.adaptive import (
+    _check_adan,
+    _check_radam,
+    _check_rprop,
     clip_by_block_rms,
     scale_by_adan,
     scale_by_amsgrad,
@@ -131,8 +134,8 @@ def amsgrad(
       eps: `ε`, added to the root.
       eps_root: `ε_root`, added inside the root.
     """
-    _check_moments("amsgrad", learning_rate, b1, b2, eps, 0.0)
-    check_positive("amsgrad", "eps_root", eps_root, allow_zero=True)
+    check_rate("amsgrad", learning_rate)
+    _check_betas("amsgrad", b1, b2, eps, eps_root=eps_root)
     return chain(
         scale_by_amsgrad(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
         scale_by_learning_rate(learning_rate),
@@ -168,8 +171,8 @@ def adabelief(
       eps_root: `ε_root`, added to `s` at every step.
       nesterov: use Nesterov's look-ahead first moment.
     """
-    _check_moments("adabelief", learning_rate, b1, b2, eps, 0.0)
-    check_positive("adabelief", "eps_root", eps_root, allow_zero=True)
+    check_rate("adabelief", learning_rate)
+    _check_betas("adabelief", b1, b2, eps, eps_root=eps_root)
     return chain(
         scale_by_belief(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
@@ -209,11 +212,8 @@ def radam(
       threshold: the `ρ_t` from which the adaptive step is taken, at least 4.
       nesterov: use Nesterov's look-ahead first moment.
     """
-    _check_moments("radam", learning_rate, b1, b2, eps, 0.0)
-    check_positive("radam", "eps_root", eps_root, allow_zero=True)
-    check_positive("radam", "threshold", threshold)
-    if isinstance(threshold, int | float) and threshold < 4:
-        raise ValueError(f"radam: threshold must be >= 4, got {threshold!r}")
+    check_rate("radam", learning_rate)
+    _check_radam("radam", b1, b2, eps, eps_root, threshold)
     return chain(
         scale_by_radam(
             b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold, nesterov=nesterov
@@ -284,9 +284,7 @@ def adan(
       mask: which params decay (see `masked`); `None` decays all.
     """
     _check_rate_and_decay("adan", learning_rate, weight_decay)
-    _check_betas("adan", b1, b2, eps)
-    check_decay("adan", "b3", b3)
-    check_positive("adan", "eps_root", eps_root, allow_zero=True)
+    _check_adan("adan", b1, b2, b3, eps, eps_root)
     return chain(
         scale_by_adan(b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root),
         _decay(weight_decay, mask),
@@ -601,21 +599,7 @@ def rprop(
       min_step_size: `η_min`.
       max_step_size: `η_max`.
     """
-    who = "rprop"
-    check_positive(who, "learning_rate", learning_rate)
-    check_positive(who, "eta_minus", eta_minus)
-    check_decay(who, "eta_minus", eta_minus)
-    if isinstance(eta_plus, int | float) and not eta_plus > 1:
-        raise ValueError(f"{who}: eta_plus must be > 1, got {eta_plus!r}")
-    check_positive(who, "eta_plus", eta_plus)
-    check_positive(who, "min_step_size", min_step_size, allow_zero=True)
-    check_positive(who, "max_step_size", max_step_size)
-    if isinstance(min_step_size, int | float) and isinstance(max_step_size, int | float):
-        if min_step_size > max_step_size:
-            raise ValueError(
-                f"{who}: min_step_size must be <= max_step_size = {max_step_size!r}, "
-                f"got {min_step_size!r}"
-            )
+    _check_rprop("rprop", learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
     return chain(
         scale_by_rprop(
             learning_rate,

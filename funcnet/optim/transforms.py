@@ -87,14 +87,21 @@ def _zero_count() -> jax.Array:
 
 
 def _check_betas(
-    owner: str, b1: float, b2: float, eps: float | None, *, allow_one: bool = False
+    owner: str,
+    b1: float,
+    b2: float,
+    eps: float | None,
+    *,
+    eps_root: float = 0.0,
+    allow_one: bool = False,
 ) -> None:
-    """Refuses the betas of an Adam-like rule `owner` outside [0, 1) ([0, 1] with `allow_one`)
-    and an `eps` that is not > 0 (None: the rule has no `eps`)."""
+    """Refuses the betas of an Adam-like rule `owner` outside [0, 1) ([0, 1] with `allow_one`),
+    an `eps` that is not > 0 (None: the rule has no `eps`) and an `eps_root` below 0."""
     check_decay(owner, "b1", b1, allow_one=allow_one)
     check_decay(owner, "b2", b2, allow_one=allow_one)
     if eps is not None:
         check_positive(owner, "eps", eps)
+    check_positive(owner, "eps_root", eps_root, allow_zero=True)
 
 
 # Scaling.
