@@ -69,6 +69,25 @@ def _decay(
     return decay if mask is None else masked(decay, mask)
 
 
+def _coupled_decay(
+    direction: GradientTransformation, learning_rate: ScalarOrSchedule, weight_decay: float
+) -> GradientTransformation:
+    """`direction` with torch's coupled weight decay, an L2 penalty added to the gradient
+    before it, and the rate: `x ← x − α_t·d(g + λ·x)`."""
+    return chain(_decay(weight_decay), direction, scale_by_learning_rate(learning_rate))
+
+
+def _decoupled_decay(
+    direction: GradientTransformation,
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule,
+    mask: PyTree | Callable[[Params], PyTree] | None = None,
+) -> GradientTransformation:
+    """`direction` with decoupled weight decay (AdamW's), added after it on the leaves `mask`
+    selects, and the rate: `x ← x − α_t·(d(g) + λ_t·x)`."""
+    return chain(direction, _decay(weight_decay, mask), scale_by_learning_rate(learning_rate))
+
+
 def _check_moments(
     owner: str,
     learning_rate: ScalarOrSchedule,
@@ -118,13 +137,12 @@ def sgd(
     check_positive("sgd", "weight_decay", weight_decay, allow_zero=True)
     if nesterov and is_zero(momentum):
         raise ValueError("sgd with nesterov=True needs a non-zero momentum.")
-    return chain(
-        _decay(weight_decay),
+    direction = (
         identity()
         if is_zero(momentum)
-        else trace(momentum, dampening=dampening, nesterov=nesterov, moment_dtype=moment_dtype),
-        scale_by_learning_rate(learning_rate),
+        else trace(momentum, dampening=dampening, nesterov=nesterov, moment_dtype=moment_dtype)
     )
+    return _coupled_decay(direction, learning_rate, weight_decay)
 
 
 def momentum(
@@ -215,13 +233,10 @@ def adagrad(
         def rate(count: jax.Array) -> jax.Array:
             return base(count) / (1 + count * lr_decay)
 
-    return chain(
-        _decay(weight_decay),
-        scale_by_adagrad(
-            initial_accumulator_value=initial_accumulator_value, eps=eps, moment_dtype=moment_dtype
-        ),
-        scale_by_learning_rate(rate),
+    direction = scale_by_adagrad(
+        initial_accumulator_value=initial_accumulator_value, eps=eps, moment_dtype=moment_dtype
     )
+    return _coupled_decay(direction, rate, weight_decay)
 
 
 def rmsprop(
@@ -296,11 +311,8 @@ def adadelta(
     check_decay("adadelta", "rho", rho, allow_one=True)
     check_positive("adadelta", "eps", eps)
     check_positive("adadelta", "weight_decay", weight_decay, allow_zero=True)
-    return chain(
-        _decay(weight_decay),
-        scale_by_adadelta(rho=rho, eps=eps, moment_dtype=moment_dtype),
-        scale_by_learning_rate(learning_rate),
-    )
+    direction = scale_by_adadelta(rho=rho, eps=eps, moment_dtype=moment_dtype)
+    return _coupled_decay(direction, learning_rate, weight_decay)
 
 
 def adam(
@@ -337,18 +349,15 @@ def adam(
       moment_dtype: dtype of the moments; `None` keeps each param's dtype.
     """
     _check_moments("adam", learning_rate, b1, b2, eps, weight_decay)
-    return chain(
-        _decay(weight_decay),
-        scale_by_adam(
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            amsgrad=amsgrad,
-            bias_correction=bias_correction,
-            moment_dtype=moment_dtype,
-        ),
-        scale_by_learning_rate(learning_rate),
+    direction = scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        amsgrad=amsgrad,
+        bias_correction=bias_correction,
+        moment_dtype=moment_dtype,
     )
+    return _coupled_decay(direction, learning_rate, weight_decay)
 
 
 def adamw(
@@ -420,13 +429,10 @@ def nadam(
     """
     _check_moments("nadam", learning_rate, b1, b2, eps, weight_decay)
     check_positive("nadam", "momentum_decay", momentum_decay, allow_zero=True)
-    return chain(
-        _decay(weight_decay),
-        scale_by_nadam(
-            b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, moment_dtype=moment_dtype
-        ),
-        scale_by_learning_rate(learning_rate),
+    direction = scale_by_nadam(
+        b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, moment_dtype=moment_dtype
     )
+    return _coupled_decay(direction, learning_rate, weight_decay)
 
 
 def adamax(
@@ -456,11 +462,8 @@ def adamax(
       moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
     """
     _check_moments("adamax", learning_rate, b1, b2, eps, weight_decay)
-    return chain(
-        _decay(weight_decay),
-        scale_by_adamax(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype),
-        scale_by_learning_rate(learning_rate),
-    )
+    direction = scale_by_adamax(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype)
+    return _coupled_decay(direction, learning_rate, weight_decay)
 
 
 def lion(
@@ -490,8 +493,5 @@ def lion(
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
     _check_moments("lion", learning_rate, b1, b2, None, weight_decay, allow_one=True)
-    return chain(
-        scale_by_lion(b1=b1, b2=b2, moment_dtype=moment_dtype),
-        _decay(weight_decay),
-        scale_by_learning_rate(learning_rate),
-    )
+    direction = scale_by_lion(b1=b1, b2=b2, moment_dtype=moment_dtype)
+    return _decoupled_decay(direction, learning_rate, weight_decay)

@@ -41,7 +41,7 @@ from funcnet.optim.adaptive import (
     scale_by_trust_ratio,
     scale_by_yogi,
 )
-from funcnet.optim.alias import _check_moments, _decay
+from funcnet.optim.alias import _check_moments, _decay, _decoupled_decay
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -285,11 +285,8 @@ def adan(
     """
     _check_rate_and_decay("adan", learning_rate, weight_decay)
     _check_adan("adan", b1, b2, b3, eps, eps_root)
-    return chain(
-        scale_by_adan(b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root),
-        _decay(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
-    )
+    direction = scale_by_adan(b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root)
+    return _decoupled_decay(direction, learning_rate, weight_decay, mask)
 
 
 # Layer-wise rates.

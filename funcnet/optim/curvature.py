@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from funcnet._keys import typed_key
 from funcnet.diff.modes import gnvp, hvp
 from funcnet.losses import softmax_cross_entropy
-from funcnet.optim.alias import _decay
+from funcnet.optim.alias import _decoupled_decay
 from funcnet.optim.base import (
     GradientTransformationExtraArgs,
     Params,
@@ -35,13 +35,12 @@ from funcnet.optim.base import (
     Updates,
     apply_updates,
     bias_correction,
-    chain,
     increment,
     one_minus_power,
     update_moment,
     zeros_like,
 )
-from funcnet.optim.transforms import MomentsState, _init_moments, scale_by_learning_rate
+from funcnet.optim.transforms import MomentsState, _init_moments
 
 __all__ = [
     "HessianFreeState",
@@ -433,19 +432,16 @@ def sophia(
     Returns:
       A `GradientTransformationExtraArgs`: ``chain(scale_by_sophia(…), decay, lr)``.
     """
-    return chain(
-        scale_by_sophia(
-            b1=b1,
-            b2=b2,
-            gamma=gamma,
-            eps=eps,
-            update_every=update_every,
-            estimator=estimator,
-            probe=probe,
-        ),
-        _decay(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    direction = scale_by_sophia(
+        b1=b1,
+        b2=b2,
+        gamma=gamma,
+        eps=eps,
+        update_every=update_every,
+        estimator=estimator,
+        probe=probe,
     )
+    return _decoupled_decay(direction, learning_rate, weight_decay, mask)
 
 
 # AdaHessian.
@@ -551,14 +547,7 @@ def adahessian(
     Returns:
       A `GradientTransformationExtraArgs`: ``chain(scale_by_adahessian(…), decay, lr)``.
     """
-    return chain(
-        scale_by_adahessian(
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            hessian_power=hessian_power,
-            spatial_average=spatial_average,
-        ),
-        _decay(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    direction = scale_by_adahessian(
+        b1=b1, b2=b2, eps=eps, hessian_power=hessian_power, spatial_average=spatial_average
     )
+    return _decoupled_decay(direction, learning_rate, weight_decay, mask)
