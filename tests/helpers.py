@@ -1,6 +1,7 @@
 """Helpers shared by test modules."""
 
 import importlib.util
+import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -13,6 +14,14 @@ def load_module(relative: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def host_devices(count: int) -> str:
+    """`XLA_FLAGS` for a child process with `count` forced host devices that keeps this
+    process's other XLA flags (the suite's compile flags, see conftest.py), so that what the
+    child computes is what this process computes, to the bit."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    return " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
 
 
 def check_jit_vmap_grad(model, params, state, x, rtol=1e-5, atol=1e-6):

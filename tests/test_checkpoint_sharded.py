@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import pytest
 
 from funcnet import checkpoint, nn, optim, train
+from tests.helpers import host_devices
 from tests.test_checkpoint import assert_bit_exact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def run(script, *args):
     """Runs `script` in a fresh Python with 8 host devices; returns its exit status."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": host_devices(8),
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(

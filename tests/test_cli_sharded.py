@@ -13,6 +13,7 @@ import pytest
 
 import funcnet as fn
 from funcnet.app import cli
+from tests.helpers import host_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["train", "--dataset", "moons", "--hidden", "32,32", "--batch-size", "32"]
@@ -35,7 +36,7 @@ def test_sharded_run_resumed_equals_one_device_run(tmp_path):
     )
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": host_devices(8),
         "PYTHONPATH": str(ROOT),
     }
     sharded = tmp_path / "sharded"

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 import funcnet as fn
 from funcnet import nn, train
 from funcnet.launch import launch
+from tests.helpers import host_devices
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = AbstractMesh((4, 2), ("data", "model"))
@@ -165,7 +166,7 @@ def test_rules_without_a_mesh_are_refused():
 def run_forced(script: str, devices: int = 8) -> None:
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": host_devices(devices),
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
@@ -189,7 +190,7 @@ def test_two_processes_of_four_devices_train_fsdp_as_one_and_save_their_shards(t
     env = {
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": host_devices(4),
     }
     worker = [sys.executable, str(ROOT / "tests" / "train" / "sharded_worker.py"), str(tmp_path)]
     assert launch(worker, 2, timeout_s=300, env=env) == 0

@@ -18,6 +18,7 @@ import pytest
 import funcnet as fn
 from funcnet.app import cli
 from funcnet.launch import launch
+from tests.helpers import host_devices
 from tests.train.dp_common import SETTINGS, global_data, model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_eight_devices_match_one_with_and_without_accumulation():
         np.savez(sys.argv[1], **flat)
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": host_devices(8)}
     out = ROOT / ".pytest_dp8.npz"
     try:
         subprocess.run(
