@@ -17,7 +17,9 @@ A checkpoint is a zip archive in numpy's ``.npz`` layout, stored uncompressed, s
       for None;
     - ``"metadata"``: the caller's JSON object (e.g. the model's architecture);
     - ``"sha256"``: the hex SHA-256 of the payload, the leaves' raw bytes (C order)
-      concatenated in order.
+      concatenated in order;
+    - ``"jax"``: the version of JAX that wrote it (absent in files written before it was added;
+      informative only, named in the error when a key's implementation is missing here).
 - ``<path>.npy`` for each leaf, in numpy's ``.npy`` format. A leaf's path joins with ``/`` the
   dict keys, NamedTuple field names and sequence indices leading to it
   (``opt_state/1/mu/dense_0/w``). Dtypes that ``.npy`` cannot name (``bfloat16``, ``float8_*``)
@@ -199,7 +201,7 @@ def _leaf_info(leaf: Any, path: str) -> dict[str, Any]:
     """The header entry of a leaf (less its path); a leaf that is not an array of numbers or a
     PRNG key is refused by its path and type."""
     if is_key(leaf):
-        impl = str(jax.random.key_impl(leaf)) if isinstance(leaf, jax.Array) else None
+        impl = _key_impl_name(leaf) if isinstance(leaf, jax.Array) else None
         return {"dtype": "key", "shape": list(leaf.shape), "key_impl": impl}
     if isinstance(leaf, jax.ShapeDtypeStruct):
         return {"dtype": jnp.dtype(leaf.dtype).name, "shape": list(leaf.shape)}
@@ -216,6 +218,18 @@ def _leaf_info(leaf: Any, path: str) -> dict[str, Any]:
             "checkpoints hold arrays of numbers (bool, int, float, complex) and PRNG keys"
         )
     return {"dtype": dtype.name, "shape": list(np.shape(leaf))}
+
+
+# JAX's built-in PRNG implementations under the names every supported version accepts in
+# `jax.random.wrap_key_data`, by the short tags some versions print instead (JAX 0.4 printed
+# ``key_impl`` of a threefry key as "fry", which it could not read back).
+KEY_IMPL_NAMES = {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}
+
+
+def _key_impl_name(key: jax.Array) -> str:
+    """The name of a key's implementation, as stored: ``"threefry2x32"``, not ``"fry"``."""
+    impl = str(jax.random.key_impl(key))
+    return KEY_IMPL_NAMES.get(impl, impl)
 
 
 def _exotic(dtype: np.dtype) -> bool:
@@ -315,6 +329,7 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
         "structure": structure,
         "metadata": metadata_json,
         "sha256": digest.hexdigest(),
+        "jax": jax.__version__,
     }
 
     tmp, fd = _create_temporary(path)
@@ -446,6 +461,8 @@ def _check_leaves(
             ok = False
         if not ok or (info["dtype"] == "key" and not isinstance(info.get("key_impl"), str | None)):
             raise _refuse(path, f"malformed checkpoint header: leaf entry {i} is {info!r:.200}")
+        if info["dtype"] == "key" and info.get("key_impl") in KEY_IMPL_NAMES:
+            info["key_impl"] = KEY_IMPL_NAMES[info["key_impl"]]  # a short tag, as JAX 0.4 wrote
         name = f"{leaf}.npy"
         if name in listed:
             raise _refuse(path, f"the header lists leaf {leaf} more than once")
@@ -634,16 +651,32 @@ def _read_leaf(
     return array.reshape(layout.shape, order="F" if layout.fortran else "C")
 
 
-def _restore(path: pathlib.Path, array: np.ndarray, info: dict[str, Any]) -> Any:
+def _restore(path: pathlib.Path, array: np.ndarray, info: dict[str, Any], writer: Any) -> Any:
     if info["dtype"] == "key":
+        impl = info.get("key_impl")
+        if impl is not None and not _has_key_impl(impl):
+            raise CheckpointError(
+                f"{path}: leaf {info['path']} is a PRNG key of the implementation {impl!r}, "
+                f"which this JAX ({jax.__version__}) lacks; the file was written with JAX "
+                f"{writer if isinstance(writer, str) else '(not recorded)'}"
+            )
         try:
-            return jax.random.wrap_key_data(array, impl=info.get("key_impl"))
+            return jax.random.wrap_key_data(array, impl=impl)
         except (TypeError, ValueError) as err:
             raise CheckpointError(
                 f"{path}: leaf {info['path']} is not valid {_describe_leaf(info)} key data: {err}"
             ) from err
     dtype = jnp.dtype(info["dtype"])
     return array if array.dtype == dtype else array.view(dtype)
+
+
+def _has_key_impl(name: str) -> bool:
+    """Whether this JAX has a PRNG implementation of that name."""
+    try:
+        jax.eval_shape(lambda: jax.random.key(0, impl=name))
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
@@ -690,7 +723,8 @@ def load(path: PathLike, *, like: PyTree | None = None) -> PyTree:
         digest.update(_raw_bytes(array))
     if digest.hexdigest() != header["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupted")
-    arrays = [_restore(path, array, info) for array, info in zip(raw, stored, strict=True)]
+    writer = header.get("jax")
+    arrays = [_restore(path, array, info, writer) for array, info in zip(raw, stored, strict=True)]
     if order is None:
         try:
             return _rebuild(header["structure"], arrays)
