@@ -18,7 +18,9 @@ level (`contrib.py`: `lookahead`, `schedule_free`) wraps another optimizer and k
 second copy of the params in its state, so the train step's params stay a plain pytree;
 `muon` (`orthogonal.py`) orthogonalises the momentum of the matrices and gives the other
 leaves to Adam; `prodigy` (`parameter_free.py`) estimates its own step size; `sam`
-(`sharpness.py`) takes the loss as the extra arg `value_fn` for its second gradient.
+(`sharpness.py`) takes the loss as the extra arg `value_fn` for its second gradient;
+`shampoo` and `soap` (`preconditioned.py`) precondition by one statistics matrix per axis
+of each param (or of each block of it).
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -126,6 +128,14 @@ from funcnet.optim.orthogonal import (
     scale_by_muon,
 )
 from funcnet.optim.parameter_free import ProdigyState, prodigy
+from funcnet.optim.preconditioned import (
+    ScaleByShampooState,
+    ScaleBySoapState,
+    scale_by_shampoo,
+    scale_by_soap,
+    shampoo,
+    soap,
+)
 from funcnet.optim.quasi_newton import (
     ScaleByLbfgsState,
     ScaleByZoomLinesearchState,
@@ -319,6 +329,13 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     # Learning-rate free: the step estimated from the run.
     "prodigy",
     "ProdigyState",
+    # Preconditioned by one statistics matrix per axis: Shampoo (blocked, grafted) and SOAP.
+    "scale_by_shampoo",
+    "scale_by_soap",
+    "shampoo",
+    "soap",
+    "ScaleByShampooState",
+    "ScaleBySoapState",
     # Sharpness-aware: the gradient at the worst nearby point (the loss as an extra arg).
     "sam",
     "SAMState",
