@@ -50,7 +50,13 @@ import numpy as np
 
 from funcnet._keys import is_key
 from funcnet._trees import entry_name
-from funcnet.checkpoint import CheckpointError, _describe_leaf, _leaf_info, _leaf_paths
+from funcnet.checkpoint import (
+    CheckpointError,
+    _describe_leaf,
+    _key_impl_name,
+    _leaf_info,
+    _leaf_paths,
+)
 
 PyTree = Any
 PathLike = str | os.PathLike
@@ -386,7 +392,7 @@ def _as_target(array: Any, leaf: Any) -> Any:
     """A restored array as the target asks: a typed key where it has a key, key data where
     it has an array (orbax restores a stored key as a key whatever the target says)."""
     if is_key(leaf) and not is_key(array):
-        return jax.random.wrap_key_data(array, dtype=leaf.dtype)
+        return jax.random.wrap_key_data(array, impl=_key_impl_name(leaf))
     if is_key(array) and not is_key(leaf):
         return jax.random.key_data(array)
     return array

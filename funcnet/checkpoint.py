@@ -226,9 +226,13 @@ def _leaf_info(leaf: Any, path: str) -> dict[str, Any]:
 KEY_IMPL_NAMES = {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}
 
 
-def _key_impl_name(key: jax.Array) -> str:
-    """The name of a key's implementation, as stored: ``"threefry2x32"``, not ``"fry"``."""
-    impl = str(jax.random.key_impl(key))
+def _key_impl_name(key: Any) -> str:
+    """The name of a key's implementation, as stored: ``"threefry2x32"``, not ``"fry"``. A key
+    array's own; a `jax.ShapeDtypeStruct`'s read from its dtype, ``key<tag>``."""
+    if isinstance(key, jax.Array):
+        impl = str(jax.random.key_impl(key))
+    else:
+        impl = str(key.dtype).removeprefix("key<").removesuffix(">")
     return KEY_IMPL_NAMES.get(impl, impl)
 
 

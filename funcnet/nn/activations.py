@@ -272,7 +272,7 @@ def step(x: Array, *, threshold: float = 0.0, value_at_threshold: float = 0.0) -
 
     The threshold unit of the perceptron, ``step(wᵀx, threshold=a)`` fires when ``wᵀx > a``.
     """
-    x = jax.lax.stop_gradient(x)
+    x = jax.lax.stop_gradient(jnp.asarray(x))
     y = jnp.where(x > threshold, 1.0, jnp.where(x < threshold, 0.0, value_at_threshold))
     return jnp.where(jnp.isnan(x), x, y.astype(x.dtype))  # NaN stays NaN
 
