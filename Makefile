@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test lint format bench soak clean
+.PHONY: demo test test-min lint format bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,31 @@ lint: $(STAMP_TEST)
 test: lint
 	$(BIN)/python -m pytest
 
+# `make test-min`: funcnet at the lowest versions pyproject.toml declares (jax, jaxlib, numpy
+# and every other runtime floor pinned by pip constraints, tests/floor_requirements.py), in a
+# venv of its own, on a subset with a test file or more per module. The PyTorch comparisons
+# are left out: torch is a test reference, not a dependency. The whole suite passed at these
+# floors when they were set (README, "Supported versions").
+VENV_MIN := .venv-min
+FLOOR_TESTS ?= tests/test_checkpoint_versions.py tests/test_checkpoint.py \
+	tests/test_checkpoint_sharded.py tests/nn/test_core.py tests/nn/test_conv.py \
+	tests/nn/test_norm.py tests/nn/test_recurrent.py tests/nn/test_attention.py \
+	tests/nn/test_remat.py tests/optim/test_optim_alias.py tests/optim/test_optim_transforms.py \
+	tests/diff/test_diff_jacobian.py tests/diff/test_diff_per_example.py \
+	tests/diff/test_diff_spectrum.py tests/train/test_train_fit.py \
+	tests/train/test_train_resume.py tests/train/test_train_data_parallel.py \
+	tests/train/test_partition.py tests/test_data.py tests/test_cli.py
+$(VENV_MIN)/.installed: pyproject.toml tests/floor_requirements.py
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install --quiet --upgrade pip
+	$(PYTHON) tests/floor_requirements.py constraints > $(VENV_MIN)/constraints.txt
+	$(VENV_MIN)/bin/pip install --quiet -c $(VENV_MIN)/constraints.txt -e . \
+		$$($(PYTHON) tests/floor_requirements.py tools)
+	touch $@
+
+test-min: $(VENV_MIN)/.installed
+	$(VENV_MIN)/bin/python -m pytest $(FLOOR_TESTS)
+
 # A thousand generated architectures, each checked end to end (tests/soak.py); any failure
 # is printed with its architecture and the command that rebuilds it alone, and the run exits
 # non-zero. SOAK_COUNT=50 for a short run. XLA's compilation dominates the time on tiny
@@ -49,4 +74,4 @@ format: $(STAMP_TEST)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache .ruff_cache build *.egg-info
