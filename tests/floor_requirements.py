@@ -41,6 +41,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["constraints"]:
         print("\n".join(floor_constraints(project)))
     elif sys.argv[1:] == ["tools"]:
-        print(" ".join(f"'{r}'" for r in tool_requirements(project)))
+        print(" ".join(tool_requirements(project)))
     else:
         sys.exit("usage: python tests/floor_requirements.py constraints|tools")

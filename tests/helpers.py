@@ -24,6 +24,17 @@ def host_devices(count: int) -> str:
     return " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
 
 
+def nested_jaxprs(params):
+    """The jaxprs among an equation's params (scan's body, cond's branches, pjit's jaxpr, ...),
+    as `jax.extend.core.jaxprs_in_params` finds them (JAX 0.10 and later only)."""
+    for value in params.values():
+        for item in value if isinstance(value, tuple | list) else (value,):
+            if hasattr(item, "eqns"):
+                yield item
+            elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+
+
 def check_jit_vmap_grad(model, params, state, x, rtol=1e-5, atol=1e-6):
     """`model.apply` in evaluation agrees under `jax.jit` and under `jax.vmap` over single
     examples, and its gradient has the params' structure and finite leaves. Returns the

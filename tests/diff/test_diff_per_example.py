@@ -17,6 +17,7 @@ from diff_problems import batch_loss
 import funcnet.diff as fd
 import funcnet.nn as nn
 from funcnet.losses import softmax_cross_entropy
+from tests.helpers import nested_jaxprs
 
 B = 6
 CLASSES = 5
@@ -193,19 +194,8 @@ def _transposes(jaxpr) -> int:
     """`transpose` equations in `jaxpr` and in every jaxpr nested in it."""
     count = sum(eqn.primitive.name == "transpose" for eqn in jaxpr.eqns)
     for eqn in jaxpr.eqns:
-        count += sum(_transposes(inner) for inner in _nested_jaxprs(eqn.params))
+        count += sum(_transposes(inner) for inner in nested_jaxprs(eqn.params))
     return count
-
-
-def _nested_jaxprs(params):
-    """The jaxprs among an equation's params (scan's body, cond's branches, pjit's jaxpr, ...),
-    as `jax.extend.core.jaxprs_in_params` (JAX 0.10 and later) finds them."""
-    for value in params.values():
-        for item in value if isinstance(value, tuple | list) else (value,):
-            if hasattr(item, "eqns"):
-                yield item
-            elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
-                yield item.jaxpr
 
 
 def _jaxprs(loss, params, batch):

@@ -12,13 +12,13 @@ SOAP). The roots and bases are recomputed every few steps and held between.
 import itertools
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from optim_helpers import flat, trajectory
 
 import funcnet.optim as fo
+from tests.helpers import nested_jaxprs
 
 STEPS = 24
 SHAPES = {"w": (6, 5), "b": (5,), "k": (3, 3, 2, 6), "e": (10, 3)}
@@ -351,7 +351,7 @@ def _primitives(jaxpr, in_cond=False, found=None):
     found = found or (set(), set())
     for eqn in jaxpr.eqns:
         found[in_cond].add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in nested_jaxprs(eqn.params):
             _primitives(sub, in_cond or eqn.primitive.name == "cond", found)
     return found
 
