@@ -14,10 +14,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from funcnet import checkpoint
 from funcnet.launch import ENV_ADDRESS, ENV_COUNT, ENV_ID, free_port, launch
+
+# Releases before 0.10, whose own abort of a survivor can come before funcnet's line.
+OLD_JAX = tuple(int(n) for n in jax.__version__.split(".")[:2]) < (0, 10)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -181,6 +185,12 @@ def test_a_survivor_of_the_coordinator_says_so_before_jax_aborts(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("funcnet:")]
     assert code == 1, err
     assert seconds < 30
+    assert checkpoint.metadata(out / "checkpoint.npz")["progress"] == {"epoch": 1, "of": 3}
+    if not lines and OLD_JAX:
+        # JAX 0.8's coordination agent aborts a survivor the moment the coordinator's socket
+        # closes, before funcnet's watch can speak; from JAX 0.10 the watch is first.
+        assert "JAX distributed service detected fatal errors" in err, err
+        return
     # Whichever notices first: the watch on the coordinator's port, or the collective of
     # the next epoch failing (`_peer_failure_hook`).
     assert len(lines) == 1, err
@@ -189,7 +199,6 @@ def test_a_survivor_of_the_coordinator_says_so_before_jax_aborts(tmp_path):
         f"{address}; last checkpoint {out / 'checkpoint.npz'} (epoch 1 of 3); "
         "continue with --resume" in lines[0]
     ), err
-    assert checkpoint.metadata(out / "checkpoint.npz")["progress"] == {"epoch": 1, "of": 3}
 
 
 CHILD = textwrap.dedent(

@@ -25,7 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import erf
+from jax.scipy.special import erfc
 
 from funcnet._precision import half_in_float32
 from funcnet.nn import initializers
@@ -193,15 +193,18 @@ def selu(x: Array) -> Array:
 
 @half_in_float32
 def gelu(x: Array, *, approximate: bool = False) -> Array:
-    """Gaussian error linear unit ``x · Φ(x) = x/2 · (1 + erf(x/√2))``.
+    """Gaussian error linear unit ``x · Φ(x) = x/2 · (1 + erf(x/√2)) = x/2 · erfc(−x/√2)``.
 
-    With ``approximate=True``: ``x/2 · (1 + tanh(√(2/π)(x + 0.044715 x³)))``. The exact form is
-    the default, as in PyTorch. Half-precision inputs are computed in float32.
+    The exact form is the default, as in PyTorch, computed as ``x/2 · erfc(−x/√2)``: in the
+    negative tail ``1 + erf`` cancels (6% off at ``x = −5`` in float32, and ``−3·10³¹`` at
+    ``−3.4·10³⁸`` where XLA's erf stops short of −1), ``erfc`` does not. With
+    ``approximate=True``: ``x/2 · (1 + tanh(√(2/π)(x + 0.044715 x³)))``. Half-precision
+    inputs are computed in float32.
     """
     if approximate:
         inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1 + jnp.tanh(inner))
-    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    return 0.5 * x * erfc(-x / math.sqrt(2))
 
 
 @half_in_float32

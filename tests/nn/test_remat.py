@@ -222,11 +222,15 @@ def test_policies_save_what_their_names_say(capsys):
     assert nothing == lines(None)
     assert all("from the argument" in line for line in nothing)
     dots = [line for line in lines("dots") if "from the argument" not in line]
-    assert dots and all("dot_general" in line for line in dots)
+    # The dense layers' matmuls, and nothing else: JAX names the value `dot_general`, or, in
+    # 0.8, the `reduce_precision` it puts on the dot's output.
+    assert dots and all("dense.<locals>.apply" in line for line in dots)
+    assert all("dot_general" in line or "reduce_precision" in line for line in dots)
     named = lines(jax.checkpoint_policies.save_only_these_names("hidden"))
-    assert [line for line in named if "from the argument" not in line] == [
-        next(line for line in named if "named 'hidden'" in line)
-    ]
+    named = [line for line in named if "from the argument" not in line]
+    # One value, the one named "hidden": JAX 0.10 prints the name, 0.8 the call that named it.
+    assert len(named) == 1
+    assert "named 'hidden'" in named[0] or "checkpoint_name.<locals>.apply" in named[0]
     assert len(lines("everything")) >= len(saved(plain, params, state, x, capsys))
 
 
