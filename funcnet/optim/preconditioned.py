@@ -101,6 +101,21 @@ def _ema_weights(decay: float | jax.Array) -> tuple[float | jax.Array, float | j
     return decay, jnp.where(decay == 1, 1.0, 1 - decay)
 
 
+def _after(x: jax.Array, previous: jax.Array | None) -> jax.Array:
+    """`x`, made to wait until `previous` is computed: `x + 0·p`, `p` a finite entry of it.
+
+    jaxlib's CPU kernels for eigh and QR spread a batch of matrices over XLA's intra-op
+    threads and hold one of those threads until the batch is done; two of them running at
+    once on a two-core machine each wait for the thread the other holds, and the step never
+    returns (jaxlib 0.10.2, seen as a hung step). Chained by this data dependency, the
+    factorisations of one step run one at a time, under `vmap` too.
+    """
+    if previous is None:
+        return x
+    p = previous.ravel()[0]
+    return x + jnp.where(jnp.isfinite(p), p, 0).astype(x.dtype) * 0
+
+
 def _flat_with_paths(tree: PyTree) -> tuple[list[tuple[str, jax.Array]], jax.tree_util.PyTreeDef]:
     """The leaves of `tree` with their paths as error messages write them, and its structure."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -362,7 +377,14 @@ def scale_by_shampoo(
             stats.append(old)
 
         def recompute(stats: list) -> list:
-            return [tuple(_inverse_root(s, eps, 1 / (2 * len(st))) for s in st) for st in stats]
+            roots, previous = [], None
+            for st in stats:
+                mine = []
+                for s in st:
+                    previous = _inverse_root(_after(s, previous), eps, 1 / (2 * len(st)))
+                    mine.append(previous)
+                roots.append(tuple(mine))
+            return roots
 
         due = (count >= start) & ((count - start) % every == 0)
         roots = lax.cond(due, recompute, lambda _: _parts(treedef, state.roots), stats)
@@ -657,17 +679,24 @@ def scale_by_soap(
 
         def start(operand: tuple) -> tuple:
             stats, _, nus = operand
-            return [tuple(map(_eigenbasis, st)) for st in stats], nus
+            bases, previous = [], None
+            for st in stats:
+                mine = []
+                for s in st:
+                    previous = _eigenbasis(_after(s, previous))
+                    mine.append(previous)
+                bases.append(tuple(mine))
+            return bases, nus
 
         def refresh(operand: tuple) -> tuple:
             stats, bases, nus = operand
-            new_bases, new_nus = [], []
+            new_bases, new_nus, previous = [], [], None
             for st, qs, nu, ax in zip(stats, bases, nus, axes, strict=True):
-                fresh = []
+                mine = []
                 for s, q, i in zip(st, qs, ax, strict=True):
-                    q, nu = _power_step(s, q, nu, i)
-                    fresh.append(q)
-                new_bases.append(tuple(fresh))
+                    previous, nu = _power_step(_after(s, previous), q, nu, i)
+                    mine.append(previous)
+                new_bases.append(tuple(mine))
                 new_nus.append(nu)
             return new_bases, new_nus
 

@@ -9,7 +9,9 @@ above `max_precond_dim` (left to the grafting rule by Shampoo, unrotated along t
 SOAP). The roots and bases are recomputed every few steps and held between.
 """
 
+import functools
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -354,6 +356,55 @@ def _primitives(jaxpr, in_cond=False, found=None):
         for sub in nested_jaxprs(eqn.params):
             _primitives(sub, in_cond or eqn.primitive.name == "cond", found)
     return found
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="jaxlib's CPU LAPACK kernels")
+@pytest.mark.parametrize(
+    ("opt", "branches"),
+    [(fo.shampoo(0.1, block_size=4, start_preconditioning_step=0), 1), (fo.soap(), 2)],
+    ids=["shampoo", "soap"],
+)
+def test_factorisations_run_one_at_a_time(opt, branches):
+    """Two of jaxlib's batched CPU eigh (or QR) kernels in flight at once can each hold the
+    intra-op thread the other waits for (`preconditioned._after`): in the compiled step, the
+    LAPACK calls of each branch that has several (Shampoo's roots; SOAP's first bases and its
+    refresh) form one chain of data dependencies."""
+    params = {"w": jnp.zeros((6, 5)), "k": jnp.zeros((3, 2, 4)), "v": jnp.zeros((5, 3))}
+    hlo = jax.jit(opt.update).lower(params, opt.init(params), params).compile().as_text()
+    assert _chained_lapack_computations(hlo) == branches
+
+
+def _chained_lapack_computations(hlo):
+    """How many computations of compiled HLO text hold two LAPACK calls or more, after
+    checking that in each of them every two calls are ordered by a path of operands."""
+    found = 0
+    for body in hlo.split("\n\n"):
+        operands, calls = {}, []
+        for line in body.splitlines():
+            if " = " not in line:
+                continue
+            name, rest = line.split(" = ", 1)
+            name = name.replace("ROOT", "").strip()
+            operands[name] = re.findall(r"%[\w.\-]+", rest)
+            if re.search(r'custom_call_target="lapack_\w*(syevd|geqrf|orgqr)', rest):
+                calls.append(name)
+        if len(calls) >= 2:
+            _check_chain(operands, calls)
+            found += 1
+    return found
+
+
+def _check_chain(operands, calls):
+    """Every two of `calls` are ordered: one is among the other's ancestors in `operands`."""
+
+    @functools.cache
+    def ancestors(name):
+        direct = set(operands.get(name, ()))
+        return direct.union(*(ancestors(n) for n in direct))
+
+    for i, a in enumerate(calls):
+        for b in calls[i + 1 :]:
+            assert a in ancestors(b) or b in ancestors(a), (a, b)
 
 
 @pytest.mark.parametrize(
