@@ -13,8 +13,12 @@ Every repeat runs many steps (at least 0.5 s), so the eigendecompositions (Shamp
 roots, SOAP's QR refreshes), due every `precondition_frequency` = 10 steps, are counted at
 their share of the steps, and SOAP's first call (its eigh) is left to the warm-up.
 
-    python -m benchmarks.bench_preconditioned            # 9 repeats of 0.5 s or more
-    python -m benchmarks.bench_preconditioned --smoke    # one short repeat
+    OPENBLAS_NUM_THREADS=1 python -m benchmarks.bench_preconditioned   # 9 repeats of 0.5 s+
+    python -m benchmarks.bench_preconditioned --smoke                  # one short repeat
+
+On a CPU shared with other jobs, set OPENBLAS_NUM_THREADS=1: the eigendecompositions run in
+OpenBLAS, whose own threads wait for each other by spinning, and under load that made the
+steps with a refresh about ten times slower (measured on the 2-core machine of the docs).
 """
 
 from __future__ import annotations
