@@ -14,9 +14,9 @@ applied along axis `i` of `X` (for a matrix, `P·X` for `i = 1`, `X·Pᵀ` for `
 
 The statistics, their eigendecompositions and the rest of the state are kept in float32, or
 float64 for float64 params. The costly part, an eigendecomposition (or a QR factorisation)
-per statistics matrix, runs inside `lax.cond` on the step count, so a jitted step pays it
-only at the steps it is due; everything is jit-, vmap- and scan-friendly, with state shapes
-fixed from `init`.
+per statistics matrix, runs inside `lax.cond` (`lax.switch`) on the step count, so a jitted
+step pays it only at the steps it is due, and one factorisation at a time (`_after` says
+why); everything is jit-, vmap- and scan-friendly, with state shapes fixed from `init`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from funcnet.optim.base import (
     ScalarOrSchedule,
     Updates,
     chain,
+    check_fits,
     identity,
     increment,
     is_zero,
@@ -363,6 +364,8 @@ def scale_by_shampoo(
         updates: Updates, state: ScaleByShampooState, params: Params | None = None
     ) -> tuple[Updates, ScaleByShampooState]:
         del params
+        if state.graft_nu is not None:
+            check_fits(updates, state.graft_nu)  # refuses a state built for another tree
         count = state.count
         leaves, treedef = _flat_with_paths(updates)
         blocks = [layout(path, g) for path, g in leaves]
@@ -651,6 +654,7 @@ def scale_by_soap(
         updates: Updates, state: ScaleBySoapState, params: Params | None = None
     ) -> tuple[Updates, ScaleBySoapState]:
         del params
+        check_fits(updates, state.mu)  # refuses a state built for another tree
         count = state.count
         leaves, treedef = jax.tree.flatten(updates)
         axes = [_soap_axes(jnp.shape(g), max_precond_dim) for g in leaves]

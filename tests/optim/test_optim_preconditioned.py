@@ -473,3 +473,10 @@ def test_unblocked_factor_too_large_is_refused():
     # Blocked, the same param is left to the grafting rule (an axis above max_precond_dim).
     blocked = fo.shampoo(0.1, block_size=32, max_precond_dim=64)
     assert _rule_state(blocked.init(params)).stats["embed"]["w"] == ()
+
+
+@pytest.mark.parametrize("opt", [fo.shampoo(0.1), fo.soap()], ids=["shampoo", "soap"])
+def test_state_of_another_tree_is_refused(opt):
+    state = opt.init({"w": jnp.zeros((4, 3))})
+    with pytest.raises(ValueError, match="state does not fit the gradients"):
+        opt.update({"w": jnp.zeros((3, 4))}, state, {"w": jnp.zeros((3, 4))})
