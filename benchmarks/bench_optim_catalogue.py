@@ -79,12 +79,19 @@ def stepper(opt, params, grads, target):
             updates, state = opt.update(grads, state, params)
         return fo.apply_updates(params, updates), state
 
+    return donated_loop(step, params, opt.init(params))
+
+
+def donated_loop(step, params, state, *args):
+    """`run(n)`: n more calls of ``step(params, state, *args) -> (params, state)``, jitted with
+    params and state donated and carried from one call to the next (starting from copies of
+    those given); blocks at the end and returns the params."""
     step = jax.jit(step, donate_argnums=(0, 1))
-    carry = [jax.tree.map(jnp.copy, params), opt.init(params)]
+    carry = [jax.tree.map(jnp.copy, params), state]
 
     def run(n: int):
         for _ in range(n):
-            carry[:] = step(*carry)
+            carry[:] = step(*carry, *args)
         return jax.block_until_ready(carry[0])
 
     return run

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import funcnet.optim as fo
+from benchmarks.bench_optim_catalogue import donated_loop
 from benchmarks.timing import measure_interleaved
 
 WIDTH, DEPTH, BATCH = 256, 3, 128
@@ -72,15 +73,7 @@ def stepper(opt, params, batch, grads, *, train: bool):
         return fo.apply_updates(params, updates), state
 
     # The batch and the gradient are arguments, not constants XLA would fold at compile time.
-    step = jax.jit(step, donate_argnums=(0, 1))
-    carry = [jax.tree.map(jnp.copy, params), opt.init(params)]
-
-    def run(n: int):
-        for _ in range(n):
-            carry[:] = step(*carry, batch, grads)
-        return jax.block_until_ready(carry[0])
-
-    return run
+    return donated_loop(step, params, opt.init(params), batch, grads)
 
 
 def main() -> None:
