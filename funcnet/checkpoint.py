@@ -658,15 +658,15 @@ def _read_leaf(
 def _restore(path: pathlib.Path, array: np.ndarray, info: dict[str, Any], writer: Any) -> Any:
     if info["dtype"] == "key":
         impl = info.get("key_impl")
-        if impl is not None and not _has_key_impl(impl):
-            raise CheckpointError(
-                f"{path}: leaf {info['path']} is a PRNG key of the implementation {impl!r}, "
-                f"which this JAX ({jax.__version__}) lacks; the file was written with JAX "
-                f"{writer if isinstance(writer, str) else '(not recorded)'}"
-            )
         try:
             return jax.random.wrap_key_data(array, impl=impl)
         except (TypeError, ValueError) as err:
+            if impl is not None and not _has_key_impl(impl):
+                raise CheckpointError(
+                    f"{path}: leaf {info['path']} is a PRNG key of the implementation {impl!r}, "
+                    f"which this JAX ({jax.__version__}) lacks; the file was written with JAX "
+                    f"{writer if isinstance(writer, str) else '(not recorded)'}"
+                ) from None
             raise CheckpointError(
                 f"{path}: leaf {info['path']} is not valid {_describe_leaf(info)} key data: {err}"
             ) from err
