@@ -36,8 +36,8 @@ test: lint
 # `make test-min`: funcnet at the lowest versions pyproject.toml declares (jax, jaxlib, numpy
 # and every other runtime floor pinned by pip constraints, tests/floor_requirements.py), in a
 # venv of its own, on a subset with a test file or more per module. The PyTorch comparisons
-# are left out: torch is a test reference, not a dependency. The whole suite passed at these
-# floors when they were set (README, "Supported versions").
+# are left out: torch is a test reference, not a dependency. The whole suite was run at these
+# floors when they were set, and what failed there was fixed (README, "Supported versions").
 VENV_MIN := .venv-min
 FLOOR_TESTS ?= tests/test_checkpoint_versions.py tests/test_checkpoint.py \
 	tests/test_checkpoint_sharded.py tests/nn/test_core.py tests/nn/test_conv.py \

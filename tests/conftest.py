@@ -7,8 +7,8 @@ import jax
 import pytest
 
 # The suite's programs are tiny, so compiling them is most of its time. XLA's cheaper
-# compile passes (LLVM at -O0 without its expensive passes, as `make soak` and the docs run
-# use) make that about a third cheaper; the HLO XLA runs is the same, the machine code less
+# compile passes (LLVM at -O0 without its expensive passes, as `make soak` uses) make that
+# about a third cheaper; the HLO XLA runs is the same, the machine code less
 # optimised, so results may differ from a default build in the last bits, within every
 # tolerance here. Set here, before JAX starts its backend, so the processes tests start
 # inherit them too. FUNCNET_TEST_XLA=default keeps XLA's defaults (what users run).

@@ -11,7 +11,7 @@ write land there). HTML comments, invisible on the rendered page, around a block
 
 CODE may span lines, up to the closing ``-->``. Values a block's text states in a comment
 are asserts in the block or in its check. The pages run in two fresh processes, half of
-them in each, compiled with XLA's cheaper passes (`FAST_XLA`); a block that fails is
+them in each, compiled with the suite's XLA flags (conftest.py); a block that fails is
 reported with its file and line. A block skipped as "signatures" is checked against the
 functions it lists instead.
 """
@@ -136,9 +136,6 @@ def run_all(folder: pathlib.Path, names: list[str]) -> dict[str, str | None]:
     return outcomes
 
 
-# XLA's cheaper passes (as `make soak` uses): the blocks run as written, compiled in about
-# half the time, which on these small shapes is most of the time.
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # The pages run in two processes at once, these in one and the rest in the other: about
 # the same compile time each, so on two cores the whole takes about half as long.
 FIRST_HALF = {"README.md", "differentiation.md", "second_order.md", "optimizers.md"}
@@ -148,7 +145,7 @@ FIRST_HALF = {"README.md", "differentiation.md", "second_order.md", "optimizers.
 def outcomes(tmp_path_factory):
     """Every page run in a fresh process: ``{file name: None, or its failure}``."""
     folder = tmp_path_factory.mktemp("docs")
-    env = {**os.environ, "XLA_FLAGS": FAST_XLA, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
     names = [p.name for p in FILES]
     halves = [[n for n in names if n in FIRST_HALF], [n for n in names if n not in FIRST_HALF]]
     runs = []
@@ -299,7 +296,7 @@ def test_the_sample_output_of_funcnet_train_is_what_it_prints(tmp_path):
         text=True,
         check=True,
         cwd=tmp_path,
-        env={**os.environ, "XLA_FLAGS": FAST_XLA, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
     ).stdout
 
     def shape(lines: str, folder: str) -> list[str]:
