@@ -15,14 +15,37 @@ The empirical neural tangent kernel (`ntk.py`): `empirical_ntk` and `layer_ntk`,
 Θ(x₁, x₂) = J(x₁) J(x₂)ᵀ by Jacobian contraction, NTK-vector products or the structured rule
 for dense kernels; full, trace-only or diagonal.
 
+Kronecker-factored curvature (`kronecker.py`): `kronecker_factors` gives, for every dense and
+conv layer found in the model's jaxpr (`kronecker_layers`; the other leaves:
+`kronecker_unmatched`), the factors `A`, `G` of its block `F̂ = A ⊗ G` of the Gauss-Newton
+matrix, the sampled Fisher or the empirical Fisher (K-FAC, KFC, KFLR).
+
+Per-example quantities (`quantities.py`): `batch_quantities` gives, in one pass over a batch,
+the per-example gradients, their squared norms, their sum of squares and variance, and the
+diagonals of the Gauss-Newton matrix (exact or Monte-Carlo) and of the Hessian, with
+BackPACK's conventions (`BatchQuantities`, `QUANTITIES`).
+
 Loss landscapes (`landscape.py`): `linear_interpolation` between two params, `loss_line` and
 `loss_surface` along directions from `random_direction` (filter-normalised,
 `filter_normalize`), each grid one compiled `vmap`.
+
+Influence functions (`influence.py`): `influence` (the predicted change of each test loss
+when each training example is removed), `self_influence` (ranks examples that the rest of the
+data contradicts) and `inverse_hvp`, with the curvature's inverse exact, by conjugate
+gradients or by LiSSA.
 
 Numerical references (`numerical.py`): `numerical_grad` (finite differences),
 `complex_step_grad`, and `check_grads`, which compares autodiff with either.
 """
 
+from funcnet.diff.influence import influence, inverse_hvp, self_influence
+from funcnet.diff.kronecker import (
+    KroneckerFactors,
+    KroneckerLayer,
+    kronecker_factors,
+    kronecker_layers,
+    kronecker_unmatched,
+)
 from funcnet.diff.landscape import (
     LossLine,
     LossSurface,
@@ -47,6 +70,7 @@ from funcnet.diff.numerical import (
     numerical_grad,
 )
 from funcnet.diff.per_example import per_example_grads
+from funcnet.diff.quantities import QUANTITIES, BatchQuantities, batch_quantities
 from funcnet.diff.spectrum import (
     HessianDensity,
     HessianEigs,
@@ -58,12 +82,17 @@ from funcnet.diff.spectrum import (
 )
 
 __all__ = [
+    "QUANTITIES",
+    "BatchQuantities",
     "GradCheck",
     "HessianDensity",
     "HessianEigs",
     "HessianTrace",
+    "KroneckerFactors",
+    "KroneckerLayer",
     "LossLine",
     "LossSurface",
+    "batch_quantities",
     "check_grads",
     "complex_step_grad",
     "density_on_grid",
@@ -76,7 +105,12 @@ __all__ = [
     "hessian_eigs",
     "hessian_trace",
     "hvp",
+    "influence",
+    "inverse_hvp",
     "jacobian",
+    "kronecker_factors",
+    "kronecker_layers",
+    "kronecker_unmatched",
     "layer_ntk",
     "linear_interpolation",
     "loss_line",
@@ -84,4 +118,5 @@ __all__ = [
     "numerical_grad",
     "per_example_grads",
     "random_direction",
+    "self_influence",
 ]

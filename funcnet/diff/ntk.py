@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core
 
+from funcnet.diff._taps import eval_tapped, find_eqn, find_uses, is_plain_dot
 from funcnet.diff.modes import jacobian
 
 PyTree = Any
 NtkMethod = Literal["jacobian", "ntvp", "structured"]
 _METHODS = ("jacobian", "ntvp", "structured")
-_JIT_NAMES = ("jit", "pjit")
 
 __all__ = ["empirical_ntk", "layer_ntk"]
 
@@ -271,21 +271,21 @@ class _StructuredPlan:
         self.n_params = len(leaves)
         uses: dict[int, list] = {i: [] for i in range(self.n_params)}
         jaxpr = self.closed.jaxpr
-        _find_uses(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}, (), uses)
+        find_uses(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}, (), uses)
         self.dots: dict[tuple, _Dot] = {}
         for leaf, found in uses.items():
-            if len(found) == 1 and found[0] is not None:
+            if len(found) == 1 and found[0] is not None and is_plain_dot(found[0][1]):
                 path, eqn, position = found[0]
                 if path not in self.dots:
                     self.dots[path] = _Dot(eqn, position, leaf)
         structured = {dot.leaf for dot in self.dots.values()}
         self.rest = [i for i in range(self.n_params) if i not in structured]
-        self.out_shapes = {path: _find_eqn(jaxpr, path).outvars[0].aval for path in self.dots}
+        self.out_shapes = {path: find_eqn(jaxpr, path).outvars[0].aval for path in self.dots}
 
     def _run(self, leaves: list, xi: PyTree, eps: dict) -> tuple[jax.Array, dict]:
         taps: dict = {}
         args = [*leaves, *jax.tree.leaves(xi)]
-        (out,) = _eval(self.closed.jaxpr, self.closed.consts, args, (), eps, taps)
+        (out,) = eval_tapped(self.closed.jaxpr, self.closed.consts, args, (), eps, taps)
         return out, taps
 
     def features(self, xi: PyTree) -> tuple[list, list]:
@@ -317,59 +317,3 @@ class _StructuredPlan:
             # The optimal order is either (x₁·x₂)(δ₁δ₂ᵀ), or J_W = δ ⊗ x formed on each side.
             blocks.append(jnp.einsum(spec, xa, da, xb, db, optimize="optimal"))
         return sum(blocks[1:], blocks[0])
-
-
-def _is_jit(eqn: core.JaxprEqn) -> bool:
-    return eqn.primitive.name in _JIT_NAMES and isinstance(
-        eqn.params.get("jaxpr"), core.ClosedJaxpr
-    )
-
-
-def _find_uses(jaxpr: core.Jaxpr, alias: dict, path: tuple, uses: dict) -> None:
-    """Every use of each param leaf, through nested `jit`s: (path, eqn, operand) for an
-    operand of a `dot_general` without batch axes, None for any other use."""
-    for k, eqn in enumerate(jaxpr.eqns):
-        if _is_jit(eqn):
-            inner = eqn.params["jaxpr"].jaxpr
-            sub = {w: alias[v] for v, w in zip(eqn.invars, inner.invars, strict=True) if v in alias}
-            _find_uses(inner, sub, (*path, k), uses)
-            continue
-        plain = eqn.primitive.name == "dot_general" and not any(eqn.params["dimension_numbers"][1])
-        for position, v in enumerate(eqn.invars):
-            if isinstance(v, core.Var) and v in alias:
-                uses[alias[v]].append(((*path, k), eqn, position) if plain else None)
-    for v in jaxpr.outvars:
-        if isinstance(v, core.Var) and v in alias:
-            uses[alias[v]].append(None)
-
-
-def _find_eqn(jaxpr: core.Jaxpr, path: tuple) -> core.JaxprEqn:
-    eqn = jaxpr.eqns[path[0]]
-    return eqn if len(path) == 1 else _find_eqn(eqn.params["jaxpr"].jaxpr, path[1:])
-
-
-def _eval(jaxpr: core.Jaxpr, consts: list, args: list, path: tuple, eps: dict, taps: dict) -> list:
-    """Evaluates `jaxpr`, inlining nested `jit`s, adding `eps[path]` to the output of the
-    product at `path` and recording the product's operands in `taps[path]`."""
-    env: dict = {}
-    read = lambda v: v.val if isinstance(v, core.Literal) else env[v]
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    for k, eqn in enumerate(jaxpr.eqns):
-        here = (*path, k)
-        invals = [read(v) for v in eqn.invars]
-        if _is_jit(eqn):
-            inner = eqn.params["jaxpr"]
-            outs = _eval(inner.jaxpr, inner.consts, invals, here, eps, taps)
-        else:
-            bound = eqn.primitive.get_bind_params(eqn.params)
-            subfuns, bind_params = bound if isinstance(bound, tuple) else ((), bound)
-            outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-            if eqn.primitive.name == "dot_general":
-                taps[here] = invals
-                if here in eps:
-                    outs = [outs[0] + eps[here]]
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]

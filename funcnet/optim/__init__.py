@@ -20,7 +20,10 @@ second copy of the params in its state, so the train step's params stay a plain 
 leaves to Adam; `prodigy` (`parameter_free.py`) estimates its own step size; `sam`
 (`sharpness.py`) takes the loss as the extra arg `value_fn` for its second gradient;
 `shampoo` and `soap` (`preconditioned.py`) precondition by one statistics matrix per axis
-of each param (or of each block of it).
+of each param (or of each block of it); `kfac` (`kfac.py`, with `scale_by_kfac`) by the
+Kronecker factors `A ⊗ G` of each dense and conv layer's curvature block
+(`funcnet.diff.kronecker_factors`), its step and momentum from the quadratic model and its
+damping adapted by the Levenberg–Marquardt rule.
 """
 
 from funcnet.optim.accumulate import MultiStepsState, multi_steps
@@ -121,6 +124,7 @@ from funcnet.optim.curvature import (
     scale_by_sophia,
     sophia,
 )
+from funcnet.optim.kfac import KfacState, kfac, scale_by_kfac
 from funcnet.optim.orthogonal import (
     ScaleByMuonState,
     muon,
@@ -348,6 +352,10 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, sorted within each group
     "HessianFreeState",
     "ScaleByAdaHessianState",
     "ScaleBySophiaState",
+    # K-FAC: Kronecker-factored curvature of dense and conv layers (extra args of `update`).
+    "kfac",
+    "scale_by_kfac",
+    "KfacState",
     # Schedules `step -> rate`.
     "constant_schedule",
     "cosine_decay_schedule",
