@@ -25,11 +25,6 @@ the per-example gradients, their squared norms, their sum of squares and varianc
 diagonals of the Gauss-Newton matrix (exact or Monte-Carlo) and of the Hessian, with
 BackPACK's conventions (`BatchQuantities`, `QUANTITIES`).
 
-Per-example quantities (`quantities.py`): `batch_quantities` gives, in one pass over a batch,
-the per-example gradients, their squared norms, their sum of squares and variance, and the
-diagonals of the Gauss-Newton matrix (exact or Monte-Carlo) and of the Hessian, with
-BackPACK's conventions (`BatchQuantities`, `QUANTITIES`).
-
 Loss landscapes (`landscape.py`): `linear_interpolation` between two params, `loss_line` and
 `loss_surface` along directions from `random_direction` (filter-normalised,
 `filter_normalize`), each grid one compiled `vmap`.
@@ -76,7 +71,6 @@ from funcnet.diff.numerical import (
 )
 from funcnet.diff.per_example import per_example_grads
 from funcnet.diff.quantities import QUANTITIES, BatchQuantities, batch_quantities
-from funcnet.diff.quantities import QUANTITIES, BatchQuantities, batch_quantities
 from funcnet.diff.spectrum import (
     HessianDensity,
     HessianEigs,
@@ -90,8 +84,6 @@ from funcnet.diff.spectrum import (
 __all__ = [
     "QUANTITIES",
     "BatchQuantities",
-    "QUANTITIES",
-    "BatchQuantities",
     "GradCheck",
     "HessianDensity",
     "HessianEigs",
@@ -100,7 +92,6 @@ __all__ = [
     "KroneckerLayer",
     "LossLine",
     "LossSurface",
-    "batch_quantities",
     "batch_quantities",
     "check_grads",
     "complex_step_grad",
