@@ -17,6 +17,7 @@ import funcnet
 from benchmarks import (
     bench_families,
     bench_per_example,
+    bench_quantities,
     family_models,
     report,
     run,
@@ -264,3 +265,9 @@ def test_bad_arguments_are_refused():
         run.main(["--only", "nonsense"])
     with pytest.raises(SystemExit):
         run.main(["--contenders", "nonsense"])
+
+
+def test_quantities_quick_run_times_each_contender_against_a_gradient():
+    rows = bench_quantities.main(["--quick"])
+    assert [r["quantity"] for r in rows] == ["gradient", "diag_ggn", "all"]
+    assert rows[0]["ratio"] == 1.0 and all(_positive(r["ms"]) for r in rows)
