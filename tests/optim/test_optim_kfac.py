@@ -239,8 +239,10 @@ def test_preconditioner_is_the_dense_kronecker_solve(x64):
     grads = jax.grad(lambda p: loss(outputs_fn(p)))(params)
     gamma = 0.3
     opt = optim.scale_by_kfac(damping=gamma)
-    u, _ = opt.update(grads, opt.init(params), params, outputs_fn=outputs_fn, loss_of_outputs=loss)
-    factors = kronecker_factors(outputs_fn, params, loss_of_outputs=loss)
+    u, _ = jax.jit(opt.update, static_argnames=("outputs_fn", "loss_of_outputs"))(
+        grads, opt.init(params), params, outputs_fn=outputs_fn, loss_of_outputs=loss
+    )
+    factors = jax.jit(lambda p: kronecker_factors(outputs_fn, p, loss_of_outputs=loss))(params)
     layers = kronecker_layers(outputs_fn, params)
     for name, layer in layers.items():
         a, g = np.asarray(factors[name].a), np.asarray(factors[name].g)
