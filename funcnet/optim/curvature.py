@@ -24,6 +24,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from funcnet._keys import typed_key
+from funcnet.diff._linear_solve import conjugate_gradient
 from funcnet.diff.modes import gnvp, hvp
 from funcnet.losses import softmax_cross_entropy
 from funcnet.optim.alias import _decoupled_decay
@@ -124,43 +125,6 @@ class HessianFreeState(NamedTuple):
     ratio: jax.Array
 
 
-def _conjugate_gradient(
-    matvec: Callable[[jax.Array], jax.Array],
-    g: jax.Array,
-    x0: jax.Array,
-    *,
-    max_iters: int,
-    tol: float,
-) -> tuple[jax.Array, jax.Array]:
-    """Truncated CG on `A x = −g` from `x0`; returns `x` and its residual `r = A x + g`.
-
-    Stops after `max_iters` products, when ‖r‖ ≤ tol·‖g‖, or at a direction of non-positive
-    curvature `dᵀA d ≤ 0` (possible with the Hessian), which is then not taken.
-    """
-    r = matvec(x0) + g
-    stop = tol**2 * jnp.vdot(g, g)
-
-    def not_done(carry):
-        i, _, _, _, rr, negative = carry
-        return (i < max_iters) & (rr > stop) & ~negative
-
-    def iterate(carry):
-        i, x, r, d, rr, _ = carry
-        ad = matvec(d)
-        dad = jnp.vdot(d, ad)
-        negative = dad <= 0
-        alpha = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, dad)).astype(x.dtype)
-        x = x + alpha * d
-        r = r + alpha * ad
-        rr_new = jnp.vdot(r, r)
-        d = -r + (rr_new / rr).astype(x.dtype) * d
-        return i + 1, x, r, d, rr_new, negative
-
-    carry = (jnp.zeros([], jnp.int32), x0, r, -r, jnp.vdot(r, r), jnp.array(False))
-    _, x, r, _, _, _ = lax.while_loop(not_done, iterate, carry)
-    return x, r
-
-
 def hessian_free(
     learning_rate: ScalarOrSchedule = 1.0,
     *,
@@ -257,7 +221,7 @@ def hessian_free(
             return ravel_pytree(bv)[0].astype(g.dtype) + damping * v
 
         x0 = warm_start * ravel_pytree(state.direction)[0].astype(g.dtype)
-        p, r = _conjugate_gradient(curvature_product, g, x0, max_iters=cg_iters, tol=cg_tol)
+        p, r = conjugate_gradient(curvature_product, g, x0, max_iters=cg_iters, tol=cg_tol)
 
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
         rate = jnp.asarray(rate, g.dtype)

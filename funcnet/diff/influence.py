@@ -1,0 +1,311 @@
+"""Influence functions: how the fitted params, and a loss, move when a training example goes.
+
+With the training loss R(θ) = (1/n) Σᵢ ℓ(zᵢ, θ) at its minimiser θ̂ and the damped curvature
+H = ∇²R(θ̂) + λI (λ = `damping`, e.g. the L2 coefficient the model was trained with), the
+first-order effect of removing the training example zⱼ (Koh & Liang 2017, eq. 2 with the
+weight ε = −1/n) is::
+
+    θ̂₋ⱼ − θ̂ ≈ (1/n) H⁻¹ ∇ℓ(zⱼ, θ̂)
+    ℓ(z, θ̂₋ⱼ) − ℓ(z, θ̂) ≈ (1/n) ∇ℓ(z, θ̂)ᵀ H⁻¹ ∇ℓ(zⱼ, θ̂)
+
+`influence` gives the second line for every pair of a test and a training example, and
+`self_influence` gives sⱼ = ∇ℓ(zⱼ)ᵀ H⁻¹ ∇ℓ(zⱼ), which is large for examples the rest of the
+data does not explain: mislabelled ones rank high (Koh & Liang, §5.4).
+
+The curvature is the Hessian (`curvature="hessian"`, exact for the convex models the formula
+is derived for) or the Gauss-Newton matrix G = Jᵀ ∇²ℓ J (`"ggn"`, positive semi-definite, the
+usual choice for networks whose minimiser is only approximate; Bae et al. 2022). H⁻¹v comes
+from one of:
+
+- `"exact"`: the dense matrix, formed column by column and solved (params ≤ `max_params`);
+- `"cg"`: conjugate gradients on matrix-free products, `cg_iters` at most per vector;
+- `"lissa"`: the stochastic series of Agarwal et al. (2017) as Koh & Liang use it,
+  xₖ = xₖ₋₁ + (v − (H_Bₖ + λI) xₖ₋₁) / s over `lissa_depth` minibatches Bₖ, averaged over
+  `lissa_repeats` runs; s must exceed H + λI's largest eigenvalue (`lissa_scale`, estimated
+  by power iteration when None).
+
+The model and loss come as `model(params, x) -> outputs` and `loss(outputs, y) -> scalar`,
+the mean over the batch (funcnet's losses, e.g. `funcnet.losses.softmax_cross_entropy`); the
+data as ``(x, y)`` with a leading example axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from funcnet._checks import check_int, check_positive
+from funcnet.diff._linear_solve import conjugate_gradient
+from funcnet.diff.modes import gnvp, hvp
+from funcnet.diff.per_example import per_example_grads
+
+PyTree = Any
+Data = tuple[Any, Any]
+Model = Callable[[PyTree, Any], jax.Array]
+Loss = Callable[[jax.Array, Any], jax.Array]
+Method = Literal["exact", "cg", "lissa"]
+Curvature = Literal["hessian", "ggn"]
+
+__all__ = ["influence", "inverse_hvp", "self_influence"]
+
+_METHODS = ("exact", "cg", "lissa")
+_DEFAULTS = {
+    "cg_iters": 100,
+    "cg_tol": 1e-10,
+    "lissa_depth": 1000,
+    "lissa_repeats": 1,
+    "lissa_scale": None,
+    "batch_size": None,
+    "key": None,
+    "max_params": 10_000,
+}
+_SETTINGS = frozenset(_DEFAULTS)
+_CURVATURES = ("hessian", "ggn")
+
+
+def _check(
+    owner: str, method: str, curvature: str, damping: float, train: Data, n_params: int, limit: int
+) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"{owner}: method must be one of {_METHODS}, got {method!r}")
+    if curvature not in _CURVATURES:
+        raise ValueError(f"{owner}: curvature must be one of {_CURVATURES}, got {curvature!r}")
+    check_positive(owner, "damping", damping, allow_zero=True)
+    if not (isinstance(train, tuple | list) and len(train) == 2):
+        raise TypeError(f"{owner}: the training data must be a pair (x, y), got {type(train)}")
+    if method == "exact" and n_params > limit:
+        raise ValueError(
+            f"{owner}: method='exact' forms the {n_params}×{n_params} curvature matrix, above "
+            f"max_params={limit}; use method='cg' or 'lissa', or raise max_params"
+        )
+
+
+def _curvature_product(
+    model: Model, loss: Loss, params: PyTree, data: Data, curvature: str, damping: float
+) -> Callable[[jax.Array], jax.Array]:
+    """v ↦ (C + λI) v on flat vectors, C the Hessian or Gauss-Newton matrix of the mean loss
+    on `data`."""
+    x, y = data
+    flat, unravel = ravel_pytree(params)
+
+    def product(v: jax.Array) -> jax.Array:
+        if curvature == "ggn":
+            cv = gnvp(lambda p: model(p, x), lambda out: loss(out, y), params, unravel(v))
+        else:
+            cv = hvp(lambda p: loss(model(p, x), y), params, unravel(v))
+        return ravel_pytree(cv)[0].astype(flat.dtype) + damping * v
+
+    return product
+
+
+def _top_eigenvalue(product: Callable, size: int, dtype, key: jax.Array, iters: int = 30):
+    """The largest |eigenvalue| of a symmetric operator by power iteration."""
+    v = jax.random.normal(key, (size,), dtype)
+
+    def step(v, _):
+        w = product(v / jnp.linalg.norm(v))
+        return w, None
+
+    w, _ = lax.scan(step, v, None, length=iters)
+    u = w / jnp.linalg.norm(w)
+    return jnp.abs(jnp.vdot(u, product(u)))
+
+
+def _solve(
+    owner: str,
+    problem: tuple[Model, Loss, PyTree, Data],
+    rhs: jax.Array,
+    choice: tuple[str, str, float],
+    solver: dict[str, Any],
+) -> jax.Array:
+    """(C + λI)⁻¹ applied to each row of `rhs` ``(k, P)`` for the training loss of
+    `problem` ``(model, loss, params, train)``, with `choice` ``(method, curvature, λ)`` and the
+    `solver` settings checked for `owner`."""
+    model, loss, params, train = problem
+    method, curvature, damping = choice
+    unknown = sorted(set(solver) - _SETTINGS)
+    if unknown:
+        raise TypeError(f"{owner}: unknown solver settings {unknown}; known: {sorted(_SETTINGS)}")
+    settings = {**_DEFAULTS, **solver}
+    max_params, cg_iters, cg_tol = (settings[k] for k in ("max_params", "cg_iters", "cg_tol"))
+    _check(owner, method, curvature, damping, train, rhs.shape[1], max_params)
+    train = tuple(train)
+    product = _curvature_product(model, loss, params, train, curvature, damping)
+    size = rhs.shape[1]
+    if method == "exact":
+        matrix = lax.map(product, jnp.eye(size, dtype=rhs.dtype), batch_size=min(size, 64))
+        return jnp.linalg.solve((matrix + matrix.T) / 2, rhs.T).T
+    if method == "cg":
+        zero = jnp.zeros(size, rhs.dtype)
+        solve_one = lambda v: conjugate_gradient(product, -v, zero, max_iters=cg_iters, tol=cg_tol)
+        return jax.vmap(lambda v: solve_one(v)[0])(rhs)
+    if settings["key"] is None:
+        raise ValueError(f"{owner}: method='lissa' draws minibatches and needs a key")
+    lissa = tuple(
+        settings[k] for k in ("lissa_depth", "lissa_repeats", "lissa_scale", "batch_size")
+    )
+    return _lissa(owner, problem, rhs, (curvature, damping), lissa, settings["key"])
+
+
+def _lissa(
+    owner: str,
+    problem: tuple[Model, Loss, PyTree, Data],
+    rhs: jax.Array,
+    curvature_damping: tuple[str, float],
+    settings: tuple[int, int, float | None, int | None],
+    key: jax.Array,
+) -> jax.Array:
+    """Agarwal et al.'s series for (C + λI)⁻¹ v: xₖ = xₖ₋₁ + (v − (C_Bₖ + λI) xₖ₋₁)/s."""
+    model, loss, params, train = problem
+    curvature, damping = curvature_damping
+    depth, repeats, scale, batch_size = settings
+    depth = check_int(owner, "lissa_depth", depth)
+    repeats = check_int(owner, "lissa_repeats", repeats)
+    x_all, y_all = train
+    n = jax.tree.leaves(x_all)[0].shape[0]
+    batch_size = n if batch_size is None else check_int(owner, "batch_size", batch_size)
+    key, scale_key = jax.random.split(key)
+    if scale is None:
+        full = _curvature_product(model, loss, params, train, curvature, damping)
+        scale = 1.1 * _top_eigenvalue(full, rhs.shape[1], rhs.dtype, scale_key)
+    else:
+        check_positive(owner, "lissa_scale", scale)
+
+    def one_run(run_key: jax.Array) -> jax.Array:
+        def step(x, step_key):
+            rows = jax.random.choice(step_key, n, (batch_size,), replace=False)
+            batch = jax.tree.map(lambda a: a[rows], (x_all, y_all))
+            product = _curvature_product(model, loss, params, batch, curvature, damping)
+            return x + (rhs - jax.vmap(product)(x)) / scale, None
+
+        x, _ = lax.scan(step, jnp.zeros_like(rhs), jax.random.split(run_key, depth))
+        return x
+
+    return jnp.mean(jax.vmap(one_run)(jax.random.split(key, repeats)), axis=0)
+
+
+def _flat_grads(model: Model, loss: Loss, params: PyTree, data: Data) -> jax.Array:
+    """∇ℓ(zᵢ, θ) of every example, flattened: ``(n, P)``."""
+
+    def example_loss(p: PyTree, example: Data) -> jax.Array:
+        x, y = jax.tree.map(lambda a: a[None], example)
+        return loss(model(p, x), y)
+
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise TypeError(f"influence: data must be a pair (x, y), got {type(data).__name__}")
+    return _flat(per_example_grads(example_loss, params, tuple(data)))
+
+
+def _flat(tree: PyTree) -> jax.Array:
+    """A batch of params-shaped pytrees as rows ``(k, P)``."""
+    return jax.vmap(lambda t: ravel_pytree(t)[0])(tree)
+
+
+def inverse_hvp(
+    model: Model,
+    loss: Loss,
+    params: PyTree,
+    train: Data,
+    vectors: PyTree,
+    *,
+    method: Method = "cg",
+    curvature: Curvature = "ggn",
+    damping: float = 0.0,
+    **solver: Any,
+) -> PyTree:
+    """(C + λI)⁻¹ v for each of k params-shaped vectors, C the curvature of the training loss.
+
+    Args:
+      model, loss, train: the model, the mean loss and the training data ``(x, y)`` (module
+        doc); C is the Hessian or Gauss-Newton matrix of ``loss(model(θ, x), y)``.
+      params: the point θ̂, a pytree of float arrays.
+      vectors: a pytree shaped like `params` with a leading axis of k vectors.
+      method, curvature: as in the module doc.
+      damping: λ ≥ 0 added to C's diagonal.
+      solver: the chosen method's settings: `cg_iters` (100) and `cg_tol` (1e-10, relative
+        to ‖v‖) for CG; `lissa_depth` (1000), `lissa_repeats` (1), `lissa_scale` (None:
+        1.1 × the largest eigenvalue, by power iteration), `batch_size` (None: all the data,
+        which makes the series deterministic) and `key` for LiSSA; `max_params` (10,000) for
+        `"exact"`.
+
+    Returns:
+      A pytree shaped like `vectors`.
+    """
+    flat, unravel = ravel_pytree(params)
+    rhs = _flat(vectors).astype(flat.dtype)
+    solved = _solve(
+        "inverse_hvp", (model, loss, params, train), rhs, (method, curvature, damping), solver
+    )
+    return jax.vmap(unravel)(solved)
+
+
+def influence(
+    model: Model,
+    loss: Loss,
+    params: PyTree,
+    train: Data,
+    test: Data,
+    *,
+    method: Method = "cg",
+    curvature: Curvature = "ggn",
+    damping: float = 0.0,
+    **solver: Any,
+) -> jax.Array:
+    """The predicted change of each test example's loss when each training example is removed.
+
+    I[i, j] = (1/n) ∇ℓ(z_testᵢ)ᵀ (C + λI)⁻¹ ∇ℓ(zⱼ) ≈ ℓ(z_testᵢ, θ̂₋ⱼ) − ℓ(z_testᵢ, θ̂): positive
+    when removing zⱼ raises the test loss (zⱼ helped), negative when zⱼ hurt. One solve per
+    test example.
+
+    Args:
+      model, loss, params, train, method, curvature, damping, solver: as in `inverse_hvp`.
+      test: the examples ``(x, y)`` whose loss is followed.
+
+    Returns:
+      ``(n_test, n_train)`` array.
+    """
+    g_train = _flat_grads(model, loss, params, train)
+    g_test = _flat_grads(model, loss, params, test)
+    solved = _solve(
+        "influence", (model, loss, params, train), g_test, (method, curvature, damping), solver
+    )
+    return solved @ g_train.T / g_train.shape[0]
+
+
+def self_influence(
+    model: Model,
+    loss: Loss,
+    params: PyTree,
+    train: Data,
+    *,
+    method: Method = "exact",
+    curvature: Curvature = "ggn",
+    damping: float = 0.0,
+    **solver: Any,
+) -> jax.Array:
+    """sⱼ = ∇ℓ(zⱼ)ᵀ (C + λI)⁻¹ ∇ℓ(zⱼ) for every training example: how strongly its own loss
+    depends on its presence (ℓ(zⱼ, θ̂₋ⱼ) − ℓ(zⱼ, θ̂) ≈ sⱼ / n).
+
+    Sorted in descending order it lists first the examples the rest of the data contradicts,
+    such as wrong labels. One solve per training example (`"exact"` factorises once for all).
+
+    Args:
+      model, loss, params, train, method, curvature, damping, solver: as in `inverse_hvp`.
+
+    Returns:
+      ``(n_train,)`` array.
+    """
+    g_train = _flat_grads(model, loss, params, train)
+    solved = _solve(
+        "self_influence",
+        (model, loss, params, train),
+        g_train,
+        (method, curvature, damping),
+        solver,
+    )
+    return jnp.sum(solved * g_train, axis=1)
