@@ -33,6 +33,7 @@ ELSEWHERE = {
     "universal_approximation": "tests/test_example_universal_approximation.py",
     "hessian_spectrum": "tests/diff/test_diff_benchmark.py",
     "forward_vs_reverse": "tests/diff/test_diff_benchmark.py",
+    "mislabelled_digits": "tests/test_example_mislabelled_digits.py",
 }
 COMMAND = {
     "plot_history": "tests/test_cli.py",  # curves.png of a run, and of a regression in _data
