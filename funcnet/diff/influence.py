@@ -22,7 +22,15 @@ from one of:
 - `"lissa"`: the stochastic series of Agarwal et al. (2017) as Koh & Liang use it,
   xₖ = xₖ₋₁ + (v − (H_Bₖ + λI) xₖ₋₁) / s over `lissa_depth` minibatches Bₖ, averaged over
   `lissa_repeats` runs; s must exceed H + λI's largest eigenvalue (`lissa_scale`, estimated
-  by power iteration when None).
+  by power iteration when None);
+- `"ekfac"`: the eigenvalue-corrected K-FAC of George et al. (2018), as Grosse et al. (2023)
+  use it for influence: each dense or conv layer's Gauss-Newton block is taken in the
+  eigenbasis Q_A ⊗ Q_G of its Kronecker factors (`funcnet.diff.kronecker_factors`, exact
+  GGN), with the exact diagonal of the block in that basis as its eigenvalues,
+  Λ = (1/n) Σᵢ Σ_c (Q_Aᵀ Γᵢ,c Q_G)² (Γᵢ,c the layer's kernel-matrix gradient of
+  ⟨uᵢ,c, f(xᵢ)⟩, uᵢ,c the columns of a square root of ∇²ℓ(f(xᵢ))); every other leaf keeps
+  the exact diagonal of G. Block-diagonal over layers, so only `curvature="ggn"`; cheap to
+  invert for any number of vectors once Λ is formed.
 
 The model and loss come as `model(params, x) -> outputs` and `loss(outputs, y) -> scalar`,
 the mean over the batch (funcnet's losses, e.g. `funcnet.losses.softmax_cross_entropy`); the
@@ -31,6 +39,7 @@ data as ``(x, y)`` with a leading example axis.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -41,6 +50,13 @@ from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_int, check_positive
 from funcnet.diff._linear_solve import conjugate_gradient
+from funcnet.diff.kronecker import (
+    kernel_matrix,
+    kronecker_factors,
+    kronecker_layers,
+    leaf_name,
+    split_kernel_matrix,
+)
 from funcnet.diff.modes import gnvp, hvp
 from funcnet.diff.per_example import per_example_grads
 
@@ -48,12 +64,12 @@ PyTree = Any
 Data = tuple[Any, Any]
 Model = Callable[[PyTree, Any], jax.Array]
 Loss = Callable[[jax.Array, Any], jax.Array]
-Method = Literal["exact", "cg", "lissa"]
+Method = Literal["exact", "cg", "lissa", "ekfac"]
 Curvature = Literal["hessian", "ggn"]
 
 __all__ = ["influence", "inverse_hvp", "self_influence"]
 
-_METHODS = ("exact", "cg", "lissa")
+_METHODS = ("exact", "cg", "lissa", "ekfac")
 _DEFAULTS = {
     "cg_iters": 100,
     "cg_tol": 1e-10,
@@ -76,6 +92,10 @@ def _check(
     if curvature not in _CURVATURES:
         raise ValueError(f"{owner}: curvature must be one of {_CURVATURES}, got {curvature!r}")
     check_positive(owner, "damping", damping, allow_zero=True)
+    if method == "ekfac" and curvature != "ggn":
+        raise ValueError(
+            f"{owner}: method='ekfac' approximates the Gauss-Newton matrix; use curvature='ggn'"
+        )
     if not (isinstance(train, tuple | list) and len(train) == 2):
         raise TypeError(f"{owner}: the training data must be a pair (x, y), got {type(train)}")
     if method == "exact" and n_params > limit:
@@ -140,6 +160,8 @@ def _solve(
     if method == "exact":
         matrix = lax.map(product, jnp.eye(size, dtype=rhs.dtype), batch_size=min(size, 64))
         return jnp.linalg.solve((matrix + matrix.T) / 2, rhs.T).T
+    if method == "ekfac":
+        return _ekfac_inverse(model, loss, params, train, damping, settings["batch_size"])(rhs)
     if method == "cg":
         zero = jnp.zeros(size, rhs.dtype)
         solve_one = lambda v: conjugate_gradient(product, -v, zero, max_iters=cg_iters, tol=cg_tol)
@@ -187,6 +209,75 @@ def _lissa(
         return x
 
     return jnp.mean(jax.vmap(one_run)(jax.random.split(key, repeats)), axis=0)
+
+
+def _ggn_columns(model: Model, loss: Loss, params: PyTree, example: Data) -> PyTree:
+    """Jᵀu_c for the columns u_c of a square root of one example's loss Hessian in its
+    outputs (eigenvalues below 0 taken as 0): a params-shaped pytree with a leading axis C."""
+    x, y = jax.tree.map(lambda a: a[None], example)
+    out, pullback = jax.vjp(lambda p: model(p, x), params)
+    hess = jax.hessian(lambda o: loss(o.reshape(out.shape), y))(out.reshape(-1))
+    values, vectors = jnp.linalg.eigh((hess + hess.T) / 2)
+    roots = vectors * jnp.sqrt(jnp.maximum(values, 0.0))
+    return jax.vmap(lambda u: pullback(u.reshape(out.shape))[0])(roots.T)
+
+
+def _ekfac_inverse(
+    model: Model, loss: Loss, params: PyTree, train: Data, damping: float, chunk: int | None
+) -> Callable[[jax.Array], jax.Array]:
+    """v ↦ (Ĝ + λI)⁻¹ v on flat vectors, Ĝ the EK-FAC Gauss-Newton matrix (module doc)."""
+    x, y = train
+    outputs_fn = lambda p: model(p, x)
+    layers = kronecker_layers(outputs_fn, params)
+    factors = kronecker_factors(outputs_fn, params, loss_of_outputs=lambda o: loss(o, y))
+    bases = {k: (jnp.linalg.eigh(f.a)[1], jnp.linalg.eigh(f.g)[1]) for k, f in factors.items()}
+    flat, unravel = ravel_pytree(params)
+    named = lambda tree: {
+        leaf_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    biases = {layer.bias for layer in layers.values()}
+    rest = [k for k in named(params) if k not in layers and k not in biases]
+
+    def rotated_squares(grads: PyTree) -> dict[str, jax.Array]:
+        """The squares summed over a batch of gradients: in each layer's eigenbasis, and
+        plain for the other leaves."""
+        g = named(grads)
+        out = {k: jnp.sum(g[k] ** 2, axis=0) for k in rest}
+        for k, layer in layers.items():
+            qa, qg = bases[k]
+            bias = None if layer.bias is None else g[layer.bias]
+            mats = jax.vmap(functools.partial(kernel_matrix, layer))(g[k], bias)
+            out[k] = jnp.sum((qa.T @ mats @ qg) ** 2, axis=0)
+        return out
+
+    n = jax.tree.leaves(x)[0].shape[0]
+    per_example = lambda e: rotated_squares(_ggn_columns(model, loss, params, e))
+    summed = jax.tree.map(
+        lambda a: jnp.sum(a, axis=0) / n,
+        lax.map(per_example, (x, y), batch_size=chunk or min(n, 64)),
+    )
+
+    def inverse(rhs: jax.Array) -> jax.Array:
+        def one(v: jax.Array) -> jax.Array:
+            tree = unravel(v)
+            parts = named(tree)
+            out = {k: parts[k] / (summed[k] + damping) for k in rest}
+            for k, layer in layers.items():
+                qa, qg = bases[k]
+                bias = None if layer.bias is None else parts[layer.bias]
+                mat = qa.T @ kernel_matrix(layer, parts[k], bias) @ qg
+                mat = qa @ (mat / (summed[k] + damping)) @ qg.T
+                bias_shape = None if bias is None else bias.shape
+                out[k], b = split_kernel_matrix(layer, mat, bias_shape)
+                if bias is not None:
+                    out[layer.bias] = b
+            paths = [leaf_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+            leaves = [out[k].astype(flat.dtype) for k in paths]
+            return ravel_pytree(jax.tree.unflatten(jax.tree.structure(tree), leaves))[0]
+
+        return jax.vmap(one)(rhs)
+
+    return inverse
 
 
 def _flat_grads(model: Model, loss: Loss, params: PyTree, data: Data) -> jax.Array:

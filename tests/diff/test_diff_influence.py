@@ -164,6 +164,7 @@ def test_influence_predicts_leave_one_out_retraining():
         ({"max_params": 10}, "above max_params=10; use method='cg'"),
         ({"method": "lissa"}, "method='lissa' draws minibatches and needs a key"),
         ({"cg_iter": 3}, "unknown solver settings ['cg_iter']"),
+        ({"method": "ekfac", "curvature": "hessian"}, "approximates the Gauss-Newton matrix"),
     ],
 )
 def test_bad_settings_are_one_line(settings, message):
@@ -178,3 +179,42 @@ def test_data_that_is_not_a_pair_is_one_line():
     model, loss, params, data = _mlp()
     with pytest.raises(TypeError, match=r"^influence: data must be a pair \(x, y\), got \w+$"):
         influence(model, loss, params, data[0], data)
+
+
+def test_ekfac_is_the_gauss_newton_diagonal_in_the_kronecker_eigenbasis():
+    """George et al.'s EK-FAC, built from the dense Gauss-Newton matrix: each dense layer's
+    block rotated into the eigenbasis Q_A ⊗ Q_G of its factors and replaced by its diagonal
+    there; the layer norm's leaves keep the matrix's own diagonal."""
+    net = fn.nn.serial(fn.nn.dense(5), fn.nn.layer_norm(), fn.nn.tanh, fn.nn.dense(3))
+    _, params, state = net.init(jax.random.key(0), (12, 4))
+    params = jax.tree.map(
+        lambda a: jax.random.normal(jax.random.key(9), a.shape, jnp.float64), params
+    )
+    x = jax.random.normal(jax.random.key(1), (12, 4), jnp.float64)
+    y = jax.random.randint(jax.random.key(2), (12,), 0, 3)
+    model = lambda p, x: net.apply(p, state, x)[0]
+    loss = fn.losses.softmax_cross_entropy
+    ggn = _dense_curvature(model, loss, params, (x, y), "ggn")
+    flat, unravel = ravel_pytree(params)
+    index = unravel(jnp.arange(flat.size, dtype=jnp.float64))  # each leaf's flat positions
+    factors = fn.diff.kronecker_factors(
+        lambda p: model(p, x), params, loss_of_outputs=lambda o: loss(o, y)
+    )
+    approx = np.diag(np.diag(ggn))  # the unmatched leaves: the exact diagonal
+    for name in ("dense_0", "dense_3"):
+        rows = np.concatenate([np.asarray(index[name]["w"]), np.asarray(index[name]["b"])[None]])
+        rows = rows.astype(int).reshape(-1)  # W̄ = [W; bᵀ] row-major
+        qa = np.linalg.eigh(np.asarray(factors[f"{name}/w"].a))[1]
+        qg = np.linalg.eigh(np.asarray(factors[f"{name}/w"].g))[1]
+        basis = np.kron(qa, qg)
+        eigenvalues = np.diag(basis.T @ ggn[np.ix_(rows, rows)] @ basis)
+        approx[np.ix_(rows, rows)] = basis @ np.diag(eigenvalues) @ basis.T
+    assert set(fn.diff.kronecker_unmatched(lambda p: model(p, x), params)) == {
+        "layer_norm_1/scale",
+        "layer_norm_1/bias",
+    }
+    rows, vectors = _vectors(params, 3)
+    got = inverse_hvp(model, loss, params, (x, y), vectors, method="ekfac", damping=0.1)
+    got = np.asarray(jax.vmap(lambda v: ravel_pytree(v)[0])(got))
+    want = np.linalg.solve(approx + 0.1 * np.eye(flat.size), np.asarray(rows).T).T
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
