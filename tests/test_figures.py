@@ -31,6 +31,7 @@ ELSEWHERE = {
     "edge_of_stability": "tests/test_example_edge_of_stability.py",
     "loss_landscape": "tests/test_example_loss_landscape.py",
     "universal_approximation": "tests/test_example_universal_approximation.py",
+    "laplace_digits": "tests/test_example_laplace_digits.py",
     "hessian_spectrum": "tests/diff/test_diff_benchmark.py",
     "forward_vs_reverse": "tests/diff/test_diff_benchmark.py",
     "mislabelled_digits": "tests/test_example_mislabelled_digits.py",
