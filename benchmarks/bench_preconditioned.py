@@ -1,4 +1,4 @@
-"""The cost of a Shampoo and a SOAP step relative to Adam's, on a 256-wide MLP.
+"""The cost of a Shampoo, a SOAP and a K-FAC step relative to Adam's, on a 256-wide MLP.
 
 The model is a dense MLP 256 → 256 → 256 → 256 (ReLU, with biases: three 256 × 256 kernels,
 197,376 params, float32), trained on a fixed batch of 128 with a squared error. Two figures
@@ -9,6 +9,12 @@ per optimizer, each the ratio of its median to Adam's, timed in turns with `fo.a
 - step: the loss, its gradient and the update, the training step a user runs.
 
 Both are jitted with the params and state donated, as `funcnet.train`'s step donates them.
+K-FAC takes the extra args `funcnet.train.make_step` passes (the model's outputs and the loss
+of outputs on the batch, a key), and samples its factors' targets from a Gaussian (the Fisher,
+KFAC-MC: one backward pass; the exact GGN's factors would take one per output, 256 here), so
+its update pays for that backward pass, its quadratic
+model's two Gauss-Newton products and, every 5 steps, the loss at the new params (damping
+adaptation), in both rows; its inverses are due every 20 steps.
 Every repeat runs many steps (at least 0.5 s), so the eigendecompositions (Shampoo's inverse
 roots, SOAP's QR refreshes), due every `precondition_frequency` = 10 steps, are counted at
 their share of the steps, and SOAP's first call (its eigh) is left to the warm-up.
@@ -37,7 +43,11 @@ WIDTH, DEPTH, BATCH = 256, 3, 128
 
 
 def optimizers() -> dict[str, fo.GradientTransformation]:
-    return {"shampoo": fo.shampoo(1e-3), "soap": fo.soap()}
+    return {
+        "shampoo": fo.shampoo(1e-3),
+        "soap": fo.soap(),
+        "kfac": fo.kfac(curvature="fisher", likelihood="gaussian"),
+    }
 
 
 def problem():
@@ -52,14 +62,31 @@ def problem():
     return params, (x, y), grads
 
 
-def loss(params, batch):
-    x, y = batch
+def outputs(params, x):
     for i in range(DEPTH):
         layer = params[f"dense_{i}"]
         x = x @ layer["w"] + layer["b"]
         if i < DEPTH - 1:
             x = jax.nn.relu(x)
-    return jnp.mean((x - y) ** 2)
+    return x
+
+
+def loss(params, batch):
+    x, y = batch
+    return jnp.mean((outputs(params, x) - y) ** 2)
+
+
+def extra_args(params, batch) -> dict:
+    """What `funcnet.train.make_step` passes an optimizer that takes extra args."""
+    x, y = batch
+    value = loss(params, batch)
+    return {
+        "value": value,
+        "value_fn": lambda p: loss(p, batch),
+        "outputs_fn": lambda p: outputs(p, x),
+        "loss_of_outputs": lambda out: jnp.mean((out - y) ** 2),
+        "key": jax.random.key(0),
+    }
 
 
 def stepper(opt, params, batch, grads, *, train: bool):
@@ -69,7 +96,8 @@ def stepper(opt, params, batch, grads, *, train: bool):
 
     def step(params, state, batch, grads):
         g = jax.grad(loss)(params, batch) if train else grads
-        updates, state = opt.update(g, state, params)
+        extra = extra_args(params, batch) if fo.accepts_extra_args(opt) else {}
+        updates, state = opt.update(g, state, params, **extra)
         return fo.apply_updates(params, updates), state
 
     # The batch and the gradient are arguments, not constants XLA would fold at compile time.
