@@ -53,6 +53,7 @@ number of dense-layer outputs plus the size of every other leaf.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -78,15 +79,7 @@ Quantity = Literal[
     "diag_hessian",
 ]
 Likelihood = Literal["categorical", "gaussian"]
-QUANTITIES = (
-    "batch_grad",
-    "batch_l2",
-    "sum_grad_squared",
-    "variance",
-    "diag_ggn",
-    "diag_ggn_mc",
-    "diag_hessian",
-)
+QUANTITIES: tuple[str, ...] = typing.get_args(Quantity)
 _LIKELIHOODS = ("categorical", "gaussian")
 _OWNER = "batch_quantities"
 
