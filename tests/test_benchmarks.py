@@ -18,6 +18,7 @@ from benchmarks import (
     bench_families,
     bench_per_example,
     bench_quantities,
+    bench_steps_to_target,
     family_models,
     report,
     run,
@@ -25,6 +26,7 @@ from benchmarks import (
     workload,
 )
 from benchmarks.settings import SMOKE
+from tests.figure_checks import checked_figures
 
 ALWAYS = "funcnet,funcnet_scan,raw_jax"
 
@@ -265,6 +267,35 @@ def test_bad_arguments_are_refused():
         run.main(["--only", "nonsense"])
     with pytest.raises(SystemExit):
         run.main(["--contenders", "nonsense"])
+
+
+def test_steps_to_target_quick_run_writes_results_and_a_readable_figure(tmp_path):
+    """`bench_steps_to_target --quick`: two optimizers on the digits MLP, one seed, a 10-step
+    cap; every run recorded, the best value chosen from the sweep, the figure checked."""
+    argv = ["--quick", "--workloads", "mlp", "--optimizers", "adam", "hessian_free"]
+    with checked_figures() as saved:
+        results = bench_steps_to_target.main([*argv, "--out", str(tmp_path), "--quiet"])
+    assert saved == [tmp_path / "steps_to_target.png"]
+    written = json.loads((tmp_path / "steps_to_target.json").read_text())
+    assert written["workloads"] == json.loads(json.dumps(results["workloads"]))
+    (work,) = written["workloads"]
+    assert work["workload"] == "mlp" and work["cap"] == 10
+    rows = {r["optimizer"]: r for r in work["rows"]}
+    assert set(rows) == {"adam", "hessian_free"}
+    assert rows["hessian_free"]["swept"] == "initial_damping"
+    for row in rows.values():
+        (run,) = row["runs"]
+        assert run["status"] in ("reached", "capped", "diverged")
+        assert [s for s, _ in run["curve"][:2]] == [0, bench_steps_to_target.EVAL_EVERY]
+        assert all(math.isfinite(loss) for _, loss in run["curve"])
+        assert row["best_value"] == run["value"] and _positive(row["compile_s"])
+        if run["status"] == "reached":
+            assert row["median_steps"] == run["steps"] and _positive(row["median_seconds"])
+    # Hessian-free's damped Newton steps reach the quick target (loss 1.5) within 10 steps.
+    assert rows["hessian_free"]["reached"] == 1
+    assert "| hessian_free | initial_damping | 10 | 1/1 |" in bench_steps_to_target.markdown(
+        results
+    )
 
 
 def test_quantities_quick_run_times_each_contender_against_a_gradient():
