@@ -338,14 +338,16 @@ def _cotangents(
         key = typed_key(key, caller="kronecker_factors")
         if likelihood == "gaussian":
             return -jax.random.normal(key, shape, f.dtype)[None]
-        if f.ndim != 2:
+        if f.ndim < 2:
             raise ValueError(
                 "kronecker_factors: curvature='fisher' with likelihood='categorical' needs "
-                f"logits of shape (batch, classes), got outputs of shape {shape}"
+                f"logits of shape (batch, ..., classes), got outputs of shape {shape}"
             )
         f = lax.stop_gradient(f)
-        labels = jax.random.categorical(key, f)
-        return (jax.nn.softmax(f) - jax.nn.one_hot(labels, shape[1], dtype=f.dtype))[None]
+        labels = jax.random.categorical(key, f)  # one class per position
+        u = jax.nn.softmax(f) - jax.nn.one_hot(labels, shape[-1], dtype=f.dtype)
+        # ℓ_n averages its P positions, so ∇²ℓ_n = (1/P)·blockdiag(diag p − p pᵀ) = E[u uᵀ]/P.
+        return (u / math.sqrt(math.prod(shape[1:-1])))[None]
     m = math.prod(shape[1:])
     grad = jax.grad(loss_of_outputs)
     directions = jnp.broadcast_to(jnp.eye(m, dtype=f.dtype)[:, None, :], (m, b, m))
@@ -463,9 +465,11 @@ def kronecker_factors(
       so that `Σ_k δ δᵀ = J_{n,t}ᵀ H_n J_{n,t}`. With `B = T = 1`, `A ⊗ G` is the layer's
       block of the Gauss-Newton matrix `Jᵀ H J`.
     - ``"fisher"`` (KFAC-MC): one `u_n = ∂ℓ_n/∂f_n` at a target drawn from the model:
-      ``"categorical"`` ``softmax(f_n) − onehot(y)``, `y ~ softmax(f_n)` (outputs of shape
-      ``(B, C)`` only); ``"gaussian"`` ``f_n − y = −ε``, `y = f_n + ε`, `ε ~ N(0, I)` (any
-      shape ``(B, …)``, all outputs of an example in `ℓ_n = ½‖f_n − y_n‖²`). Its mean over
+      ``"categorical"`` ``softmax(f_n) − onehot(y)``, `y ~ softmax(f_n)`; for logits
+      ``(B, …, C)`` one class per position, the vector divided by √P for the `P` positions
+      of an example, as `ℓ_n` averages them (`softmax_cross_entropy` does); ``"gaussian"``
+      ``f_n − y = −ε``, `y = f_n + ε`, `ε ~ N(0, I)` (any shape ``(B, …)``, all outputs of
+      an example in `ℓ_n = ½‖f_n − y_n‖²`). Its mean over
       draws is `"ggn"`'s `G` for those likelihoods.
     - ``"empirical"``: `u_n = ∂ℓ_n/∂f_n = B·∂L/∂f_n` at the true targets.
 

@@ -296,8 +296,27 @@ def test_bad_arguments_say_what_is_allowed(kwargs, message):
     assert "\n" not in str(info.value)
 
 
-def test_categorical_fisher_refuses_sequence_logits():
-    params = {"w": jnp.ones((3, 4))}
-    x = jnp.ones((2, 5, 3))
-    with pytest.raises(ValueError, match=r"logits of shape \(batch, classes\), got .*\(2, 5, 4\)"):
+def test_categorical_fisher_of_sequence_logits_averages_to_the_gauss_newton(x64):
+    """Logits (B, S, C), a dense layer over the positions: one sampled class per position,
+    against the exact Gauss-Newton factors of the position-averaged cross-entropy."""
+    model = nn.serial(nn.dense(4), nn.tanh, nn.dense(3))
+    x = jax.random.normal(jax.random.key(5), (2, 4, 3))
+    params, state = _init(model, x.shape)
+    outputs_fn = lambda p: model.apply(p, state, x)[0]
+    y = jnp.array([[0, 1, 2, 1], [2, 2, 0, 1]])
+    exact = _jit_factors(outputs_fn, params, loss_of_outputs=lambda f: softmax_cross_entropy(f, y))
+
+    def sampled(key):
+        return kronecker_factors(outputs_fn, params, curvature="fisher", key=key)
+
+    draws = jax.jit(jax.vmap(sampled))(jax.random.split(jax.random.key(8), 4000))
+    for name, factors in exact.items():
+        mean = np.mean(draws[name].g, axis=0)
+        assert np.linalg.norm(mean - factors.g) < 0.05 * np.linalg.norm(factors.g), name
+
+
+def test_categorical_fisher_refuses_outputs_without_a_class_axis():
+    params = {"w": jnp.ones((3,))}
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"logits of shape \(batch, ..., classes\), got .*\(2,\)"):
         kronecker_factors(lambda p: x @ p["w"], params, curvature="fisher", key=jax.random.key(0))
