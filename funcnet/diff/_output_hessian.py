@@ -3,12 +3,14 @@
 A batch loss L(F) of outputs F of shape (B, C) that sums (or averages) independent terms,
 L = Σ_n l_n(F_n), has a block-diagonal Hessian: ∂²L/∂F_n∂F_m = 0 for n ≠ m. Its B diagonal
 blocks H_n = ∂²L/∂F_n², each (C, C), come from C Hessian-vector products, the n-th row of
-the product with the direction that is e_c in every row being H_n e_c. They are the blocks
+the product with the direction that is e_c in every row being H_n e_c. Outputs of shape
+(B, …) are taken per example as one flattened vector. They are the blocks
 of L itself, so a mean over the batch leaves its 1/B in them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -18,20 +20,21 @@ import jax.numpy as jnp
 def output_hessian_blocks(
     loss_of_outputs: Callable[[jax.Array], jax.Array], outputs: jax.Array
 ) -> jax.Array:
-    """The (B, C, C) blocks H_n = ∂²L/∂F_n² of the batch loss L at outputs F of shape (B, C).
+    """The (B, M, M) blocks H_n = ∂²L/∂F_n² of the batch loss L at outputs F of shape (B, …),
+    each example's M outputs flattened ((B, C, C) for outputs (B, C)).
 
-    C forward-over-reverse Hessian-vector products, one per one-hot direction broadcast over
+    M forward-over-reverse Hessian-vector products, one per one-hot direction broadcast over
     the batch; exact when the loss has no term coupling two examples.
     """
-    num_classes = outputs.shape[-1]
-    eye = jnp.eye(num_classes, dtype=outputs.dtype)
+    size = math.prod(outputs.shape[1:])
+    eye = jnp.eye(size, dtype=outputs.dtype)
     grad = jax.grad(loss_of_outputs)
 
     def column(e: jax.Array) -> jax.Array:
-        direction = jnp.broadcast_to(e, outputs.shape)
-        return jax.jvp(grad, (outputs,), (direction,))[1]  # (B, C): row n is H_n e
+        direction = jnp.broadcast_to(e, (outputs.shape[0], size)).reshape(outputs.shape)
+        return jax.jvp(grad, (outputs,), (direction,))[1].reshape(-1, size)  # row n: H_n e
 
-    columns = jax.vmap(column)(eye)  # (C, B, C): [c, n, :] = H_n e_c
+    columns = jax.vmap(column)(eye)  # (M, B, M): [c, n, :] = H_n e_c
     blocks = jnp.transpose(columns, (1, 2, 0))
     return (blocks + jnp.swapaxes(blocks, 1, 2)) / 2
 

@@ -28,6 +28,7 @@ from jax import lax
 from jax.extend import core
 
 from funcnet._keys import typed_key
+from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff._taps import eval_tapped, find_jaxpr, find_uses, is_plain_dot
 
 PyTree = Any
@@ -348,14 +349,9 @@ def _cotangents(
         u = jax.nn.softmax(f) - jax.nn.one_hot(labels, shape[-1], dtype=f.dtype)
         # ℓ_n averages its P positions, so ∇²ℓ_n = (1/P)·blockdiag(diag p − p pᵀ) = E[u uᵀ]/P.
         return (u / math.sqrt(math.prod(shape[1:-1])))[None]
-    m = math.prod(shape[1:])
-    grad = jax.grad(loss_of_outputs)
-    directions = jnp.broadcast_to(jnp.eye(m, dtype=f.dtype)[:, None, :], (m, b, m))
-    hv = jax.vmap(lambda v: jax.jvp(grad, (f,), (v.reshape(shape),))[1])(directions)
-    h = b * jnp.transpose(hv.reshape(m, b, m), (1, 2, 0))  # h[n] = H_n
-    lam, q = jnp.linalg.eigh(0.5 * (h + jnp.swapaxes(h, 1, 2)))
+    lam, q = eigen_factors(b * output_hessian_blocks(loss_of_outputs, f))  # of H_n
     root = q * jnp.sqrt(jnp.maximum(lam, 0))[:, None, :]  # H_n = root[n] root[n]ᵀ
-    return jnp.transpose(root, (2, 0, 1)).reshape(m, *shape)
+    return jnp.transpose(root, (2, 0, 1)).reshape(-1, *shape)
 
 
 def _factors(
