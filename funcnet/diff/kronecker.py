@@ -28,6 +28,7 @@ from jax import lax
 from jax.extend import core
 
 from funcnet._keys import typed_key
+from funcnet._trees import entry_name
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff._taps import eval_tapped, find_jaxpr, find_uses, is_plain_dot
 
@@ -79,15 +80,7 @@ class KroneckerLayer(NamedTuple):
 def leaf_name(path: tuple) -> str:
     """A param's path as '/'-joined keys (``"dense_3/w"``): dict keys, sequence indices and
     attribute names as they are."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
+    return "/".join(entry_name(entry) for entry in path)
 
 
 class _Tap(NamedTuple):
