@@ -8,11 +8,19 @@ import pytest
 
 # The suite's programs are tiny, so compiling them is most of its time. XLA's cheaper
 # compile passes (LLVM at -O0 without its expensive passes, as `make soak` uses) make that
-# about a third cheaper; the HLO XLA runs is the same, the machine code less
-# optimised, so results may differ from a default build in the last bits, within every
-# tolerance here. Set here, before JAX starts its backend, so the processes tests start
-# inherit them too. FUNCNET_TEST_XLA=default keeps XLA's defaults (what users run).
-FAST_XLA = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# about a third cheaper, and XLA:CPU's older elemental emitters for fused loops (the newer
+# MLIR fusion emitters off) halve what is left: on tests/nn/test_core.py and
+# tests/test_losses.py, backend compilation took 36 s with the fusion emitters and 17 s
+# without, and the whole suite 21 min and 13 min on a quiet 2-core machine. The HLO XLA runs
+# is the same, the machine code less optimised, so results may differ from a default build
+# in the last bits, within every tolerance here. Set here, before JAX starts its backend, so
+# the processes tests start inherit them too. FUNCNET_TEST_XLA=default keeps XLA's defaults
+# (what users run).
+FAST_XLA = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_cpu_use_fusion_emitters=false",
+)
 if os.environ.get("FUNCNET_TEST_XLA") != "default":
     _flags = os.environ.get("XLA_FLAGS", "").split()
     _named = {flag.split("=")[0] for flag in _flags}

@@ -34,7 +34,10 @@ from one of:
 
 The model and loss come as `model(params, x) -> outputs` and `loss(outputs, y) -> scalar`,
 the mean over the batch (funcnet's losses, e.g. `funcnet.losses.softmax_cross_entropy`); the
-data as ``(x, y)`` with a leading example axis.
+data as ``(x, y)`` with a leading example axis. Each function checks its arguments on the host,
+then runs as one program compiled with `jax.jit`, keyed on the identity of `model` and `loss`
+and on the settings: the same model and loss with new params or data reuse the compiled
+code, while a fresh closure per call compiles anew.
 """
 
 from __future__ import annotations
@@ -96,13 +99,17 @@ def _check(
         raise ValueError(
             f"{owner}: method='ekfac' approximates the Gauss-Newton matrix; use curvature='ggn'"
         )
-    if not (isinstance(train, tuple | list) and len(train) == 2):
-        raise TypeError(f"{owner}: the training data must be a pair (x, y), got {type(train)}")
+    _check_pair(owner, train)
     if method == "exact" and n_params > limit:
         raise ValueError(
             f"{owner}: method='exact' forms the {n_params}×{n_params} curvature matrix, above "
             f"max_params={limit}; use method='cg' or 'lissa', or raise max_params"
         )
+
+
+def _check_pair(owner: str, data: Any) -> None:
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise TypeError(f"{owner}: data must be a pair (x, y), got {type(data).__name__}")
 
 
 def _curvature_product(
@@ -136,25 +143,46 @@ def _top_eigenvalue(product: Callable, size: int, dtype, key: jax.Array, iters: 
     return jnp.abs(jnp.vdot(u, product(u)))
 
 
-def _solve(
-    owner: str,
-    problem: tuple[Model, Loss, PyTree, Data],
-    rhs: jax.Array,
-    choice: tuple[str, str, float],
-    solver: dict[str, Any],
-) -> jax.Array:
-    """(C + λI)⁻¹ applied to each row of `rhs` ``(k, P)`` for the training loss of
-    `problem` ``(model, loss, params, train)``, with `choice` ``(method, curvature, λ)`` and the
-    `solver` settings checked for `owner`."""
-    model, loss, params, train = problem
+def _checked(
+    owner: str, params: PyTree, train: Data, choice: tuple[str, str, float], solver: dict[str, Any]
+) -> tuple[tuple[str, str], tuple[tuple[str, Any], ...]]:
+    """Every setting checked for `owner` before any work: `choice` ``(method, curvature, λ)``
+    and the `solver` settings. Returns the hashable keys of the compiled program: the
+    method and curvature, and the settings (their defaults filled in, `key` apart) as sorted
+    ``(name, value)`` pairs; λ and the key are traced."""
     method, curvature, damping = choice
     unknown = sorted(set(solver) - _SETTINGS)
     if unknown:
         raise TypeError(f"{owner}: unknown solver settings {unknown}; known: {sorted(_SETTINGS)}")
     settings = {**_DEFAULTS, **solver}
-    max_params, cg_iters, cg_tol = (settings[k] for k in ("max_params", "cg_iters", "cg_tol"))
-    _check(owner, method, curvature, damping, train, rhs.shape[1], max_params)
-    train = tuple(train)
+    n_params = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
+    _check(owner, method, curvature, damping, train, n_params, settings["max_params"])
+    if method == "lissa":
+        if settings["key"] is None:
+            raise ValueError(f"{owner}: method='lissa' draws minibatches and needs a key")
+        check_int(owner, "lissa_depth", settings["lissa_depth"])
+        check_int(owner, "lissa_repeats", settings["lissa_repeats"])
+        if settings["lissa_scale"] is not None:
+            check_positive(owner, "lissa_scale", settings["lissa_scale"])
+    if method in ("lissa", "ekfac") and settings["batch_size"] is not None:
+        check_int(owner, "batch_size", settings["batch_size"])
+    plain = lambda v: v.item() if hasattr(v, "item") else v  # NumPy and JAX scalars
+    static = tuple(sorted((k, plain(v)) for k, v in settings.items() if k != "key"))
+    return (method, curvature), static
+
+
+def _solve(
+    owner: str,
+    problem: tuple[Model, Loss, PyTree, Data],
+    rhs: jax.Array,
+    choice: tuple[str, str, float],
+    settings: dict[str, Any],
+) -> jax.Array:
+    """(C + λI)⁻¹ applied to each row of `rhs` ``(k, P)`` for the training loss of
+    `problem` ``(model, loss, params, train)``, with `choice` ``(method, curvature, λ)`` and the
+    settings `_checked` returned (and the `key`)."""
+    model, loss, params, train = problem
+    method, curvature, damping = choice
     product = _curvature_product(model, loss, params, train, curvature, damping)
     size = rhs.shape[1]
     if method == "exact":
@@ -164,10 +192,9 @@ def _solve(
         return _ekfac_inverse(model, loss, params, train, damping, settings["batch_size"])(rhs)
     if method == "cg":
         zero = jnp.zeros(size, rhs.dtype)
+        cg_iters, cg_tol = settings["cg_iters"], settings["cg_tol"]
         solve_one = lambda v: conjugate_gradient(product, -v, zero, max_iters=cg_iters, tol=cg_tol)
         return jax.vmap(lambda v: solve_one(v)[0])(rhs)
-    if settings["key"] is None:
-        raise ValueError(f"{owner}: method='lissa' draws minibatches and needs a key")
     lissa = tuple(
         settings[k] for k in ("lissa_depth", "lissa_repeats", "lissa_scale", "batch_size")
     )
@@ -186,17 +213,13 @@ def _lissa(
     model, loss, params, train = problem
     curvature, damping = curvature_damping
     depth, repeats, scale, batch_size = settings
-    depth = check_int(owner, "lissa_depth", depth)
-    repeats = check_int(owner, "lissa_repeats", repeats)
     x_all, y_all = train
     n = jax.tree.leaves(x_all)[0].shape[0]
-    batch_size = n if batch_size is None else check_int(owner, "batch_size", batch_size)
+    batch_size = n if batch_size is None else batch_size
     key, scale_key = jax.random.split(key)
     if scale is None:
         full = _curvature_product(model, loss, params, train, curvature, damping)
         scale = 1.1 * _top_eigenvalue(full, rhs.shape[1], rhs.dtype, scale_key)
-    else:
-        check_positive(owner, "lissa_scale", scale)
 
     def one_run(run_key: jax.Array) -> jax.Array:
         def step(x, step_key):
@@ -287,8 +310,6 @@ def _flat_grads(model: Model, loss: Loss, params: PyTree, data: Data) -> jax.Arr
         x, y = jax.tree.map(lambda a: a[None], example)
         return loss(model(p, x), y)
 
-    if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise TypeError(f"influence: data must be a pair (x, y), got {type(data).__name__}")
     return _flat(per_example_grads(example_loss, params, tuple(data)))
 
 
@@ -327,11 +348,19 @@ def inverse_hvp(
     Returns:
       A pytree shaped like `vectors`.
     """
+    choice, static = _checked("inverse_hvp", params, train, (method, curvature, damping), solver)
+    return _inverse_hvp(
+        model, loss, choice, static, damping, params, tuple(train), vectors, solver.get("key")
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _inverse_hvp(model, loss, choice, static, damping, params, train, vectors, key):
     flat, unravel = ravel_pytree(params)
     rhs = _flat(vectors).astype(flat.dtype)
-    solved = _solve(
-        "inverse_hvp", (model, loss, params, train), rhs, (method, curvature, damping), solver
-    )
+    settings = {**dict(static), "key": key}
+    problem = (model, loss, params, train)
+    solved = _solve("inverse_hvp", problem, rhs, (*choice, damping), settings)
     return jax.vmap(unravel)(solved)
 
 
@@ -360,11 +389,20 @@ def influence(
     Returns:
       ``(n_test, n_train)`` array.
     """
+    choice, static = _checked("influence", params, train, (method, curvature, damping), solver)
+    _check_pair("influence", test)
+    return _influence(
+        model, loss, choice, static, damping, params, tuple(train), tuple(test), solver.get("key")
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _influence(model, loss, choice, static, damping, params, train, test, key):
     g_train = _flat_grads(model, loss, params, train)
     g_test = _flat_grads(model, loss, params, test)
-    solved = _solve(
-        "influence", (model, loss, params, train), g_test, (method, curvature, damping), solver
-    )
+    settings = {**dict(static), "key": key}
+    problem = (model, loss, params, train)
+    solved = _solve("influence", problem, g_test, (*choice, damping), settings)
     return solved @ g_train.T / g_train.shape[0]
 
 
@@ -391,12 +429,16 @@ def self_influence(
     Returns:
       ``(n_train,)`` array.
     """
-    g_train = _flat_grads(model, loss, params, train)
-    solved = _solve(
-        "self_influence",
-        (model, loss, params, train),
-        g_train,
-        (method, curvature, damping),
-        solver,
+    choice, static = _checked("self_influence", params, train, (method, curvature, damping), solver)
+    return _self_influence(
+        model, loss, choice, static, damping, params, tuple(train), solver.get("key")
     )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _self_influence(model, loss, choice, static, damping, params, train, key):
+    g_train = _flat_grads(model, loss, params, train)
+    settings = {**dict(static), "key": key}
+    problem = (model, loss, params, train)
+    solved = _solve("self_influence", problem, g_train, (*choice, damping), settings)
     return jnp.sum(solved * g_train, axis=1)

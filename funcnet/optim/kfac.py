@@ -290,13 +290,21 @@ def _check_common(
     curvature: str,
     likelihood: str,
     max_factor_dim: int,
-) -> None:
+) -> dict[str, Any]:
+    """Checks the settings `scale_by_kfac` and `kfac` share; returns those the update reads."""
     check_decay(owner, "factor_decay", factor_decay)
     check_int(owner, "curvature_update_frequency", curvature_update_frequency)
     check_int(owner, "inverse_update_frequency", inverse_update_frequency)
     check_choice(owner, "curvature", curvature, ("ggn", "fisher", "empirical"))
     check_choice(owner, "likelihood", likelihood, ("categorical", "gaussian"))
     check_int(owner, "max_factor_dim", max_factor_dim)
+    return {
+        "factor_decay": factor_decay,
+        "curvature_update_frequency": curvature_update_frequency,
+        "inverse_update_frequency": inverse_update_frequency,
+        "curvature": curvature,
+        "likelihood": likelihood,
+    }
 
 
 def _needs(curvature: str, *more: str) -> tuple[str, ...]:
@@ -357,7 +365,7 @@ def scale_by_kfac(
     """
     owner = "scale_by_kfac"
     check_positive(owner, "damping", damping)
-    _check_common(
+    settings = _check_common(
         owner,
         factor_decay,
         curvature_update_frequency,
@@ -366,13 +374,6 @@ def scale_by_kfac(
         likelihood,
         max_factor_dim,
     )
-    settings = {
-        "factor_decay": factor_decay,
-        "curvature_update_frequency": curvature_update_frequency,
-        "inverse_update_frequency": inverse_update_frequency,
-        "curvature": curvature,
-        "likelihood": likelihood,
-    }
     needs = _needs(curvature)
 
     def init_fn(params: Params) -> KfacState:
@@ -490,7 +491,7 @@ def kfac(
                 f"{owner}: norm_constraint acts with a fixed learning_rate and momentum only "
                 "(the quadratic model rescales the step itself); set both or drop it"
             )
-    _check_common(
+    settings = _check_common(
         owner,
         factor_decay,
         curvature_update_frequency,
@@ -499,13 +500,6 @@ def kfac(
         likelihood,
         max_factor_dim,
     )
-    settings = {
-        "factor_decay": factor_decay,
-        "curvature_update_frequency": curvature_update_frequency,
-        "inverse_update_frequency": inverse_update_frequency,
-        "curvature": curvature,
-        "likelihood": likelihood,
-    }
     quadratic = learning_rate is None or momentum is None
     needs = (
         _needs(curvature, "loss_of_outputs") if quadratic or adapt_damping else _needs(curvature)
