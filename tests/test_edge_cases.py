@@ -7,6 +7,8 @@ dtype, then ±inf and NaN. Values are checked against float64 numpy/scipy formul
 the output dtype, so a true value beyond the dtype's range is expected as ±inf (e.g.
 ``selu(max) = λ·max``); gradients must be finite wherever the true gradient is representable.
 XLA on CPU flushes subnormals to zero, hence an absolute tolerance of the smallest normal.
+Activations and losses are evaluated, with their gradients, under `jax.jit` (as training runs
+them; one compilation a case instead of one per operation).
 """
 
 import functools
@@ -120,7 +122,7 @@ def test_activation_at_the_extremes_of_its_dtype(name, dtype):
     _, scalar = _activation(name)
     x = _extremes(dtype)
     x64 = _flushed(np.asarray(x, np.float64), dtype)
-    y, grads = jax.vmap(jax.value_and_grad(scalar))(x)  # one compilation for both
+    y, grads = jax.jit(jax.vmap(jax.value_and_grad(scalar)))(x)  # one compilation for both
     assert y.dtype == dtype  # activations return their input's dtype
     grads = np.asarray(grads, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -260,11 +262,11 @@ def test_loss_at_the_extremes_of_its_dtype(name, dtype):
     second = jnp.asarray(b, jnp.int32 if b.dtype.kind == "i" else dtype)
     out_dtype = _loss_dtype(dtype)
 
-    per_example = loss(first, second, reduction="none")
+    per_example = jax.jit(lambda a, b: loss(a, b, reduction="none"))(first, second)
     assert per_example.dtype == out_dtype
     _assert_close(per_example, value, out_dtype)
 
-    mean, grads = jax.value_and_grad(lambda p: loss(p, second))(first)
+    mean, grads = jax.jit(jax.value_and_grad(lambda p, b: loss(p, b)))(first, second)
     assert mean.dtype == out_dtype and grads.dtype == dtype
     # The mean sums first (as `jnp.mean`): where the sum overflows the output dtype (mae of
     # ±max in float32) it is inf, though the mean itself would be representable.
