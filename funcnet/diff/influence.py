@@ -53,6 +53,7 @@ from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_int, check_positive
 from funcnet.diff._linear_solve import conjugate_gradient
+from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff.kronecker import (
     kernel_matrix,
     kronecker_factors,
@@ -239,9 +240,8 @@ def _ggn_columns(model: Model, loss: Loss, params: PyTree, example: Data) -> PyT
     outputs (eigenvalues below 0 taken as 0): a params-shaped pytree with a leading axis C."""
     x, y = jax.tree.map(lambda a: a[None], example)
     out, pullback = jax.vjp(lambda p: model(p, x), params)
-    hess = jax.hessian(lambda o: loss(o.reshape(out.shape), y))(out.reshape(-1))
-    values, vectors = jnp.linalg.eigh((hess + hess.T) / 2)
-    roots = vectors * jnp.sqrt(jnp.maximum(values, 0.0))
+    values, vectors = eigen_factors(output_hessian_blocks(lambda o: loss(o, y), out))
+    roots = vectors[0] * jnp.sqrt(jnp.maximum(values[0], 0.0))
     return jax.vmap(lambda u: pullback(u.reshape(out.shape))[0])(roots.T)
 
 
