@@ -173,17 +173,18 @@ def _checked(
 
 
 def _solve(
-    owner: str,
     problem: tuple[Model, Loss, PyTree, Data],
     rhs: jax.Array,
     choice: tuple[str, str, float],
-    settings: dict[str, Any],
+    static: tuple[tuple[str, Any], ...],
+    key: jax.Array | None,
 ) -> jax.Array:
     """(C + λI)⁻¹ applied to each row of `rhs` ``(k, P)`` for the training loss of
-    `problem` ``(model, loss, params, train)``, with `choice` ``(method, curvature, λ)`` and the
-    settings `_checked` returned (and the `key`)."""
+    `problem` ``(model, loss, params, train)``, with `choice` ``(method, curvature, λ)``, the
+    settings `_checked` returned and LiSSA's `key`."""
     model, loss, params, train = problem
     method, curvature, damping = choice
+    settings = dict(static)
     product = _curvature_product(model, loss, params, train, curvature, damping)
     size = rhs.shape[1]
     if method == "exact":
@@ -199,11 +200,10 @@ def _solve(
     lissa = tuple(
         settings[k] for k in ("lissa_depth", "lissa_repeats", "lissa_scale", "batch_size")
     )
-    return _lissa(owner, problem, rhs, (curvature, damping), lissa, settings["key"])
+    return _lissa(problem, rhs, (curvature, damping), lissa, key)
 
 
 def _lissa(
-    owner: str,
     problem: tuple[Model, Loss, PyTree, Data],
     rhs: jax.Array,
     curvature_damping: tuple[str, float],
@@ -358,9 +358,7 @@ def inverse_hvp(
 def _inverse_hvp(model, loss, choice, static, damping, params, train, vectors, key):
     flat, unravel = ravel_pytree(params)
     rhs = _flat(vectors).astype(flat.dtype)
-    settings = {**dict(static), "key": key}
-    problem = (model, loss, params, train)
-    solved = _solve("inverse_hvp", problem, rhs, (*choice, damping), settings)
+    solved = _solve((model, loss, params, train), rhs, (*choice, damping), static, key)
     return jax.vmap(unravel)(solved)
 
 
@@ -400,9 +398,7 @@ def influence(
 def _influence(model, loss, choice, static, damping, params, train, test, key):
     g_train = _flat_grads(model, loss, params, train)
     g_test = _flat_grads(model, loss, params, test)
-    settings = {**dict(static), "key": key}
-    problem = (model, loss, params, train)
-    solved = _solve("influence", problem, g_test, (*choice, damping), settings)
+    solved = _solve((model, loss, params, train), g_test, (*choice, damping), static, key)
     return solved @ g_train.T / g_train.shape[0]
 
 
@@ -438,7 +434,5 @@ def self_influence(
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _self_influence(model, loss, choice, static, damping, params, train, key):
     g_train = _flat_grads(model, loss, params, train)
-    settings = {**dict(static), "key": key}
-    problem = (model, loss, params, train)
-    solved = _solve("self_influence", problem, g_train, (*choice, damping), settings)
+    solved = _solve((model, loss, params, train), g_train, (*choice, damping), static, key)
     return jnp.sum(solved * g_train, axis=1)
