@@ -229,17 +229,32 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     np.testing.assert_array_equal(checkpoint.load(path)["a"], np.zeros(3))
 
 
-LOOPING_WRITER = textwrap.dedent(
+# One process imports funcnet once and forks a writer per request, so that each of the
+# `KILLS` writers starts in milliseconds rather than the 2 s of a fresh interpreter's
+# imports. It is single-threaded when it forks (importing funcnet starts no XLA backend),
+# and a writer only saves numpy arrays. Each line it prints names its sender.
+FORKING_WRITER = textwrap.dedent(
     """
-    import sys
+    import os, sys
     import numpy as np
     from funcnet import checkpoint
-    path, version = sys.argv[1], int(sys.argv[2])
-    while True:
-        tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
-        checkpoint.save(path, tree, metadata={"version": version})
-        print(version, flush=True)
-        version += 1
+    path = sys.argv[1]
+    print("ready", flush=True)
+    for request in sys.stdin:
+        command, number = request.split()
+        if command == "reap":
+            os.waitpid(int(number), 0)
+            print("reaped", number, flush=True)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            version = int(number)
+            while True:
+                tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
+                checkpoint.save(path, tree, metadata={"version": version})
+                print("saved", version, flush=True)
+                version += 1
+        print("writer", pid, flush=True)
     """
 )
 KILLS = 10
@@ -250,25 +265,39 @@ def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_
     file at the path is always a whole checkpoint, one of the versions written."""
     path = tmp_path / "ckpt.npz"
     rng = np.random.default_rng(0)
-    version = 0
-    for _ in range(KILLS):
-        writer = subprocess.Popen(
-            [sys.executable, "-c", LOOPING_WRITER, str(path), str(version)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            writer.stdout.readline()  # one whole save done: now kill it mid-stream
-            time.sleep(rng.uniform(0, 0.05))
-        finally:
-            os.kill(writer.pid, signal.SIGKILL)
-            writer.wait()
-        loaded = checkpoint.load(path)
-        stored = int(loaded["version"])
-        assert stored >= version
-        assert checkpoint.metadata(path) == {"version": stored}
-        np.testing.assert_array_equal(loaded["a"], np.full(300_000, float(stored)))
-        version = stored + 1
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKING_WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(command, number, until):
+        forker.stdin.write(f"{command} {number}\n")
+        forker.stdin.flush()
+        while not (line := forker.stdout.readline()).startswith(until):
+            assert line, "the forking writer ended"
+        return line
+
+    try:
+        assert forker.stdout.readline() == "ready\n"
+        version = 0
+        for _ in range(KILLS):
+            writer = int(ask("write", version, until="writer").split()[1])
+            while not forker.stdout.readline().startswith("saved"):  # one whole save done
+                pass
+            time.sleep(rng.uniform(0, 0.05))  # now kill it mid-stream
+            os.kill(writer, signal.SIGKILL)
+            ask("reap", writer, until=f"reaped {writer}")
+            loaded = checkpoint.load(path)
+            stored = int(loaded["version"])
+            assert stored >= version
+            assert checkpoint.metadata(path) == {"version": stored}
+            np.testing.assert_array_equal(loaded["a"], np.full(300_000, float(stored)))
+            version = stored + 1
+    finally:
+        forker.kill()
+        forker.wait()
 
 
 @pytest.mark.parametrize(
