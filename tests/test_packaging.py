@@ -27,7 +27,7 @@ NOT_SHIPPED = ("benchmarks", "tests", "examples", "docs")
 # Left behind by builds, editors and runs; never part of what is packaged.
 SCRATCH = (
     ".git",
-    ".venv",
+    ".venv*",
     "build",
     "dist",
     "runs",

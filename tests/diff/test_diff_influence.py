@@ -140,10 +140,12 @@ def test_influence_predicts_leave_one_out_retraining():
         return jax.lax.scan(step, flat, None, length=steps)[0]
 
     optimum = newton(flat0, jnp.ones(n), 25)
-    assert float(jnp.linalg.norm(jax.grad(objective)(optimum, jnp.ones(n)))) < 1e-10
+    assert float(jnp.linalg.norm(jax.jit(jax.grad(objective))(optimum, jnp.ones(n)))) < 1e-10
     test_loss = lambda flat: fn.losses.softmax_cross_entropy(model(unravel(flat), test[0]), test[1])
-    retrained = jax.jit(jax.vmap(lambda w: newton(optimum, w, 6)))(1.0 - jnp.eye(n))
-    actual = jax.vmap(test_loss)(retrained) - test_loss(optimum)
+    # From the full optimum, Newton's method without one point converges in 3 steps (a 4th
+    # or 6th changes no figure below by more than 1e-10).
+    retrained = jax.jit(jax.vmap(lambda w: newton(optimum, w, 3)))(1.0 - jnp.eye(n))
+    actual = jax.jit(lambda r, o: jax.vmap(test_loss)(r) - test_loss(o))(retrained, optimum)
     # The regularised objective's Hessian is the data term's plus λI: λ is the damping.
     scores = influence(
         model, fn.losses.softmax_cross_entropy, unravel(optimum), train, test,
