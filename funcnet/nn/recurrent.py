@@ -67,6 +67,7 @@ def _recurrent(
     input_bias: Callable[[dict[str, Array]], Array],
     step: Callable[[dict[str, Array], tuple[Array, ...], Array], tuple[tuple[Array, ...], Array]],
     carry_size: int,
+    feature_major: bool,
     num_layers: int,
     dropout: float,
     return_sequences: bool,
@@ -76,8 +77,12 @@ def _recurrent(
     u_init,
     dtype,
 ) -> Layer:
-    """A stack of layers running ``carry, h = step(cell, carry, W_ihᵀ x_t + input_bias)`` over
-    time, `cell` the params with both kernels transposed to ``(G·hidden, in)``.
+    """A stack of layers running ``carry, h = step(cell, carry, projected_t)`` over time.
+
+    Batch-major, ``projected_t = x_t W_ih + input_bias`` ``(batch, G·hidden)``, `cell` the
+    params and the states ``(batch, hidden)``; `feature_major`, everything transposed:
+    ``W_ihᵀ x_tᵀ + input_bias`` ``(G·hidden, batch)``, `cell` the params with both kernels
+    transposed to ``(G·hidden, in)`` and the states ``(hidden, batch)``.
 
     The input projection is taken inside each time step, as the recurrent one is. Taking it
     for all steps as one matmul before the scan keeps a ``(time, batch, G·hidden)`` array
@@ -88,18 +93,19 @@ def _recurrent(
     carry is a tuple of ``carry_size`` states, the hidden state last (the LSTM's is
     ``(c, h)``).
 
-    Inside the scan every array is feature-major, ``(features, batch)``, so that a gate is a
-    contiguous block of rows: the gates' split (and its transpose in the backward pass) is
-    then a view, where batch-major ``(batch, G·hidden)`` arrays need strided copies of every
-    gate in both directions. Measured on XLA:CPU for a training step (LSTM, value_and_grad
+    The layout is the cell's, by measurement on XLA:CPU of a training step (value_and_grad
     and Adam, batch 32, 64 steps, 64 features, hidden 256, interleaved medians, hand-written
-    variants): 66.7 ms batch-major, 52.7 ms feature-major, 49.4 ms for Equinox's LSTM (which
-    is feature-major too: its cell is a matrix-vector product under `vmap`). The kernels are
-    transposed once per call, outside the scan: a product contracting a kernel's first axis
-    inside it (``lax.dot_general`` without the transpose) took 94.7 ms, XLA:CPU transposing
-    the kernel at every step. The LSTM's ``(c, h)`` kept as one ``[c; h]`` array, split and
-    concatenated at every step, took 60.1 ms against 53.9 ms as a pair. Each direction's
-    sequence of states is transposed back to batch-major once.
+    variants beside the libraries'). Feature-major, a gate is a contiguous block of rows and
+    the gates' split (and its transpose in the backward pass) a view, where batch-major
+    ``(batch, G·hidden)`` gates are strided slices copied in both loops. For the LSTM that
+    decides it: 66.7 ms batch-major, 52.7 ms feature-major, 49.4 ms for Equinox's LSTM (which
+    is feature-major too: its cell is a matrix-vector product under `vmap`). The GRU goes
+    the other way, 40.2 ms batch-major against 50.7 ms, and stays batch-major. Feature-major
+    kernels are transposed once per call, outside the scan: a product contracting a kernel's
+    first axis inside it (``lax.dot_general`` without the transpose) took 94.7 ms, XLA:CPU
+    transposing the kernel at every step. The LSTM's ``(c, h)`` kept as one ``[c; h]``
+    array, split and concatenated at every step, took 60.1 ms against 53.9 ms as a pair.
+    Each direction's sequence of states is transposed back to batch-major once.
     """
     hidden = check_int(kind, "hidden", hidden)
     num_layers = check_int(kind, "num_layers", num_layers)
@@ -227,14 +233,20 @@ def _recurrent(
         return x, mask, initial
 
     def run(params, xs, mask, carry, reverse):
-        """One direction over time-major `xs` ``(time, batch, features)`` from the
-        feature-major `carry` (states ``(hidden, batch)``): the states ``(time, batch,
-        hidden)`` and the last carry."""
-        cell = {**params, "w_ih": params["w_ih"].T, "w_hh": params["w_hh"].T}
-        bias = input_bias(params)[:, None]
+        """One direction over time-major `xs` ``(time, batch, features)`` from `carry` (in
+        the cell's layout): the states ``(time, batch, hidden)`` and the last carry."""
+        if feature_major:
+            cell = {**params, "w_ih": params["w_ih"].T, "w_hh": params["w_hh"].T}
+            bias = input_bias(params)[:, None]
+            mask = None if mask is None else mask[:, None, :]  # (time, 1, batch)
+        else:
+            cell, bias = params, input_bias(params)
+            mask = None if mask is None else mask[..., None]  # (time, batch, 1)
 
         def project(x_t):
-            return cell["w_ih"] @ x_t.T + bias
+            if feature_major:
+                return cell["w_ih"] @ x_t.T + bias
+            return x_t @ cell["w_ih"] + bias
 
         if mask is None:
             scan_step, sequence = (lambda c, x_t: step(cell, c, project(x_t))), xs
@@ -246,11 +258,11 @@ def _recurrent(
                 kept = tuple(jnp.where(real, new, old) for new, old in zip(new_c, c, strict=True))
                 return kept, jnp.where(real, h, jnp.zeros_like(h))
 
-            sequence = (xs, mask[:, None, :])
+            sequence = (xs, mask)
         dtype = jnp.result_type(xs.dtype, params["w_ih"].dtype)
         carry = tuple(state.astype(dtype) for state in carry)
         carry, hs = lax.scan(scan_step, carry, sequence, reverse=reverse)
-        return jnp.swapaxes(hs, 1, 2), carry
+        return (jnp.swapaxes(hs, 1, 2) if feature_major else hs), carry
 
     def apply(params, state, x, *, key=None, train=False):
         layers = [params] if num_layers == 1 else [params[f"layer_{i}"] for i in range(num_layers)]
@@ -276,7 +288,8 @@ def _recurrent(
             per_direction = layer_params if bidirectional else {"forward": layer_params}
             outputs = []
             for j, d in enumerate(directions):
-                carry = tuple(s[:, i * len(directions) + j].T for s in states)
+                carry = tuple(s[:, i * len(directions) + j] for s in states)
+                carry = tuple(s.T for s in carry) if feature_major else carry
                 hs, carry = run(per_direction[d], xs, mask_tm, carry, d == "backward")
                 outputs.append(hs)
                 finals.append(carry)
@@ -286,7 +299,9 @@ def _recurrent(
                 keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, keep_shape)
                 xs = jnp.where(keep.swapaxes(0, 1), xs / (1.0 - dropout), jnp.zeros_like(xs))
         # Each state's finals, batch-major: (batch, num_layers·D, hidden); the hidden state last.
-        final = [jnp.stack([f[k].T for f in finals], axis=1) for k in range(carry_size)]
+        if feature_major:
+            finals = [tuple(s.T for s in f) for f in finals]
+        final = [jnp.stack([f[k] for f in finals], axis=1) for k in range(carry_size)]
         if return_sequences:
             y = jnp.swapaxes(xs, 0, 1)
         else:
@@ -339,11 +354,11 @@ def gru(
             "b_hh": b_init(hh_key, (3 * hidden,), dtype),
         }
 
-    def step(cell, carry, projected):
+    def step(params, carry, projected):
         (h,) = carry
-        recurrent = cell["w_hh"] @ h + cell["b_hh"][:, None]
-        i_r, i_z, i_n = jnp.split(projected, 3)
-        h_r, h_z, h_n = jnp.split(recurrent, 3)
+        recurrent = h @ params["w_hh"] + params["b_hh"]
+        i_r, i_z, i_n = jnp.split(projected, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(recurrent, 3, axis=-1)
         r = jax.nn.sigmoid(i_r + h_r)
         z = jax.nn.sigmoid(i_z + h_z)
         n = jnp.tanh(i_n + r * h_n)
@@ -358,6 +373,7 @@ def gru(
         input_bias=lambda params: params["b_ih"],
         step=step,
         carry_size=1,
+        feature_major=False,
         num_layers=num_layers,
         dropout=dropout,
         return_sequences=return_sequences,
@@ -423,6 +439,7 @@ def lstm(
         input_bias=lambda params: params["b"],
         step=step,
         carry_size=2,
+        feature_major=True,
         num_layers=num_layers,
         dropout=dropout,
         return_sequences=return_sequences,
