@@ -105,8 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
+        default=None,
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all; with "
+        f"--check, those of {', '.join(CHECK_SECTIONS)})",
     )
     parser.add_argument(
         "--contenders",
@@ -128,12 +129,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.check and args.smoke:
         parser.error("--check and --smoke exclude each other")
     if args.check:
-        args.only = ",".join(CHECK_SECTIONS)
         args.contenders = args.contenders or ",".join(CHECK_CONTENDERS)
-    sections = [ALIASES.get(s.strip(), s.strip()) for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    allowed = CHECK_SECTIONS if args.check else SECTIONS
+    only = args.only if args.only is not None else ",".join(allowed)
+    sections = [ALIASES.get(s.strip(), s.strip()) for s in only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(allowed))
     if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+        what = "sections with a --check target" if args.check else "sections"
+        parser.error(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
     args.sections = [s for s in SECTIONS if s in sections]
     if args.contenders is not None:
         keys = [c.strip() for c in args.contenders.split(",") if c.strip()]

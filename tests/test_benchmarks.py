@@ -265,6 +265,8 @@ def test_scan_epoch_trains():
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         run.main(["--only", "nonsense"])
+    with pytest.raises(SystemExit):  # --check has no target in this section
+        run.main(["--check", "--only", "ensemble"])
     with pytest.raises(SystemExit):
         run.main(["--contenders", "nonsense"])
 
