@@ -248,12 +248,16 @@ FORKING_WRITER = textwrap.dedent(
             continue
         pid = os.fork()
         if pid == 0:
-            version = int(number)
-            while True:
-                tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
-                checkpoint.save(path, tree, metadata={"version": version})
-                print("saved", version, flush=True)
-                version += 1
+            try:
+                version = int(number)
+                while True:
+                    tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
+                    checkpoint.save(path, tree, metadata={"version": version})
+                    print("saved", version, flush=True)
+                    version += 1
+            finally:  # only on an error: the test must not wait for a save that never comes
+                print("failed", flush=True)
+                os._exit(1)
         print("writer", pid, flush=True)
     """
 )
@@ -272,20 +276,22 @@ def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_
         text=True,
     )
 
+    def read_until(start):
+        while not (line := forker.stdout.readline()).startswith(start):
+            assert line and line != "failed\n", "a writer failed or the forking process ended"
+        return line
+
     def ask(command, number, until):
         forker.stdin.write(f"{command} {number}\n")
         forker.stdin.flush()
-        while not (line := forker.stdout.readline()).startswith(until):
-            assert line, "the forking writer ended"
-        return line
+        return read_until(until)
 
     try:
         assert forker.stdout.readline() == "ready\n"
         version = 0
         for _ in range(KILLS):
             writer = int(ask("write", version, until="writer").split()[1])
-            while not forker.stdout.readline().startswith("saved"):  # one whole save done
-                pass
+            read_until("saved")  # one whole save done
             time.sleep(rng.uniform(0, 0.05))  # now kill it mid-stream
             os.kill(writer, signal.SIGKILL)
             ask("reap", writer, until=f"reaped {writer}")
