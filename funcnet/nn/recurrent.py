@@ -233,20 +233,23 @@ def _recurrent(
         return x, mask, initial
 
     def run(params, xs, mask, carry, reverse):
-        """One direction over time-major `xs` ``(time, batch, features)`` from `carry` (in
-        the cell's layout): the states ``(time, batch, hidden)`` and the last carry."""
+        """One direction over time-major `xs` ``(time, batch, features)`` from `carry`, its
+        states ``(batch, hidden)``: the states ``(time, batch, hidden)`` and the last carry,
+        batch-major whatever the cell's layout."""
         if feature_major:
             cell = {**params, "w_ih": params["w_ih"].T, "w_hh": params["w_hh"].T}
             bias = input_bias(params)[:, None]
             mask = None if mask is None else mask[:, None, :]  # (time, 1, batch)
+            carry = tuple(state.T for state in carry)
+
+            def project(x_t):
+                return cell["w_ih"] @ x_t.T + bias
         else:
             cell, bias = params, input_bias(params)
             mask = None if mask is None else mask[..., None]  # (time, batch, 1)
 
-        def project(x_t):
-            if feature_major:
-                return cell["w_ih"] @ x_t.T + bias
-            return x_t @ cell["w_ih"] + bias
+            def project(x_t):
+                return x_t @ cell["w_ih"] + bias
 
         if mask is None:
             scan_step, sequence = (lambda c, x_t: step(cell, c, project(x_t))), xs
@@ -262,7 +265,9 @@ def _recurrent(
         dtype = jnp.result_type(xs.dtype, params["w_ih"].dtype)
         carry = tuple(state.astype(dtype) for state in carry)
         carry, hs = lax.scan(scan_step, carry, sequence, reverse=reverse)
-        return (jnp.swapaxes(hs, 1, 2) if feature_major else hs), carry
+        if feature_major:
+            return jnp.swapaxes(hs, 1, 2), tuple(state.T for state in carry)
+        return hs, carry
 
     def apply(params, state, x, *, key=None, train=False):
         layers = [params] if num_layers == 1 else [params[f"layer_{i}"] for i in range(num_layers)]
@@ -289,7 +294,6 @@ def _recurrent(
             outputs = []
             for j, d in enumerate(directions):
                 carry = tuple(s[:, i * len(directions) + j] for s in states)
-                carry = tuple(s.T for s in carry) if feature_major else carry
                 hs, carry = run(per_direction[d], xs, mask_tm, carry, d == "backward")
                 outputs.append(hs)
                 finals.append(carry)
@@ -298,9 +302,7 @@ def _recurrent(
                 keep_shape = (xs.shape[1], xs.shape[0], xs.shape[2])
                 keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, keep_shape)
                 xs = jnp.where(keep.swapaxes(0, 1), xs / (1.0 - dropout), jnp.zeros_like(xs))
-        # Each state's finals, batch-major: (batch, num_layers·D, hidden); the hidden state last.
-        if feature_major:
-            finals = [tuple(s.T for s in f) for f in finals]
+        # Each state's finals: (batch, num_layers·D, hidden); the hidden state last.
         final = [jnp.stack([f[k] for f in finals], axis=1) for k in range(carry_size)]
         if return_sequences:
             y = jnp.swapaxes(xs, 0, 1)
