@@ -1,4 +1,5 @@
-"""Section 4: per-example gradients of the small MLP, for batch sizes 1 to 256.
+"""Section 4: per-example gradients of the small MLP, for batch sizes 1 to 256, and of the
+families section's CNN at its batch size.
 
 Contenders, each timed per whole batch, their repeats interleaved (one of each per round):
 
@@ -30,6 +31,10 @@ cost of the harness, which nearly doubled the batch-256 figures on a 2-core Xeon
 
 Ratios: ``vmap_ratio``, ``plain_ratio`` and ``loop_ratio`` to ``batched``, ``torch_ratio``
 (``vmap`` over ``torch``) and ``floor_ratio`` (``vmap`` over the floor).
+
+The CNN (`run_cnn`) has the same contenders but the loop, on the families section's CNN
+(conv 3×3 → relu → max-pool 2, twice, then two dense layers; channels last), its torch.func
+twin holding the same weights (channels first, flattened in funcnet's order).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import funcnet
-from benchmarks import trainers, workload
+from benchmarks import bench_families, family_models, trainers, workload
+from benchmarks.family_models import CNN
 from benchmarks.settings import Settings
 from benchmarks.timing import measure, measure_interleaved, run_calls
 
@@ -51,9 +57,9 @@ SMOKE_BANDWIDTH_BYTES = 4 * 2**20
 IN_FLIGHT = 2
 
 
-def gradient_fns(mlp: workload.MLP):
-    """``(example_loss, batch_loss)`` of the MLP: one example's loss, and a batch's mean loss."""
-    model = workload.funcnet_model(mlp)
+def gradient_fns(model: funcnet.nn.Layer):
+    """``(example_loss, batch_loss)`` of a stateless classifier: one example's loss, and a
+    batch's mean loss."""
     loss = funcnet.losses.softmax_cross_entropy
 
     def batch_loss(params, batch):
@@ -102,6 +108,56 @@ def torch_per_example(weights: workload.Weights) -> Callable[[np.ndarray, np.nda
     return grads
 
 
+def torch_cnn_per_example(family: CNN, params: dict) -> Callable[[np.ndarray, np.ndarray], dict]:
+    """``grads(x, y)``: `torch.func`'s per-example gradients of the family CNN with funcnet's
+    weights `params`.
+
+    Each conv kernel ``w`` (kh, kw, in, out) is copied to ``Conv2d.weight`` (out, in, kh,
+    kw) and each dense kernel to ``Linear.weight`` (out, in); the input is taken channels
+    last, moved to channels first, and the features are moved back to channels last before
+    the flatten, so the first dense layer reads funcnet's order. Raises
+    `trainers.Unavailable` when PyTorch is not installed.
+    """
+    th = trainers._require("torch")
+
+    class ChannelsLast(th.nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+
+    def copied(layer, w, b):
+        with th.no_grad():
+            layer.weight.copy_(th.from_numpy(np.ascontiguousarray(w)))
+            layer.bias.copy_(th.from_numpy(np.array(b)))
+        return layer
+
+    layers: list = []
+    for conv in family_models._layers(params, "conv"):
+        w = np.asarray(conv["w"]).transpose(3, 2, 0, 1)
+        layers += [
+            copied(th.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], padding="same"), w, conv["b"])
+        ]
+        layers += [th.nn.ReLU(), th.nn.MaxPool2d(2)]
+    hidden, head = (np.asarray(d["w"]).T for d in family_models._layers(params, "dense"))
+    biases = [d["b"] for d in family_models._layers(params, "dense")]
+    layers += [ChannelsLast(), th.nn.Flatten()]
+    layers += [copied(th.nn.Linear(hidden.shape[1], hidden.shape[0]), hidden, biases[0])]
+    layers += [th.nn.ReLU(), copied(th.nn.Linear(head.shape[1], head.shape[0]), head, biases[1])]
+    model = th.nn.Sequential(*layers)
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+
+    def example_loss(weights, x, y):
+        logits = th.func.functional_call(model, weights, (x[None],))
+        return th.nn.functional.cross_entropy(logits, y[None])
+
+    per_example = th.func.vmap(th.func.grad(example_loss), in_dims=(None, 0, 0))
+
+    def grads(x: np.ndarray, y: np.ndarray) -> dict:
+        x = th.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return per_example(weights, x, th.from_numpy(y.astype(np.int64)))
+
+    return grads
+
+
 def memory_bandwidth(nbytes: int, settings: Settings) -> dict:
     """Bytes read + written per second by copies of an `nbytes` float32 array, in GB/s.
 
@@ -146,7 +202,7 @@ def run(settings: Settings, log=print) -> dict:
     weights = workload.initial_weights(mlp)
     params = workload.funcnet_params(mlp, weights)
     param_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
-    example_loss, batch_loss = gradient_fns(mlp)
+    example_loss, batch_loss = gradient_fns(workload.funcnet_model(mlp))
     per_example = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b))
     plain = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b, method="vmap"))
     one_example = jax.jit(jax.grad(example_loss))
@@ -219,4 +275,63 @@ def run(settings: Settings, log=print) -> dict:
         "bandwidth": bandwidth,
         "torch_status": torch_status,
         "rows": rows,
+        "cnn": run_cnn(settings, log=log),
+    }
+
+
+def run_cnn(settings: Settings, log=print) -> dict:
+    """The contenders of `run` but the loop, on the families section's CNN at its batch."""
+    family = bench_families.SIZES[settings.name].cnn
+    example_loss, batch_loss = gradient_fns(family.model())
+    params, _ = family_models.initial(family)
+    x, y = (a[0] for a in family.data(count=1))
+    batch = (jnp.asarray(x), jnp.asarray(y))
+    per_example = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b))
+    plain = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b, method="vmap"))
+    batched = jax.jit(jax.grad(batch_loss))
+
+    @jax.jit
+    def write(params, scale):
+        return jax.tree.map(lambda a: jnp.broadcast_to(scale * a, (family.batch, *a.shape)), params)
+
+    def jitted(fn, n):
+        run_calls((functools.partial(fn, params, batch) for _ in range(n)), IN_FLIGHT)
+
+    def writes(n):
+        run_calls((functools.partial(write, params, 2.0) for _ in range(n)), IN_FLIGHT)
+
+    contenders = {
+        "vmap": functools.partial(jitted, per_example),
+        "plain": functools.partial(jitted, plain),
+        "batched": functools.partial(jitted, batched),
+        "write": writes,
+    }
+    try:
+        torch_grads, torch_status = torch_cnn_per_example(family, params), "ok"
+    except trainers.Unavailable as err:
+        torch_grads, torch_status = None, str(err)
+    if torch_grads is not None:
+
+        def torch_calls(n):
+            for _ in range(n):
+                torch_grads(x, y)
+
+        contenders["torch"] = torch_calls
+    timings = measure_interleaved(contenders, repeats=settings.repeats, min_time=settings.min_time)
+    row = {"batch": family.batch, **{f"{k}_us": t.median * 1e6 for k, t in timings.items()}}
+    row["vmap_ratio"] = row["vmap_us"] / row["batched_us"]
+    row["plain_ratio"] = row["plain_us"] / row["batched_us"]
+    row["torch_ratio"] = row["vmap_us"] / row["torch_us"] if "torch_us" in row else None
+    torch_figure = f"{row['torch_us']:.0f} µs" if "torch_us" in row else torch_status
+    log(
+        f"  per-example CNN batch {family.batch}: per_example_grads {row['vmap_us']:.0f} µs, "
+        f"vmap(grad) {row['plain_us']:.0f} µs, batched {row['batched_us']:.0f} µs, "
+        f"torch.func {torch_figure}, write {row['write_us']:.0f} µs"
+    )
+    param_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+    return {
+        "model": family.label,
+        "param_bytes": param_bytes,
+        "torch_status": torch_status,
+        "row": row,
     }

@@ -185,7 +185,21 @@ def _per_example_targets(section: dict) -> list[dict]:
             None if floor_ratio is None else floor_ratio <= 2,
             floor_figure,
         ),
+        _per_example_cnn_target(section.get("cnn")),
     ]
+
+
+def _per_example_cnn_target(cnn: dict | None) -> dict:
+    """per_example_grads on the CNN against torch.func."""
+    row = (cnn or {}).get("row")
+    name = f"per_example_grads ≤ 1.5× torch.func on the CNN at batch {row['batch'] if row else ''}"
+    if row is None:
+        return _target(name.rstrip(), None, "not measured")
+    ratio = row.get("torch_ratio")
+    if ratio is None:
+        return _target(name, None, cnn.get("torch_status", ""))
+    figure = f"{ratio:.2f}× ({row['vmap_us']:,.0f} vs {row['torch_us']:,.0f} µs)"
+    return _target(name, ratio <= 1.5, figure)
 
 
 def _hvp_target(section: dict) -> dict:
@@ -387,7 +401,33 @@ def _per_example_md(section: dict) -> list[str]:
     ]
     header = ["batch", "per_example_grads µs", "vmap(grad) µs", "loop µs", "batched µs"]
     header += ["torch.func µs", "write µs", "floor µs", "/ batched", "/ torch.func", "/ floor"]
-    return [*lines, "", *_table(header, table), ""]
+    return [*lines, "", *_table(header, table), "", *_per_example_cnn_md(section.get("cnn"))]
+
+
+def _per_example_cnn_md(cnn: dict | None) -> list[str]:
+    if not cnn:
+        return []
+    row = cnn["row"]
+    lines = [
+        f"The CNN, {cnn['model']} ({cnn['param_bytes'] / 1e6:.2f} MB of params), channels last; "
+        "torch.func on the same weights, channels first. µs per batch, as above.",
+    ]
+    if cnn.get("torch_status", "ok") != "ok":
+        lines += ["", f"torch.func: {cnn['torch_status']}."]
+    header = ["batch", "per_example_grads µs", "vmap(grad) µs", "batched µs", "torch.func µs"]
+    header += ["write µs", "/ batched", "vmap(grad) / batched", "/ torch.func"]
+    cells = [
+        str(row["batch"]),
+        _fmt(row["vmap_us"]),
+        _fmt(row["plain_us"]),
+        _fmt(row["batched_us"]),
+        _fmt(row.get("torch_us")),
+        _fmt(row["write_us"]),
+        _ratio(row["vmap_ratio"]),
+        _ratio(row["plain_ratio"]),
+        _ratio(row.get("torch_ratio")),
+    ]
+    return [*lines, "", *_table(header, [cells]), ""]
 
 
 def _ensemble_md(section: dict) -> list[str]:

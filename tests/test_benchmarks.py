@@ -56,11 +56,12 @@ def test_main_writes_json_and_markdown(smoke):
     assert text.startswith("# funcnet benchmarks")
     for heading in ("## Targets", "## 1. MLP", "## 2. Compile", "## 4. Per-example", "## 8. Model"):
         assert heading in text
-    assert len(results["targets"]) == 11 + len(bench_families.targets({}))
+    assert len(results["targets"]) == 12 + len(bench_families.targets({}))
     per_example = [t for t in results["targets"] if t["target"].startswith("per_example_grads")]
     assert [t["target"] for t in per_example] == [
         "per_example_grads ≤ 1.5× torch.func at batch 4",
         "per_example_grads ≤ 2× the memory floor at batch 4",
+        "per_example_grads ≤ 1.5× torch.func on the CNN at batch 4",
     ]
     assert per_example[1]["met"] is not None
 
@@ -181,8 +182,10 @@ def test_per_example_section_without_torch_reports_a_status(monkeypatch):
     assert section["torch_status"] == "torch not installed"
     assert all("torch_us" not in r and r["torch_ratio"] is None for r in section["rows"])
     found = {t["target"]: t for t in report.targets({"sections": {"per_example": section}})}
-    torch_target = found["per_example_grads ≤ 1.5× torch.func at batch 4"]
-    assert torch_target["met"] is None and torch_target["figure"] == "torch not installed"
+    for name in ("at batch 4", "on the CNN at batch 4"):
+        torch_target = found[f"per_example_grads ≤ 1.5× torch.func {name}"]
+        assert torch_target["met"] is None and torch_target["figure"] == "torch not installed"
+    assert section["cnn"]["row"]["torch_ratio"] is None
     assert "torch.func: torch not installed." in "\n".join(report._per_example_md(section))
 
 
@@ -195,13 +198,34 @@ def test_torch_per_example_grads_match_funcnet():
     except trainers.Unavailable as err:
         pytest.skip(str(err))
     theirs = torch_grads(data.x[0], data.y[0])
-    example_loss, _ = bench_per_example.gradient_fns(mlp)
+    example_loss, _ = bench_per_example.gradient_fns(workload.funcnet_model(mlp))
     params = workload.funcnet_params(mlp, weights)
     ours = funcnet.diff.per_example_grads(example_loss, params, (data.x[0], data.y[0]))
     for i, (w, b) in enumerate(workload.weights_of(ours)):
         t_w = theirs[f"{2 * i}.weight"].numpy()
         np.testing.assert_allclose(w, t_w.transpose(0, 2, 1), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b, theirs[f"{2 * i}.bias"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_cnn_per_example_grads_match_funcnet():
+    """torch.func on the CNN with funcnet's weights gives funcnet's per-example gradients,
+    each kernel in PyTorch's layout."""
+    family = bench_families.SMOKE.cnn._replace(channels=(3, 4), image=8)
+    params, _ = family_models.initial(family)
+    x, y = (a[0] for a in family.data(count=1))
+    try:
+        torch_grads = bench_per_example.torch_cnn_per_example(family, params)
+    except trainers.Unavailable as err:
+        pytest.skip(str(err))
+    theirs = list(torch_grads(x, y).values())  # weight, bias of each layer, in layer order
+    example_loss, _ = bench_per_example.gradient_fns(family.model())
+    ours = funcnet.diff.per_example_grads(example_loss, params, (x, y))
+    layers = family_models._layers(ours, "conv") + family_models._layers(ours, "dense")
+    assert len(theirs) == 2 * len(layers) == 8
+    for layer, t_w, t_b in zip(layers, theirs[::2], theirs[1::2], strict=True):
+        to_ours = (0, 3, 4, 2, 1) if t_w.ndim == 5 else (0, 2, 1)
+        np.testing.assert_allclose(layer["w"], t_w.numpy().transpose(to_ours), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(layer["b"], t_b.numpy(), rtol=1e-4, atol=1e-6)
 
 
 @functools.cache

@@ -1,34 +1,52 @@
-"""Per-example gradients: `vmap(grad)` with every transposed kernel gradient folded away.
+"""Per-example gradients: `vmap(grad)` with the per-example kernel gradients rewritten into
+the forms XLA runs fastest.
 
-For a dense layer y = x W + b inside a one-example loss, reverse mode computes the kernel's
-gradient as ∂L/∂W = x ⊗ δ = xᵀ δ, with δ = ∂L/∂y. JAX's transpose rule of `dot_general`
-forms that product with the cotangent first, δᵀ x of shape (out, in), and then `transpose`s
-it to W's (in, out) layout. Under `vmap` over B examples the product becomes a
-`dot_general` with a batch dimension (for a dense layer, with a contraction of size 1,
-which XLA turns into a broadcast multiply), and XLA:CPU writes the B matrices as (B, out, in)
-and then copies them to (B, in, out): every per-example gradient is written, read back
-and written again.
+Two kernels' per-example gradients are slow as JAX's batching rules write them:
 
-`per_example_grads` traces `vmap(grad(loss))` to a jaxpr and replaces each `transpose`
+- **Dense.** For y = x W + b inside a one-example loss, reverse mode computes the kernel's
+  gradient as ∂L/∂W = x ⊗ δ = xᵀ δ, with δ = ∂L/∂y. JAX's transpose rule of `dot_general`
+  forms that product with the cotangent first, δᵀ x of shape (out, in), and then
+  `transpose`s it to W's (in, out) layout. Under `vmap` over B examples XLA:CPU writes the
+  B matrices as (B, out, in) and then copies them to (B, in, out): every per-example
+  gradient is written, read back and written again.
+- **Convolution.** A conv kernel's gradient is itself a convolution, of the layer's input x
+  by the signal δ, whose window is the output's spatial size and whose output is the
+  kernel's: ∂L/∂w[k, c, o] = Σₛ x[s·stride + k·dilation, c] δ[s, o]. Under `vmap` both of
+  its operands carry the batch axis, and JAX's batching rule turns it into one grouped
+  convolution with B × C groups, for which XLA:CPU has only its slow generic loop.
+
+`per_example_grads` traces `grad(loss)` for one example and, where a convolution's two
+operands both depend on the example and its output is no larger than its window (a kernel's
+gradient), computes that convolution as one strided slice of x per kernel tap, stacked, and
+a single `dot_general` with δ over the positions and input channels; under `vmap` that is a
+batched matrix product. It then traces `vmap` of the result and replaces each `transpose`
 that swaps the two operands' free dimensions of a `dot_general` result by one `dot_general`
-of the swapped operands, which yields the (B, in, out) layout directly; the first product
-is dropped when nothing else reads it. The sums are the same sums, so the result is the
-same; every other equation, including every product it does not match, is left as
-`vmap(grad)` wrote it.
+of the swapped operands, which yields the (B, in, out) layout directly; the first product is
+dropped when nothing else reads it. Every sum is the same sum, in another order; every
+other equation is left as `vmap(grad)` wrote it.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import itertools
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
+import numpy as np
+from jax import lax
 from jax.extend import core
 
 PyTree = Any
 PerExampleMethod = Literal["auto", "vmap"]
 _JAXPRS = (core.ClosedJaxpr, core.Jaxpr)
+# Higher-order primitives whose inner jaxpr takes the equation's operands one to one.
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "checkpoint", "remat"}
+_CALLS |= {"custom_jvp_call", "custom_vjp_call"}
+# A convolution is computed by slices only up to this many output positions (taps).
+MAX_SLICES = 512
 
 __all__ = ["per_example_grads"]
 
@@ -54,27 +72,176 @@ def per_example_grads(
       params: pytree of float arrays.
       batch: pytree whose leaves share a leading axis of size B (integer labels included).
       method: `"vmap"` runs `vmap(grad(loss))` over the leading axis of `batch` as JAX
-        writes it. `"auto"` (the default) traces that same program and rewrites each
-        per-example kernel gradient that JAX forms transposed (a `dot_general` followed by
-        a `transpose` of its result) into one `dot_general` that writes it in its final
-        layout, xᵢ ⊗ δᵢ of shape (B, in, out) for a dense kernel, without a transposed
-        copy. Where the program holds no such pair, `"auto"` is `"vmap"`.
+        writes it. `"auto"` (the default) computes the same sums with two rewrites: each
+        convolution kernel's gradient (a convolution of two per-example operands) becomes
+        strided slices of the input and one matrix product, batched under `vmap`; and
+        each kernel gradient that JAX forms transposed (a `dot_general` followed by a
+        `transpose` of its result) becomes one `dot_general` that writes it in its final
+        layout, xᵢ ⊗ δᵢ of shape (B, in, out) for a dense kernel. Where the program holds
+        neither, `"auto"` is `"vmap"`.
 
     Returns:
       A params-shaped pytree whose leaves have an extra leading axis of size B: a kernel
       of shape (in, out) gives per-example gradients of shape (B, in, out).
     """
-    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0))
     if method == "vmap":
-        return grads(params, batch)
+        return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)
     if method != "auto":
         raise ValueError(f"method must be 'auto' or 'vmap', got {method!r}")
+    grads = jax.vmap(_grad_with_convs_by_slices(loss), in_axes=(None, 0))
     closed, out_shape = jax.make_jaxpr(grads, return_shape=True)(params, batch)
     jaxpr = _fold_transposed_dots(closed.jaxpr)
     if jaxpr is closed.jaxpr:
         return grads(params, batch)
     flat = core.jaxpr_as_fun(closed.replace(jaxpr=jaxpr))(*jax.tree.leaves((params, batch)))
     return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
+
+
+def _grad_with_convs_by_slices(loss: Callable) -> Callable:
+    """`grad(loss)` for one example, each convolution of two per-example operands computed
+    by `_conv_by_slices`; `grad(loss)` itself where there is none.
+
+    Called under `vmap`, it traces `grad(loss)` at one example's shapes: the params are the
+    jaxpr's first inputs, the only ones that do not depend on the example.
+    """
+    grad = jax.grad(loss)
+
+    def example_grad(params: PyTree, example: PyTree) -> PyTree:
+        closed, out_shape = jax.make_jaxpr(grad, return_shape=True)(params, example)
+        n_params = len(jax.tree.leaves(params))
+        per_example = [i >= n_params for i in range(len(closed.jaxpr.invars))]
+        jaxpr = _convs_by_slices(closed.jaxpr, per_example)
+        if jaxpr is closed.jaxpr:
+            return grad(params, example)
+        flat = core.jaxpr_as_fun(closed.replace(jaxpr=jaxpr))(*jax.tree.leaves((params, example)))
+        return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
+
+    return example_grad
+
+
+def _convs_by_slices(jaxpr: core.Jaxpr, per_example: Sequence[bool]) -> core.Jaxpr:
+    """`jaxpr` with each convolution of two per-example operands replaced by the equations
+    of `_conv_by_slices`, where `_by_slices` allows it.
+
+    `per_example[i]` says whether input i depends on the example; an equation's outputs do
+    when any of its inputs does. The jaxprs of calls (`jit`, `checkpoint`, custom rules)
+    take their equation's flags one to one; every other inner jaxpr (`scan`, `while`,
+    `cond`) has each input flagged when any of the equation's is. Returns `jaxpr` itself
+    when nothing changes.
+    """
+    flagged = {var for var, flag in zip(jaxpr.invars, per_example, strict=True) if flag}
+    eqns, changed = [], False
+    for eqn in jaxpr.eqns:
+        flags = [isinstance(var, core.Var) and var in flagged for var in eqn.invars]
+        if any(flags):
+            flagged.update(eqn.outvars)
+        if eqn.primitive.name == "conv_general_dilated" and all(flags) and _by_slices(eqn):
+            eqns += _inlined(_conv_by_slices, eqn)
+            changed = True
+            continue
+
+        def rewrite(inner: core.Jaxpr, eqn=eqn, flags=flags) -> core.Jaxpr:
+            one_to_one = eqn.primitive.name in _CALLS and len(inner.invars) == len(flags)
+            return _convs_by_slices(
+                inner, flags if one_to_one else [any(flags)] * len(inner.invars)
+            )
+
+        params = {name: _rewrite_nested(value, rewrite) for name, value in eqn.params.items()}
+        if any(params[name] is not value for name, value in eqn.params.items()):
+            eqn, changed = eqn.replace(params=params), True
+        eqns.append(eqn)
+    return jaxpr.replace(eqns=eqns) if changed else jaxpr
+
+
+def _by_slices(conv: core.JaxprEqn) -> bool:
+    """Whether `_conv_by_slices` computes `conv`: with no more output positions than window
+    taps (a kernel's gradient; the forward convolution is the other way round), and at most
+    `MAX_SLICES` of them."""
+    _, rhs_spec, out_spec = conv.params["dimension_numbers"]
+    window = math.prod(conv.invars[1].aval.shape[axis] for axis in rhs_spec[2:])
+    positions = math.prod(conv.outvars[0].aval.shape[axis] for axis in out_spec[2:])
+    return positions <= min(window, MAX_SLICES)
+
+
+def _conv_by_slices(
+    lhs,
+    rhs,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    **_,
+):
+    """`lax.conv_general_dilated` as one strided slice of the dilated, padded `lhs` per
+    output position, stacked, contracted with `rhs` by one `dot_general`.
+
+    out[n, o, s] = Σ_{c, k} lhsₚ[n, c, s·stride + k·dilation] rhs[o, c, k], where lhsₚ is
+    `lhs` with its spatial axes dilated and padded: slice s holds lhsₚ[:, :, s·stride + k·
+    dilation] for every tap k, so the sum over (c, k) is a matrix product. Groups are a
+    batch axis of the product: output channel block g reads input channel block g (feature
+    groups) or input batch block g (batch groups).
+    """
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    config = [(0, 0, 0)] * lhs.ndim
+    for axis, (low, high), dilation in zip(lhs_spec[2:], padding, lhs_dilation, strict=True):
+        config[axis] = (low, high, dilation - 1)
+    lhs = lax.pad(lhs, np.zeros((), lhs.dtype), config)
+    window = [rhs.shape[axis] for axis in rhs_spec[2:]]
+    spans = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation, strict=True)]
+    positions = [
+        (lhs.shape[axis] - span) // stride + 1
+        for axis, span, stride in zip(lhs_spec[2:], spans, window_strides, strict=True)
+    ]
+    slices = []
+    for position in itertools.product(*map(range, positions)):
+        start, limit, strides = [0] * lhs.ndim, list(lhs.shape), [1] * lhs.ndim
+        for i, axis in enumerate(lhs_spec[2:]):
+            start[axis] = position[i] * window_strides[i]
+            limit[axis] = start[axis] + spans[i]
+            strides[axis] = rhs_dilation[i]
+        slices.append(lax.expand_dims(lax.slice(lhs, start, limit, strides), (0,)))
+    # (positions, n, c, *window) and (o, c / feature groups, *window), taps flattened
+    patches = lax.transpose(lax.concatenate(slices, 0), (0, *(a + 1 for a in lhs_spec)))
+    rhs = lax.transpose(rhs, tuple(rhs_spec))
+    (n_positions, n, c), (o, taps) = patches.shape[:3], (rhs.shape[0], math.prod(window))
+    f, g = feature_group_count, batch_group_count
+    patches = patches.reshape(n_positions, g, n // g, f, c // f, taps)
+    rhs = rhs.reshape(f * g, o // (f * g), c // f, taps)
+    group_axis = 3 if f > 1 else 1
+    out = lax.dot_general(
+        patches,
+        rhs,
+        (((4, 5), (2, 3)), ((group_axis,), (0,))),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )  # (groups, positions, n / g or 1, 1 or n, o / groups)
+    out = lax.transpose(out, (1, 2, 3, 0, 4)).reshape(*positions, n // g, o)
+    held = [*out_spec[2:], out_spec[0], out_spec[1]]  # the output axis each axis of `out` is
+    return lax.transpose(out, tuple(int(i) for i in np.argsort(held)))
+
+
+def _inlined(fn: Callable, eqn: core.JaxprEqn) -> list[core.JaxprEqn]:
+    """The equations of `fn(*eqn's inputs, **eqn's params)`, reading `eqn`'s inputs and
+    writing its output."""
+    args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
+    closed = jax.make_jaxpr(lambda *a: fn(*a, **eqn.params))(*args)
+    inner = closed.jaxpr
+    names = dict(zip(inner.invars, eqn.invars, strict=True))
+    names[inner.outvars[0]] = eqn.outvars[0]
+
+    def rename(var):
+        return names.get(var, var) if isinstance(var, core.Var) else var
+
+    return [
+        e.replace(invars=[rename(v) for v in e.invars], outvars=[rename(v) for v in e.outvars])
+        for e in inner.eqns
+    ]
 
 
 def _swapping_permutation(dot: core.JaxprEqn) -> tuple[int, ...]:
@@ -148,21 +315,25 @@ def _fold_transposed_dots(jaxpr: core.Jaxpr) -> core.Jaxpr:
             continue
         if eqn.primitive.name == "dot_general" and eqn.outvars[0] in unread:
             continue
-        params = {name: _fold_nested(value) for name, value in eqn.params.items()}
+        params = {
+            name: _rewrite_nested(value, _fold_transposed_dots)
+            for name, value in eqn.params.items()
+        }
         if any(params[name] is not value for name, value in eqn.params.items()):
             eqn, changed = eqn.replace(params=params), True
         eqns.append(eqn)
     return jaxpr.replace(eqns=eqns) if changed else jaxpr
 
 
-def _fold_nested(value: Any) -> Any:
-    """A parameter of an equation with the jaxprs in it folded; `value` itself if none change."""
+def _rewrite_nested(value: Any, rewrite: Callable[[core.Jaxpr], core.Jaxpr]) -> Any:
+    """A parameter of an equation with `rewrite` applied to the jaxprs in it; `value` itself
+    if none change."""
     if isinstance(value, core.ClosedJaxpr):
-        inner = _fold_transposed_dots(value.jaxpr)
+        inner = rewrite(value.jaxpr)
         return value if inner is value.jaxpr else value.replace(jaxpr=inner)
     if isinstance(value, core.Jaxpr):
-        return _fold_transposed_dots(value)
+        return rewrite(value)
     if isinstance(value, tuple) and any(isinstance(v, _JAXPRS) for v in value):
-        items = tuple(_fold_nested(v) for v in value)
+        items = tuple(_rewrite_nested(v, rewrite) for v in value)
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value

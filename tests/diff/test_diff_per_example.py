@@ -2,8 +2,8 @@
 
 Every model family funcnet has (dense, convolutional, recurrent, attention), pytree params
 and batches, integer labels, float32 and float64, under `jax.jit`; and the program it runs:
-each transposed per-example kernel gradient folded away where there is one, JAX's own
-`vmap(grad)` where there is none.
+each conv kernel gradient a batched product, each transposed per-example kernel gradient
+folded away where there is one, JAX's own `vmap(grad)` where there is neither.
 """
 
 import functools
@@ -15,6 +15,7 @@ import pytest
 from diff_problems import batch_loss
 
 import funcnet.diff as fd
+import funcnet.diff.per_example as per_example
 import funcnet.nn as nn
 from funcnet.losses import softmax_cross_entropy
 from tests.helpers import nested_jaxprs
@@ -60,6 +61,24 @@ def conv(dtype):
         nn.dense(CLASSES),
     )
     return _classifier(model, (1, 6, 6, 2), _normal((B, 6, 6, 2), dtype), dtype)
+
+
+def conv_variety(dtype):
+    """Strided, dilated, padded, transposed and grouped convolutions, 1-D and 2-D."""
+    image = nn.serial(
+        nn.conv(3, (3, 2), strides=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 1))),
+        nn.tanh,
+        nn.conv_transpose(4, 3, strides=2, padding="VALID"),
+        nn.relu,
+        nn.conv(4, 2, groups=4, padding="VALID"),
+        nn.global_avg_pool(),
+    )
+    signal = nn.serial(nn.conv(2, 3, dilation=2), nn.tanh, nn.conv(3, 1), nn.flatten())
+    model = nn.serial(
+        nn.parallel(image, signal), lambda pair: jnp.concatenate(pair, -1), nn.dense(CLASSES)
+    )
+    inputs = (_normal((B, 7, 6, 2), dtype), _normal((B, 5, 2), dtype, 2))
+    return _classifier(model, ((1, 7, 6, 2), (1, 5, 2)), inputs, dtype)
 
 
 def gru(dtype):
@@ -110,7 +129,7 @@ def pytree(dtype):
     return loss, params, batch
 
 
-CASES = {f.__name__: f for f in (mlp, conv, gru, lstm, attention, pytree)}
+CASES = {f.__name__: f for f in (mlp, conv, conv_variety, gru, lstm, attention, pytree)}
 
 
 def loop_of_grads(loss, params, batch):
@@ -215,7 +234,7 @@ def test_transposed_kernel_gradients_are_folded(case):
 
 
 def test_programs_without_products_run_jax_vmap_grad():
-    """Nothing to fold (elementwise params, a convolution alone): JAX's own program runs."""
+    """Nothing to rewrite (elementwise params): JAX's own program runs."""
     elementwise_params = {"scale": _normal((3,), jnp.float32), "shift": jnp.zeros(3)}
     elementwise_batch = (_normal((B, 3), jnp.float32, 2), _normal((B, 3), jnp.float32, 3))
 
@@ -223,13 +242,95 @@ def test_programs_without_products_run_jax_vmap_grad():
         x, y = example
         return jnp.sum((params["scale"] * jnp.sin(x) + params["shift"] - y) ** 2)
 
-    conv_only = nn.serial(nn.conv(CLASSES, 3), nn.global_avg_pool())
-    for loss, params, batch in (
-        (elementwise, elementwise_params, elementwise_batch),
-        _classifier(conv_only, (1, 6, 6, 2), _normal((B, 6, 6, 2), jnp.float32), jnp.float32),
-    ):
-        ours, theirs = _jaxprs(loss, params, batch)
-        assert str(ours) == str(theirs)
+    ours, theirs = _jaxprs(elementwise, elementwise_params, elementwise_batch)
+    assert str(ours) == str(theirs)
+
+
+def _convs(jaxpr) -> list:
+    """The `conv_general_dilated` equations of `jaxpr` and of every jaxpr nested in it."""
+    found = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"]
+    for eqn in jaxpr.eqns:
+        found += [conv for inner in nested_jaxprs(eqn.params) for conv in _convs(inner)]
+    return found
+
+
+def _grouped_by_example(conv) -> bool:
+    """Whether `vmap` made `conv` a grouped convolution with groups per example (B of them,
+    times the layer's own groups)."""
+    groups = max(conv.params["feature_group_count"], conv.params["batch_group_count"])
+    return groups > 1 and groups % B == 0
+
+
+@pytest.mark.parametrize("case", ["conv", "conv_variety"])
+def test_conv_kernel_gradients_are_batched_products(case):
+    """vmap(grad) computes each per-example conv kernel gradient as one grouped convolution
+    (groups per example); ours has none left."""
+    loss, params, batch = CASES[case](jnp.float32)
+    ours, theirs = _jaxprs(loss, params, batch)
+    n_layers = {"conv": 2, "conv_variety": 5}[case]
+    assert sum(map(_grouped_by_example, _convs(theirs.jaxpr))) == n_layers
+    assert not any(map(_grouped_by_example, _convs(ours.jaxpr)))
+
+
+def _setting(lhs, rhs, strides, padding, names, lhs_dil=None, rhs_dil=None, groups=(1, 1)):
+    n = len(strides)
+    return lhs, rhs, strides, padding, lhs_dil or (1,) * n, rhs_dil or (1,) * n, names, groups
+
+
+CONV_SETTINGS = [
+    _setting((2, 3, 9), (4, 3, 3), (1,), ((1, 1),), ("NCH", "OIH", "NCH")),
+    _setting(
+        (1, 8, 7, 3),
+        (5, 4, 3, 2),
+        (2, 1),
+        ((0, 1), (2, -1)),
+        ("NHWC", "HWIO", "NHWC"),
+        lhs_dil=(1, 2),
+    ),
+    _setting(
+        (3, 2, 6, 5),
+        (3, 2, 4, 3),
+        (1, 2),
+        ((1, 2), (0, 0)),
+        ("CNHW", "IOWH", "HCNW"),
+        lhs_dil=(2, 1),
+        rhs_dil=(2, 1),
+    ),
+    _setting((2, 6, 5), (4, 3, 2), (1,), ((0, 0),), ("NCH", "OIH", "NCH"), groups=(2, 1)),
+    _setting((6, 5, 4), (3, 4, 6), (2,), ((1, 0),), ("NHC", "HIO", "NHC"), groups=(1, 3)),
+    _setting(
+        (2, 4, 4, 3, 2),
+        (1, 2, 2, 2, 3),
+        (1, 1, 2),
+        ((1, 0),) * 3,
+        ("NDHWC", "DHWIO", "NDHWC"),
+        rhs_dil=(1, 2, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize("setting", CONV_SETTINGS)
+def test_conv_by_slices_is_the_convolution(setting, x64):
+    """`_conv_by_slices` against `lax.conv_general_dilated` itself, including settings (the
+    forward convolutions here) that per_example_grads leaves to XLA."""
+    lhs_shape, rhs_shape, strides, padding, lhs_dil, rhs_dil, names, groups = setting
+    lhs = _normal(lhs_shape, jnp.float64, 3)
+    rhs = _normal(rhs_shape, jnp.float64, 4)
+    settings = dict(
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=lhs_dil,
+        rhs_dilation=rhs_dil,
+        dimension_numbers=jax.lax.conv_dimension_numbers(lhs_shape, rhs_shape, names),
+        feature_group_count=groups[0],
+        batch_group_count=groups[1],
+        precision=None,
+        preferred_element_type=None,
+    )
+    expected = jax.lax.conv_general_dilated(lhs, rhs, **settings)
+    actual = per_example._conv_by_slices(lhs, rhs, **settings)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_composes_with_grad_and_vmap_and_closures():
