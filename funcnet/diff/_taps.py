@@ -1,6 +1,7 @@
 """Reading a model's jaxpr: where each param leaf is used, and evaluating it with taps.
 
-Shared by the structured NTK (`ntk.py`) and the Kronecker factors (`kronecker.py`). A "tap"
+Shared by the structured NTK (`ntk.py`), the Kronecker factors (`kronecker.py`) and the
+per-example quantities (`quantities.py`); `CALLS` by the per-example gradients too. A "tap"
 is a product (`dot_general`, `conv_general_dilated`) of the jaxpr whose operands are recorded
 and to whose output a perturbation `eps` may be added, so that the gradient with respect to
 `eps` is the signal back-propagated to that output. An equation is named by its path: its
@@ -12,6 +13,18 @@ from __future__ import annotations
 from jax.extend import core
 
 _JIT_NAMES = ("jit", "pjit")
+# Higher-order primitives whose inner jaxpr takes the equation's operands one to one.
+CALLS = frozenset(
+    {
+        *_JIT_NAMES,
+        "closed_call",
+        "core_call",
+        "checkpoint",
+        "remat",
+        "custom_jvp_call",
+        "custom_vjp_call",
+    }
+)
 
 Use = tuple[tuple[int, ...], core.JaxprEqn, int]
 

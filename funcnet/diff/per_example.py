@@ -39,12 +39,11 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
+from funcnet.diff._taps import CALLS
+
 PyTree = Any
 PerExampleMethod = Literal["auto", "vmap"]
 _JAXPRS = (core.ClosedJaxpr, core.Jaxpr)
-# Higher-order primitives whose inner jaxpr takes the equation's operands one to one.
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "checkpoint", "remat"}
-_CALLS |= {"custom_jvp_call", "custom_vjp_call"}
 # A convolution is computed by slices only up to this many output positions (taps).
 MAX_SLICES = 512
 
@@ -141,7 +140,7 @@ def _convs_by_slices(jaxpr: core.Jaxpr, per_example: Sequence[bool]) -> core.Jax
             continue
 
         def rewrite(inner: core.Jaxpr, eqn=eqn, flags=flags) -> core.Jaxpr:
-            one_to_one = eqn.primitive.name in _CALLS and len(inner.invars) == len(flags)
+            one_to_one = eqn.primitive.name in CALLS and len(inner.invars) == len(flags)
             return _convs_by_slices(
                 inner, flags if one_to_one else [any(flags)] * len(inner.invars)
             )

@@ -66,7 +66,7 @@ from jax.flatten_util import ravel_pytree
 from funcnet._checks import check_int
 from funcnet._keys import typed_key
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
-from funcnet.diff._taps import eval_tapped, find_eqn, find_uses, is_plain_dot
+from funcnet.diff._taps import CALLS, eval_tapped, find_eqn, find_uses, is_plain_dot
 
 PyTree = Any
 Quantity = Literal[
@@ -474,7 +474,6 @@ _PIECEWISE_LINEAR = frozenset(
     }
 )  # fmt: skip
 _BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
-_CALLS = frozenset({"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat"})
 
 
 def _piecewise_linear(jaxpr: core.Jaxpr, n_params: int) -> bool:
@@ -493,7 +492,7 @@ def _walk(jaxpr: core.Jaxpr, in_deps: list) -> list | None:
         ins = [dep(v) for v in eqn.invars]
         union = frozenset().union(*ins)
         name = eqn.primitive.name
-        if union and name in _CALLS:
+        if union and name in CALLS:
             inner = next(
                 (p for p in eqn.params.values() if isinstance(p, core.ClosedJaxpr | core.Jaxpr)),
                 None,
