@@ -87,7 +87,7 @@ def per_example_grads(
         return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)
     if method != "auto":
         raise ValueError(f"method must be 'auto' or 'vmap', got {method!r}")
-    grads = jax.vmap(_grad_with_convs_by_slices(loss), in_axes=(None, 0))
+    grads = jax.vmap(with_convs_by_slices(jax.grad(loss), shared=1), in_axes=(None, 0))
     closed, out_shape = jax.make_jaxpr(grads, return_shape=True)(params, batch)
     jaxpr = _fold_transposed_dots(closed.jaxpr)
     if jaxpr is closed.jaxpr:
@@ -96,26 +96,27 @@ def per_example_grads(
     return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
 
 
-def _grad_with_convs_by_slices(loss: Callable) -> Callable:
-    """`grad(loss)` for one example, each convolution of two per-example operands computed
-    by `_conv_by_slices`; `grad(loss)` itself where there is none.
+def with_convs_by_slices(fn: Callable, shared: int = 0) -> Callable:
+    """`fn` with each convolution of two per-example operands computed by `_conv_by_slices`,
+    for calling under `vmap` over the examples.
 
-    Called under `vmap`, it traces `grad(loss)` at one example's shapes: the params are the
-    jaxpr's first inputs, the only ones that do not depend on the example.
+    `fn(*args)` is traced at the shapes it is called with (one example's, under `vmap`); the
+    leaves of ``args[:shared]`` and the values `fn` closes over are the same for every
+    example, the rest depend on it. Where the trace holds no such convolution, `fn` itself
+    runs.
     """
-    grad = jax.grad(loss)
 
-    def example_grad(params: PyTree, example: PyTree) -> PyTree:
-        closed, out_shape = jax.make_jaxpr(grad, return_shape=True)(params, example)
-        n_params = len(jax.tree.leaves(params))
-        per_example = [i >= n_params for i in range(len(closed.jaxpr.invars))]
+    def rewritten(*args: PyTree) -> PyTree:
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        n_shared = len(jax.tree.leaves(args[:shared]))
+        per_example = [i >= n_shared for i in range(len(closed.jaxpr.invars))]
         jaxpr = _convs_by_slices(closed.jaxpr, per_example)
         if jaxpr is closed.jaxpr:
-            return grad(params, example)
-        flat = core.jaxpr_as_fun(closed.replace(jaxpr=jaxpr))(*jax.tree.leaves((params, example)))
+            return fn(*args)
+        flat = core.jaxpr_as_fun(closed.replace(jaxpr=jaxpr))(*jax.tree.leaves(args))
         return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
 
-    return example_grad
+    return rewritten
 
 
 def _convs_by_slices(jaxpr: core.Jaxpr, per_example: Sequence[bool]) -> core.Jaxpr:

@@ -40,7 +40,8 @@ How each leaf is computed:
   example and per output vector before squaring.
 - Every other leaf (biases, conv kernels, norms' scales, leaves used twice): per-example
   vector-Jacobian products under `vmap`, one per example and output vector, each the size
-  of the leaf, squared and summed.
+  of the leaf, squared and summed. A conv kernel's product is computed as in
+  `per_example_grads`: strided slices of the input and one batched matrix product.
 
 The output vectors per example are: ∂L/∂F_n (first-order quantities), the C eigenvectors of
 H_n (``"diag_ggn"``, from C Hessian-vector products of the loss over the outputs), the M
@@ -67,6 +68,7 @@ from funcnet._checks import check_int
 from funcnet._keys import typed_key
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff._taps import CALLS, eval_tapped, find_eqn, find_uses, is_plain_dot
+from funcnet.diff.per_example import with_convs_by_slices
 
 PyTree = Any
 Quantity = Literal[
@@ -372,7 +374,8 @@ def _quantities(
     vectors = jnp.concatenate(vectors, axis=1).astype(outputs.dtype)
 
     leaves, treedef = jax.tree.flatten(params)
-    rest_vjps, pairs = jax.vmap(lambda xi, v: plan.backward(leaves, xi, v))(inputs, vectors)
+    backward = with_convs_by_slices(lambda xi, v: plan.backward(leaves, xi, v))
+    rest_vjps, pairs = jax.vmap(backward)(inputs, vectors)
     rest_of = dict(zip(plan.rest, rest_vjps, strict=True))
     kernels = list(plan.kernels.values())
 
