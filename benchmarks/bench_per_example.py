@@ -93,17 +93,23 @@ def torch_per_example(weights: workload.Weights) -> Callable[[np.ndarray, np.nda
         layers.append(linear)
         if i < len(weights) - 1:
             layers.append(th.nn.ReLU())
-    model = th.nn.Sequential(*layers)
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    return _torch_grads(th, th.nn.Sequential(*layers))
 
-    def example_loss(params, x, y):
-        logits = th.func.functional_call(model, params, (x[None],))
+
+def _torch_grads(th, model, layout: Callable[[np.ndarray], np.ndarray] = np.array):
+    """``grads(x, y)``: `torch.func`'s per-example gradients of `model`'s softmax
+    cross-entropy, ``layout(x)`` its input, as a dict of `model`'s parameter names."""
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+
+    def example_loss(weights, x, y):
+        logits = th.func.functional_call(model, weights, (x[None],))
         return th.nn.functional.cross_entropy(logits, y[None])
 
     per_example = th.func.vmap(th.func.grad(example_loss), in_dims=(None, 0, 0))
 
     def grads(x: np.ndarray, y: np.ndarray) -> dict:
-        return per_example(params, th.from_numpy(x.copy()), th.from_numpy(y.astype(np.int64)))
+        x = th.from_numpy(np.array(layout(x)))
+        return per_example(weights, x, th.from_numpy(y.astype(np.int64)))
 
     return grads
 
@@ -142,20 +148,7 @@ def torch_cnn_per_example(family: CNN, params: dict) -> Callable[[np.ndarray, np
     layers += [ChannelsLast(), th.nn.Flatten()]
     layers += [copied(th.nn.Linear(hidden.shape[1], hidden.shape[0]), hidden, biases[0])]
     layers += [th.nn.ReLU(), copied(th.nn.Linear(head.shape[1], head.shape[0]), head, biases[1])]
-    model = th.nn.Sequential(*layers)
-    weights = {name: p.detach() for name, p in model.named_parameters()}
-
-    def example_loss(weights, x, y):
-        logits = th.func.functional_call(model, weights, (x[None],))
-        return th.nn.functional.cross_entropy(logits, y[None])
-
-    per_example = th.func.vmap(th.func.grad(example_loss), in_dims=(None, 0, 0))
-
-    def grads(x: np.ndarray, y: np.ndarray) -> dict:
-        x = th.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        return per_example(weights, x, th.from_numpy(y.astype(np.int64)))
-
-    return grads
+    return _torch_grads(th, th.nn.Sequential(*layers), lambda x: x.transpose(0, 3, 1, 2))
 
 
 def memory_bandwidth(nbytes: int, settings: Settings) -> dict:
