@@ -13,16 +13,19 @@ Two kernels' per-example gradients are slow as JAX's batching rules write them:
   by the signal δ, whose window is the output's spatial size and whose output is the
   kernel's: ∂L/∂w[k, c, o] = Σₛ x[s·stride + k·dilation, c] δ[s, o]. Under `vmap` both of
   its operands carry the batch axis, and JAX's batching rule turns it into one grouped
-  convolution with B × C groups, for which XLA:CPU has only its slow generic loop.
+  convolution with a group per example, for which XLA:CPU has only its slow generic loop.
 
-`per_example_grads` traces `grad(loss)` for one example and, where a convolution's two
-operands both depend on the example and its output is no larger than its window (a kernel's
-gradient), computes that convolution as one strided slice of x per kernel tap, stacked, and
-a single `dot_general` with δ over the positions and input channels; under `vmap` that is a
-batched matrix product. It then traces `vmap` of the result and replaces each `transpose`
-that swaps the two operands' free dimensions of a `dot_general` result by one `dot_general`
-of the swapped operands, which yields the (B, in, out) layout directly; the first product is
-dropped when nothing else reads it. Every sum is the same sum, in another order; every
+On the CPU, `per_example_grads` traces `grad(loss)` for one example and, where a
+convolution's two operands both depend on the example and its output is no larger than its
+window (a kernel's gradient), computes that convolution tap by tap: for each kernel tap k,
+one strided slice of x and one `dot_general` with δ over the positions and input channels,
+which under `vmap` is a batched matrix product. (GPUs have grouped convolutions of their
+own, so elsewhere the batching rule's program is kept.)
+
+It then traces `vmap` of the result and replaces each `transpose` that swaps the two
+operands' free dimensions of a `dot_general` result by one `dot_general` of the swapped
+operands, which yields the (B, in, out) layout directly; the first product is dropped when
+nothing else reads it. Every sum is the same sum, in another order; every
 other equation is left as `vmap(grad)` wrote it.
 """
 
@@ -73,7 +76,8 @@ def per_example_grads(
       method: `"vmap"` runs `vmap(grad(loss))` over the leading axis of `batch` as JAX
         writes it. `"auto"` (the default) computes the same sums with two rewrites: each
         convolution kernel's gradient (a convolution of two per-example operands) becomes
-        strided slices of the input and one matrix product, batched under `vmap`; and
+        one strided slice of the input and one matrix product per kernel tap, batched
+        under `vmap` (on the CPU; module docstring); and
         each kernel gradient that JAX forms transposed (a `dot_general` followed by a
         `transpose` of its result) becomes one `dot_general` that writes it in its final
         layout, xᵢ ⊗ δᵢ of shape (B, in, out) for a dense kernel. Where the program holds
@@ -102,11 +106,13 @@ def with_convs_by_slices(fn: Callable, shared: int = 0) -> Callable:
 
     `fn(*args)` is traced at the shapes it is called with (one example's, under `vmap`); the
     leaves of ``args[:shared]`` and the values `fn` closes over are the same for every
-    example, the rest depend on it. Where the trace holds no such convolution, `fn` itself
-    runs.
+    example, the rest depend on it. Where the trace holds no such convolution, or JAX's
+    default backend is not the CPU, `fn` itself runs.
     """
 
     def rewritten(*args: PyTree) -> PyTree:
+        if jax.default_backend() != "cpu":
+            return fn(*args)
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
         n_shared = len(jax.tree.leaves(args[:shared]))
         per_example = [i >= n_shared for i in range(len(closed.jaxpr.invars))]
@@ -178,50 +184,47 @@ def _conv_by_slices(
     preferred_element_type,
     **_,
 ):
-    """`lax.conv_general_dilated` as one strided slice of the dilated, padded `lhs` per
-    output position, stacked, contracted with `rhs` by one `dot_general`.
+    """`lax.conv_general_dilated` as one matrix product per output position, of a strided
+    slice of the dilated, padded `lhs` with `rhs`.
 
     out[n, o, s] = Σ_{c, k} lhsₚ[n, c, s·stride + k·dilation] rhs[o, c, k], where lhsₚ is
-    `lhs` with its spatial axes dilated and padded: slice s holds lhsₚ[:, :, s·stride + k·
-    dilation] for every tap k, so the sum over (c, k) is a matrix product. Groups are a
-    batch axis of the product: output channel block g reads input channel block g (feature
-    groups) or input batch block g (batch groups).
+    `lhs` with its spatial axes dilated and padded: the slice of position s holds
+    lhsₚ[:, :, s·stride + k·dilation] for every window tap k, so the sum over (c, k) is a
+    matrix product. Groups are a batch axis of the product: output channel block g reads
+    input channel block g (feature groups) or input batch block g (batch groups). For a
+    kernel's gradient the output positions are the kernel's taps and the window is the
+    layer's output.
     """
     lhs_spec, rhs_spec, out_spec = dimension_numbers
-    config = [(0, 0, 0)] * lhs.ndim
-    for axis, (low, high), dilation in zip(lhs_spec[2:], padding, lhs_dilation, strict=True):
-        config[axis] = (low, high, dilation - 1)
+    lhs = lax.transpose(lhs, tuple(lhs_spec))  # (n, c, *spatial)
+    rhs = lax.transpose(rhs, tuple(rhs_spec))  # (o, c / feature groups, *window)
+    config = [(0, 0, 0), (0, 0, 0)]
+    config += [(low, high, d - 1) for (low, high), d in zip(padding, lhs_dilation, strict=True)]
     lhs = lax.pad(lhs, np.zeros((), lhs.dtype), config)
-    window = [rhs.shape[axis] for axis in rhs_spec[2:]]
+    (n, c), (o, *window) = lhs.shape[:2], (rhs.shape[0], *rhs.shape[2:])
     spans = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation, strict=True)]
     positions = [
-        (lhs.shape[axis] - span) // stride + 1
-        for axis, span, stride in zip(lhs_spec[2:], spans, window_strides, strict=True)
+        (size - span) // stride + 1
+        for size, span, stride in zip(lhs.shape[2:], spans, window_strides, strict=True)
     ]
-    slices = []
-    for position in itertools.product(*map(range, positions)):
-        start, limit, strides = [0] * lhs.ndim, list(lhs.shape), [1] * lhs.ndim
-        for i, axis in enumerate(lhs_spec[2:]):
-            start[axis] = position[i] * window_strides[i]
-            limit[axis] = start[axis] + spans[i]
-            strides[axis] = rhs_dilation[i]
-        slices.append(lax.expand_dims(lax.slice(lhs, start, limit, strides), (0,)))
-    # (positions, n, c, *window) and (o, c / feature groups, *window), taps flattened
-    patches = lax.transpose(lax.concatenate(slices, 0), (0, *(a + 1 for a in lhs_spec)))
-    rhs = lax.transpose(rhs, tuple(rhs_spec))
-    (n_positions, n, c), (o, taps) = patches.shape[:3], (rhs.shape[0], math.prod(window))
     f, g = feature_group_count, batch_group_count
-    patches = patches.reshape(n_positions, g, n // g, f, c // f, taps)
-    rhs = rhs.reshape(f * g, o // (f * g), c // f, taps)
+    rhs = rhs.reshape(f * g, o // (f * g), c // f, math.prod(window))
     group_axis = 3 if f > 1 else 1
-    out = lax.dot_general(
-        patches,
-        rhs,
-        (((4, 5), (2, 3)), ((group_axis,), (0,))),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )  # (groups, positions, n / g or 1, 1 or n, o / groups)
-    out = lax.transpose(out, (1, 2, 3, 0, 4)).reshape(*positions, n // g, o)
+    products = []
+    for position in itertools.product(*map(range, positions)):
+        start = [0, 0, *(p * s for p, s in zip(position, window_strides, strict=True))]
+        limit = [n, c, *(a + span for a, span in zip(start[2:], spans, strict=True))]
+        taps = lax.slice(lhs, start, limit, (1, 1, *rhs_dilation))
+        taps = taps.reshape(g, n // g, f, c // f, math.prod(window))
+        product = lax.dot_general(
+            taps,
+            rhs,
+            (((3, 4), (2, 3)), ((group_axis - 1,), (0,))),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )  # (groups, n / g or 1, 1 or n, o / groups)
+        products.append(lax.transpose(product, (1, 2, 0, 3)).reshape(1, n // g, o))
+    out = lax.concatenate(products, 0).reshape(*positions, n // g, o)
     held = [*out_spec[2:], out_spec[0], out_spec[1]]  # the output axis each axis of `out` is
     return lax.transpose(out, tuple(int(i) for i in np.argsort(held)))
 

@@ -40,8 +40,8 @@ How each leaf is computed:
   example and per output vector before squaring.
 - Every other leaf (biases, conv kernels, norms' scales, leaves used twice): per-example
   vector-Jacobian products under `vmap`, one per example and output vector, each the size
-  of the leaf, squared and summed. A conv kernel's product is computed as in
-  `per_example_grads`: strided slices of the input and one batched matrix product.
+  of the leaf, squared and summed. On the CPU a conv kernel's product is computed as in
+  `per_example_grads`: a strided slice of the input and a batched matrix product per tap.
 
 The output vectors per example are: ∂L/∂F_n (first-order quantities), the C eigenvectors of
 H_n (``"diag_ggn"``, from C Hessian-vector products of the loss over the outputs), the M

@@ -272,6 +272,14 @@ def test_conv_kernel_gradients_are_batched_products(case):
     assert not any(map(_grouped_by_example, _convs(ours.jaxpr)))
 
 
+def test_conv_rule_is_for_the_cpu_only(monkeypatch):
+    """On another backend (grouped convolutions of its own) JAX's program is kept."""
+    loss, params, batch = CASES["conv"](jnp.float32)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    ours, _ = _jaxprs(loss, params, batch)
+    assert sum(map(_grouped_by_example, _convs(ours.jaxpr))) == 2
+
+
 def _setting(lhs, rhs, strides, padding, names, lhs_dil=None, rhs_dil=None, groups=(1, 1)):
     n = len(strides)
     return lhs, rhs, strides, padding, lhs_dil or (1,) * n, rhs_dil or (1,) * n, names, groups
