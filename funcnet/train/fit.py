@@ -44,7 +44,9 @@ from funcnet.train.step import (
     check_model,
     check_not_empty,
     check_optimizer,
+    frozen_shape,
     output_shape_of_init,
+    per_model,
 )
 
 __all__ = [
@@ -671,19 +673,18 @@ def choose_loop(loop: str, model: Layer, train_data: Any, in_shape: Any) -> str:
         return loop
     if jax.default_backend() != "cpu":
         return "scan"
-    dtypes = jax.tree.map(lambda leaf: jnp.result_type(leaf), train_data[0])
-    return "step" if _has_convolution(model, in_shape, dtypes) else "scan"
+    dtypes = tuple(jnp.result_type(leaf) for leaf in jax.tree.leaves(train_data[0]))
+    return "step" if _has_convolution(model, *frozen_shape(in_shape), dtypes) else "scan"
 
 
-def _has_convolution(model: Layer, in_shape: Any, dtypes: Any) -> bool:
-    """Whether the model's forward pass on inputs of `in_shape` and `dtypes` convolves
+@per_model
+def _has_convolution(model: Layer, treedef: Any, shapes: tuple, dtypes: tuple) -> bool:
+    """Whether the model's forward pass on inputs of these shapes and dtypes convolves
     (traced abstractly: nothing is computed or compiled)."""
+    in_shape = jax.tree.unflatten(treedef, shapes)
     _, params, state = jax.eval_shape(lambda: model.init(jax.random.key(0), in_shape))
-    x = jax.tree.map(
-        lambda shape, dtype: jax.ShapeDtypeStruct(tuple(shape), dtype),
-        in_shape,
-        dtypes,
-        is_leaf=lambda node: isinstance(node, tuple) and all(isinstance(d, int) for d in node),
+    x = jax.tree.unflatten(
+        treedef, [jax.ShapeDtypeStruct(s, d) for s, d in zip(shapes, dtypes, strict=True)]
     )
     jaxpr = jax.make_jaxpr(lambda p, s, x: model.apply(p, s, x)[0])(params, state, x)
     return _uses(jaxpr.jaxpr, "conv_general_dilated")

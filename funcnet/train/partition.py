@@ -310,20 +310,31 @@ def place(tree: PyTree, shardings: PyTree) -> PyTree:
     """A copy of `tree`'s leaves (host or device arrays, the same values in every process)
     on the devices as `shardings` says; each process writes only its own devices' pieces.
     Typed PRNG keys stay keys."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = [is_key(leaf) for leaf in leaves]
+    data = [jax.random.key_data(a) if key else a for a, key in zip(leaves, keys, strict=True)]
+    targets = [
+        _key_data_sharding(s) if key else s
+        for s, key in zip(treedef.flatten_up_to(shardings), keys, strict=True)
+    ]
+    if jax.process_count() == 1:
+        # Copies, so that the caller's arrays stay theirs when a step donates the placed
+        # state (device_put keeps a one-device array's buffer as one replica, may_alias=False
+        # or not); then one transfer of them all, which on 2 devices took a third of the
+        # time of a transfer per leaf.
+        placed = jax.device_put([jnp.copy(a) for a in data], targets)
+    else:
+        placed = [_from_host(np.asarray(a), s) for a, s in zip(data, targets, strict=True)]
+    placed = [
+        jax.random.wrap_key_data(a, impl=jax.random.key_impl(leaf)) if key else a
+        for a, leaf, key in zip(placed, leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, placed)
 
-    def put(leaf, sharding):
-        if is_key(leaf):
-            data = put(jax.random.key_data(leaf), _key_data_sharding(sharding))
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        if jax.process_count() == 1:
-            # A copy: the caller's arrays stay theirs when a step donates the placed state
-            # (device_put keeps a one-device array's buffer as one replica, may_alias=False
-            # or not).
-            return jax.device_put(jnp.copy(leaf), sharding)
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    return jax.tree.map(put, tree, shardings)
+def _from_host(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """`host`'s values on `sharding`'s devices, each process writing its own pieces."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _key_data_sharding(sharding: NamedSharding) -> NamedSharding:

@@ -154,18 +154,51 @@ def check_optimizer(where: str, optimizer: Any, *, factory: bool = False) -> Non
     raise TypeError(f"{where}: optimizer must be {wanted}, got {type(optimizer).__name__}")
 
 
+def per_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(model, *args)` remembered for the last 64 hashable ``(model, *args)``, as the
+    compiled epoch is: a layer's functions are pure, so what a trace of them gives depends
+    on nothing else. An unhashable model or argument is traced every time."""
+    remembered = functools.lru_cache(maxsize=64)(fn)
+
+    @functools.wraps(fn)
+    def call(model: Layer, *args: Any) -> Any:
+        try:
+            hash((model, args))
+        except TypeError:
+            return fn(model, *args)
+        return remembered(model, *args)
+
+    return call
+
+
+def frozen_shape(in_shape: Any) -> tuple:
+    """`in_shape`, a shape or a pytree of shapes, as a hashable ``(treedef, shapes)``."""
+    leaves, treedef = jax.tree.flatten(in_shape, is_leaf=is_shape)
+    return treedef, tuple(tuple(leaf) for leaf in leaves)
+
+
+def is_shape(node: Any) -> bool:
+    """Whether `node` is one shape: a tuple (or list) of ints."""
+    return isinstance(node, tuple | list) and all(isinstance(d, int) for d in node)
+
+
 def output_shape_of_init(model: Layer, in_shape: Any) -> Any:
     """The output shape ``model.init(key, in_shape)`` gives, traced abstractly (no params
-    are made)."""
-    shapes = []
+    are made) once per model and input shape."""
+    return _output_shape_of_init(model, *frozen_shape(in_shape))
+
+
+@per_model
+def _output_shape_of_init(model: Layer, treedef: Any, shapes: tuple) -> Any:
+    shapes_out = []
 
     def init(key):
-        out_shape, params, state = model.init(key, in_shape)
-        shapes.append(out_shape)
+        out_shape, params, state = model.init(key, jax.tree.unflatten(treedef, shapes))
+        shapes_out.append(out_shape)
         return params, state
 
     jax.eval_shape(init, jax.random.key(0))
-    return shapes[0]
+    return shapes_out[0]
 
 
 def output_shape_of_apply(model: Layer, params: PyTree, model_state: PyTree, x: Any) -> Any:
