@@ -186,12 +186,22 @@ def _watch_join(
             f"process {index} of {count} found no complete run at {address} (process 0, the "
             "coordinator, or another process never came)"
         )
-    print(
+    _say_and_exit(
         f"funcnet: gave up after {timeout:g} s: {missing}; start every process with the same "
-        f"{ENV_ADDRESS} and {ENV_COUNT}, or wait longer (--init-timeout, {ENV_TIMEOUT})",
-        file=sys.stderr,
-        flush=True,
+        f"{ENV_ADDRESS} and {ENV_COUNT}, or wait longer (--init-timeout, {ENV_TIMEOUT})"
     )
+
+
+# Held by the first of the watches and the excepthook that ends the process, for good.
+_stopping = threading.Lock()
+
+
+def _say_and_exit(line: str) -> None:
+    """Prints `line` and ends this process with status 1. Two detectors can see one loss at
+    once (the watch on the coordinator's port and a collective's error): the second waits
+    here until the first's exit, so one line is printed."""
+    _stopping.acquire()
+    print(line, file=sys.stderr, flush=True)
     os._exit(1)
 
 
@@ -236,13 +246,10 @@ def _watch_coordinator(host: str, port: int) -> None:
     if _exiting.is_set() or not _joined():
         return
     note = _peer["note"]
-    print(
+    _say_and_exit(
         f"funcnet: process {_peer['index']} of {_peer['count']} stops: lost process 0 of "
-        f"{_peer['count']}, the coordinator at {host}:{port}" + (f"; {note}" if note else ""),
-        file=sys.stderr,
-        flush=True,
+        f"{_peer['count']}, the coordinator at {host}:{port}" + (f"; {note}" if note else "")
     )
-    os._exit(1)
 
 
 _exiting = threading.Event()
@@ -279,15 +286,12 @@ def _peer_failure_hook(previous):
         if not (isinstance(value, Exception) and _PEER_ERROR.search(text)):
             return previous(kind, value, traceback)
         note = _peer["note"]
-        print(
+        _say_and_exit(
             f"funcnet: process {_peer['index']} of {_peer['count']} stops: lost "
             f"{_lost_process(text)} at {_peer['address']}"
             + (f"; {note}" if note else "")
-            + f" ({text.splitlines()[0][:160]})",
-            file=sys.stderr,
-            flush=True,
+            + f" ({text.splitlines()[0][:160]})"
         )
-        os._exit(1)
 
     return hook
 
