@@ -193,6 +193,29 @@ def test_fit_continues_a_state_up_to_the_total_number_of_epochs(data, model, opt
     assert done.history == {} and done.best_epoch is None
 
 
+def test_a_continued_fit_traces_the_model_no_more(data, model, optimizer):
+    """The model's shape facts `fit` needs before training (its output shape for the label
+    check, whether it convolves for `loop="auto"`) are traced once per model and input
+    shape, as the compiled epoch is compiled once: a continued `fit` calls `init` no more."""
+    inits = []
+
+    def counted_init(key, in_shape):
+        inits.append(in_shape)
+        return model.init(key, in_shape)
+
+    counted = nn.Layer(counted_init, model.apply, kind="counted")
+    kwargs = dict(loss_fn=LOSS, batch_size=BATCH, progress=False)
+    first = train.fit(counted, optimizer, data[0], epochs=1, key=jax.random.key(0), **kwargs)
+    # The first continuation traces the state's template once (`_initial_state`).
+    second = train.fit(counted, optimizer, data[0], epochs=2, state=first.state, **kwargs)
+    inits.clear()
+    third = train.fit(counted, optimizer, data[0], epochs=3, state=second.state, **kwargs)
+    assert inits == [] and third.history["epoch"] == [2]
+    fresh = nn.Layer(counted_init, model.apply, kind="counted")  # equal, hence the same key
+    train.fit(fresh, optimizer, data[0], epochs=4, state=third.state, **kwargs)
+    assert inits == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
