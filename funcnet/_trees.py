@@ -16,6 +16,11 @@ import numpy as np
 PyTree = Any
 
 
+def is_shape(node: Any) -> bool:
+    """Whether `node` is one shape, a leaf of a tree of shapes: a tuple or list of ints."""
+    return isinstance(node, tuple | list) and all(isinstance(d, int) for d in node)
+
+
 def entry_name(entry: Any) -> str:
     """One step of a key path as text: a dict key, an attribute name or a sequence index."""
     for attr in ("key", "name", "idx"):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnet._checks import check_int
+from funcnet._trees import is_shape
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu, softmax
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape, scope, serial
@@ -60,19 +61,15 @@ _CROSS_FORM = (
 )
 
 
-def _is_shape(s) -> bool:
-    return isinstance(s, (tuple, list)) and all(isinstance(d, int) for d in s)
-
-
 def _split_shape(kind: str, in_shape, *, cross: bool = False) -> list:
     """The parts of ``in_shape`` as a list ``[x_shape, …]`` of tuples or None, in input order."""
     form = _CROSS_FORM if cross else _SELF_FORM
-    if _is_shape(in_shape) and not cross:
+    if is_shape(in_shape) and not cross:
         parts = [tuple(in_shape)]
     elif (
         isinstance(in_shape, (tuple, list))
         and 2 <= len(in_shape) <= (4 if cross else 3)
-        and all(s is None or _is_shape(s) for s in in_shape)
+        and all(s is None or is_shape(s) for s in in_shape)
     ):
         parts = [None if s is None else tuple(s) for s in in_shape]
     else:

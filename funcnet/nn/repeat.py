@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from funcnet._trees import is_shape
 from funcnet.nn.core import Layer, LayerError, as_layer, layer_name
 from funcnet.nn.remat import Policy, remat_policy
 
@@ -93,8 +94,8 @@ def repeat(
         for i in range(n):
             out_shape, p, s = block.init(jax.random.fold_in(key, i), in_shape)
             if i == 0:
-                shape_tree = jax.tree.map(tuple, in_shape, is_leaf=_is_dims)
-                out_tree = jax.tree.map(tuple, out_shape, is_leaf=_is_dims)
+                shape_tree = jax.tree.map(tuple, in_shape, is_leaf=is_shape)
+                out_tree = jax.tree.map(tuple, out_shape, is_leaf=is_shape)
                 if out_tree != shape_tree:
                     raise LayerError(
                         "repeat",
@@ -127,10 +128,6 @@ def repeat(
         return y, new_state
 
     return Layer(init, apply, kind="repeat")
-
-
-def _is_dims(node: Any) -> bool:
-    return isinstance(node, (tuple, list)) and all(isinstance(d, int) for d in node)
 
 
 def _stack(trees: list[Any]) -> Any:

@@ -24,6 +24,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from funcnet._checks import check_int
+from funcnet._trees import is_shape
 from funcnet.losses import accuracy, label_check
 from funcnet.nn.core import Layer
 from funcnet.optim import (
@@ -175,11 +176,6 @@ def frozen_shape(in_shape: Any) -> tuple:
     """`in_shape`, a shape or a pytree of shapes, as a hashable ``(treedef, shapes)``."""
     leaves, treedef = jax.tree.flatten(in_shape, is_leaf=is_shape)
     return treedef, tuple(tuple(leaf) for leaf in leaves)
-
-
-def is_shape(node: Any) -> bool:
-    """Whether `node` is one shape: a tuple (or list) of ints."""
-    return isinstance(node, tuple | list) and all(isinstance(d, int) for d in node)
 
 
 def output_shape_of_init(model: Layer, in_shape: Any) -> Any:
