@@ -114,6 +114,22 @@ def _torch_grads(th, model, layout: Callable[[np.ndarray], np.ndarray] = np.arra
     return grads
 
 
+def jitted_gradients(example_loss: Callable, batch_loss: Callable) -> tuple[Callable, ...]:
+    """``(per_example, plain, batched)``, each jitted ``(params, batch) -> grads``:
+    `per_example_grads` (``method="auto"``), the same with ``method="vmap"``, and one
+    gradient of the batch's mean loss."""
+    per_example = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b))
+    plain = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b, method="vmap"))
+    return per_example, plain, jax.jit(jax.grad(batch_loss))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def write(params, scale, size: int):
+    """Every param broadcast over `size` examples (times `scale`): the bytes of a batch's
+    per-example gradients, written with nothing computed."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(scale * a, (size, *a.shape)), params)
+
+
 def torch_cnn_per_example(family: CNN, params: dict) -> Callable[[np.ndarray, np.ndarray], dict]:
     """``grads(x, y)``: `torch.func`'s per-example gradients of the family CNN with funcnet's
     weights `params`.
@@ -196,15 +212,8 @@ def run(settings: Settings, log=print) -> dict:
     params = workload.funcnet_params(mlp, weights)
     param_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     example_loss, batch_loss = gradient_fns(workload.funcnet_model(mlp))
-    per_example = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b))
-    plain = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b, method="vmap"))
+    per_example, plain, batched = jitted_gradients(example_loss, batch_loss)
     one_example = jax.jit(jax.grad(example_loss))
-    batched = jax.jit(jax.grad(batch_loss))
-
-    @functools.partial(jax.jit, static_argnums=2)
-    def write(params, scale, size):
-        return jax.tree.map(lambda a: jnp.broadcast_to(scale * a, (size, *a.shape)), params)
-
     try:
         torch_grads, torch_status = torch_per_example(weights), "ok"
     except trainers.Unavailable as err:
@@ -279,19 +288,14 @@ def run_cnn(settings: Settings, log=print) -> dict:
     params, _ = family_models.initial(family)
     x, y = (a[0] for a in family.data(count=1))
     batch = (jnp.asarray(x), jnp.asarray(y))
-    per_example = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b))
-    plain = jax.jit(lambda p, b: funcnet.diff.per_example_grads(example_loss, p, b, method="vmap"))
-    batched = jax.jit(jax.grad(batch_loss))
-
-    @jax.jit
-    def write(params, scale):
-        return jax.tree.map(lambda a: jnp.broadcast_to(scale * a, (family.batch, *a.shape)), params)
+    per_example, plain, batched = jitted_gradients(example_loss, batch_loss)
 
     def jitted(fn, n):
         run_calls((functools.partial(fn, params, batch) for _ in range(n)), IN_FLIGHT)
 
     def writes(n):
-        run_calls((functools.partial(write, params, 2.0) for _ in range(n)), IN_FLIGHT)
+        calls = (functools.partial(write, params, 2.0, family.batch) for _ in range(n))
+        run_calls(calls, IN_FLIGHT)
 
     contenders = {
         "vmap": functools.partial(jitted, per_example),
