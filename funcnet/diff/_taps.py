@@ -41,10 +41,28 @@ def is_plain_dot(eqn: core.JaxprEqn) -> bool:
     return eqn.primitive.name == "dot_general" and not any(eqn.params["dimension_numbers"][1])
 
 
-def find_uses(jaxpr: core.Jaxpr, alias: dict, path: tuple, uses: dict) -> None:
+def _is_reshape_of(eqn: core.JaxprEqn, alias: dict) -> bool:
+    """Whether `eqn` reshapes a variable of `alias` in row-major order."""
+    v = eqn.invars[0] if eqn.invars else None
+    return (
+        eqn.primitive.name == "reshape"
+        and eqn.params.get("dimensions") is None
+        and isinstance(v, core.Var)
+        and v in alias
+    )
+
+
+def find_uses(
+    jaxpr: core.Jaxpr, alias: dict, path: tuple, uses: dict, *, through_reshapes: bool = False
+) -> None:
     """Every use of each variable of `alias` (variable -> label), through nested `jit`s:
     `uses[label]` gets (path, eqn, operand position) for each equation that reads it, and None
-    for each time it is an output of the jaxpr."""
+    for each time it is an output of the jaxpr.
+
+    With `through_reshapes`, a `reshape` of such a variable is not a use: its output takes the
+    label, and the equations reading the reshaped array are the uses (a kernel ``(in, h·d)``
+    read by its product as ``(in, h, d)``). The operand's shape is then not the leaf's."""
+    alias = dict(alias)
     for k, eqn in enumerate(jaxpr.eqns):
         if is_jit(eqn):
             inner = eqn.params["jaxpr"].jaxpr
@@ -53,7 +71,10 @@ def find_uses(jaxpr: core.Jaxpr, alias: dict, path: tuple, uses: dict) -> None:
                 for v, w in zip(eqn.invars, inner.invars, strict=True)
                 if isinstance(v, core.Var) and v in alias
             }
-            find_uses(inner, sub, (*path, k), uses)
+            find_uses(inner, sub, (*path, k), uses, through_reshapes=through_reshapes)
+            continue
+        if through_reshapes and _is_reshape_of(eqn, alias):
+            alias[eqn.outvars[0]] = alias[eqn.invars[0]]
             continue
         for position, v in enumerate(eqn.invars):
             if isinstance(v, core.Var) and v in alias:

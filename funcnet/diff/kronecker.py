@@ -111,7 +111,9 @@ def _dense_axes(eqn: core.JaxprEqn, position: int) -> tuple[tuple, tuple, tuple,
     return w_contract, w_free, x_free, x_contract
 
 
-def _layer_of(name: str, tap: _Tap, bias: str | None) -> KroneckerLayer:
+def _layer_of(name: str, tap: _Tap, bias: str | None, leaf_shape: tuple) -> KroneckerLayer | None:
+    """The layer of the kernel leaf of shape `leaf_shape` that `tap`'s product reads; None when
+    the product reads a reshape of it that no transposition of the leaf's axes describes."""
     shape = tuple(tap.eqn.invars[tap.position].aval.shape)
     if tap.eqn.primitive.name == "dot_general":
         w_contract, w_free, _, _ = _dense_axes(tap.eqn, tap.position)
@@ -120,7 +122,15 @@ def _layer_of(name: str, tap: _Tap, bias: str | None) -> KroneckerLayer:
     else:
         o = tap.eqn.params["dimension_numbers"].rhs_spec[0]
         axes, kind, out_dim = (*(a for a in range(4) if a != o), o), "conv", shape[o]
-    return KroneckerLayer(kind, name, bias, shape, axes, math.prod(shape) // out_dim, out_dim)
+    in_dim = math.prod(shape) // out_dim
+    if shape != leaf_shape:
+        # Read through a reshape: the leaf's matrix is its row-major (in_dim, out_dim) split
+        # when the product contracts the reshaped kernel's leading axes, in order.
+        splits = {math.prod(leaf_shape[:m]) for m in range(len(leaf_shape) + 1)}
+        if kind != "dense" or axes != tuple(range(len(shape))) or in_dim not in splits:
+            return None
+        shape, axes = leaf_shape, tuple(range(len(leaf_shape)))
+    return KroneckerLayer(kind, name, bias, shape, axes, in_dim, out_dim)
 
 
 def _out_axes(tap: _Tap) -> tuple[int, ...]:
@@ -212,15 +222,26 @@ class _Plan:
         flat, _ = jax.tree_util.tree_flatten_with_path(params)
         self.names = [leaf_name(path) for path, _ in flat]
         jaxpr = self.closed.jaxpr
+        leaf_shapes = [tuple(jnp.shape(leaf)) for _, leaf in flat]
+        # Kernels are found through reshapes (an attention kernel read per head), biases
+        # without: `_bias_fits` replays the whole path from the bias leaf to the sum.
         uses: dict[int, list] = {i: [] for i in range(len(flat))}
-        find_uses(jaxpr, {v: i for i, v in enumerate(jaxpr.invars)}, (), uses)
+        kernel_uses: dict[int, list] = {i: [] for i in range(len(flat))}
+        alias = {v: i for i, v in enumerate(jaxpr.invars)}
+        find_uses(jaxpr, alias, (), uses)
+        find_uses(jaxpr, alias, (), kernel_uses, through_reshapes=True)
         single = {i: found[0] for i, found in uses.items() if len(found) == 1 and found[0]}
         taps: dict[int, _Tap] = {}
-        for i, (path, eqn, position) in single.items():
-            if (eqn.primitive.name == "dot_general" and is_plain_dot(eqn)) or (
-                eqn.primitive.name == "conv_general_dilated" and _conv_ok(eqn, position)
-            ):
-                taps[i] = _Tap(path, position, eqn)
+        for i, found in kernel_uses.items():
+            if len(found) != 1 or found[0] is None:
+                continue
+            path, eqn, position = found[0]
+            tap = _Tap(path, position, eqn)
+            if (
+                (eqn.primitive.name == "dot_general" and is_plain_dot(eqn))
+                or (eqn.primitive.name == "conv_general_dilated" and _conv_ok(eqn, position))
+            ) and _layer_of("", tap, None, leaf_shapes[i]) is not None:
+                taps[i] = tap
         producers = {(tap.path[:-1], tap.eqn.outvars[0]): i for i, tap in taps.items()}
         biases: dict[int, int] = {}
         cache: dict = {}
@@ -235,7 +256,7 @@ class _Plan:
         self.taps = {self.names[i]: tap for i, tap in taps.items()}
         self.layers = {
             self.names[i]: _layer_of(
-                self.names[i], tap, self.names[biases[i]] if i in biases else None
+                self.names[i], tap, self.names[biases[i]] if i in biases else None, leaf_shapes[i]
             )
             for i, tap in taps.items()
         }

@@ -271,7 +271,8 @@ class _StructuredPlan:
         self.n_params = len(leaves)
         uses: dict[int, list] = {i: [] for i in range(self.n_params)}
         jaxpr = self.closed.jaxpr
-        find_uses(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}, (), uses)
+        alias = {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}
+        find_uses(jaxpr, alias, (), uses, through_reshapes=True)
         self.dots: dict[tuple, _Dot] = {}
         for leaf, found in uses.items():
             if len(found) == 1 and found[0] is not None and is_plain_dot(found[0][1]):

@@ -217,6 +217,7 @@ class _Kernel(NamedTuple):
     y_perm: tuple[int, ...]  # (column, x's free axes of y, W's free axes of y)
     positions: int  # A, the size of x's free axes (1 for a dense layer on one example)
     w_order: tuple[int, ...]  # W's axes as (contracted with x, free)
+    w_shape: tuple[int, ...]  # W as the product reads it: the leaf, or a reshape of it
 
     @classmethod
     def of(cls, eqn: core.JaxprEqn, position: int, leaf: int) -> _Kernel:
@@ -232,7 +233,7 @@ class _Kernel(NamedTuple):
         y_perm = (0, *(1 + a for a in x_axes), *(1 + a for a in w_axes))
         positions = math.prod(x_var.aval.shape[a] for a in x_free)
         return cls(leaf, position, x_free, x_contract, y_perm, positions,
-                   (*contract[position], *w_free))  # fmt: skip
+                   (*contract[position], *w_free), tuple(w_var.aval.shape))  # fmt: skip
 
     def rows(self, x: jax.Array, delta: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x as (A, in), δ of shape (K, *y.shape) as (K, A, out)."""
@@ -245,11 +246,13 @@ class _Kernel(NamedTuple):
         return delta.reshape(delta.shape[0], self.positions, -1)
 
     def to_leaf(self, matrix: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        """A (..., in, out) array in W's own layout (..., *shape)."""
+        """A (..., in, out) array in the leaf's layout (..., *shape): W's axes put back, then
+        reshaped to the leaf's shape where the product reads a reshape of it."""
         lead = matrix.shape[:-2]
-        matrix = matrix.reshape(*lead, *(shape[a] for a in self.w_order))
+        matrix = matrix.reshape(*lead, *(self.w_shape[a] for a in self.w_order))
         inverse = np.argsort(self.w_order)
-        return jnp.transpose(matrix, (*range(len(lead)), *(len(lead) + i for i in inverse)))
+        matrix = jnp.transpose(matrix, (*range(len(lead)), *(len(lead) + i for i in inverse)))
+        return matrix.reshape(*lead, *shape)
 
 
 class _Plan:
@@ -263,7 +266,8 @@ class _Plan:
         jaxpr = self.closed.jaxpr
         self.n_params = len(jax.tree.leaves(params))
         uses: dict[int, list] = {i: [] for i in range(self.n_params)}
-        find_uses(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}, (), uses)
+        alias = {v: i for i, v in enumerate(jaxpr.invars[: self.n_params])}
+        find_uses(jaxpr, alias, (), uses, through_reshapes=True)
         self.kernels: dict[tuple, _Kernel] = {}
         for leaf, found in uses.items():
             if len(found) == 1 and found[0] is not None and is_plain_dot(found[0][1]):

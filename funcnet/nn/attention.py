@@ -202,16 +202,25 @@ def _init_projections(
 
 
 def _heads(params, name: str, z: Array, num_heads: int) -> Array:
-    """``z W + b`` split into heads: ``(batch, time, ·) -> (batch, heads, time, d)``."""
-    batch, time, _ = z.shape
-    h = z @ params[name]["w"] + params[name]["b"]
-    return h.reshape(batch, time, num_heads, -1).transpose(0, 2, 1, 3)
+    """``z W + b`` split into heads: ``(batch, time, ·) -> (batch, heads, time, d)``.
+
+    The kernel ``(features, heads·d)`` is read as ``(features, heads, d)``, so the product
+    writes the heads' axes itself. Read that way, XLA:CPU lays the kernel's gradient out as a
+    plain ``(features, batch·time) · (batch·time, heads·d)`` product and runs it in its
+    YNNPACK fusions; with the output reshaped instead, each kernel gradient was a product
+    contracting both operands' other axis, left to the generic dot (docs/benchmarks.md, the
+    transformer). The Kronecker, NTK and per-example tools read the kernel through the reshape.
+    """
+    w, b = params[name]["w"], params[name]["b"]
+    heads = w.reshape(w.shape[0], num_heads, -1)
+    h = lax.dot_general(z, heads, (((z.ndim - 1,), (0,)), ((), ())))  # (batch, time, heads, d)
+    return (h + b.reshape(heads.shape[1:])).transpose(0, 2, 1, 3)
 
 
 def _attend(kind, params, q, k, v, visible, *, rate, key, train) -> tuple[Array, Array]:
     """``(y, weights)``: softmax attention of `q` over `k`, `v` where `visible`, heads merged
     and projected by ``o``; `weights` after dropout."""
-    batch, num_heads, q_time, d = q.shape
+    num_heads, d = q.shape[1], q.shape[3]
     scores = jnp.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(d)
     # A finite floor rather than -inf: a row with no visible key averages uniformly
     # instead of turning into NaN.
@@ -228,8 +237,11 @@ def _attend(kind, params, q, k, v, visible, *, rate, key, train) -> tuple[Array,
         keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - rate), jnp.zeros_like(weights))
     out = jnp.einsum("bhij,bhjd->bhid", weights, v)
-    out = out.transpose(0, 2, 1, 3).reshape(batch, q_time, num_heads * d)
-    return out @ params["o"]["w"] + params["o"]["b"], weights
+    # The output kernel (heads·d, features) read as (heads, d, features), as in `_heads`.
+    w = params["o"]["w"]
+    merge = w.reshape(num_heads, d, w.shape[-1])
+    y = lax.dot_general(out, merge, (((1, 3), (0, 1)), ((), ())))  # (batch, time, features)
+    return y + params["o"]["b"], weights
 
 
 def _visible(q_time, k_time, key_mask, attention_mask, q_start=None) -> Array:

@@ -243,6 +243,36 @@ def test_layers_of_attention_and_unmatched_leaves():
     }
 
 
+def test_attention_factors_equal_those_of_its_plain_matrix_form(x64):
+    """The attention kernels are read per head, ``(in, heads, d)``, through a reshape; their
+    factors must be those of the same network with each kernel a plain matrix product."""
+    heads = 2
+    model = nn.serial(nn.multi_head_attention(heads), nn.flatten(), nn.dense(3))
+    x = jax.random.normal(jax.random.key(1), (4, 3, 4), jnp.float64)
+    params, state = _init(model, x.shape)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    name = next(k for k in params if k.startswith("multi_head_attention"))
+
+    def plain(p):
+        a = p[name]
+        split = lambda z: z.reshape(*z.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+        q, k, v = (split(x @ a[n]["w"] + a[n]["b"]) for n in "qkv")
+        scores = jnp.einsum("bhid,bhjd->bhij", q, k) / np.sqrt(q.shape[-1])
+        out = jnp.einsum("bhij,bhjd->bhid", jax.nn.softmax(scores, -1), v)
+        y = out.transpose(0, 2, 1, 3).reshape(x.shape) @ a["o"]["w"] + a["o"]["b"]
+        return y.reshape(len(x), -1) @ p["dense_2"]["w"] + p["dense_2"]["b"]
+
+    outputs_fn = lambda p: model.apply(p, state, x)[0]
+    np.testing.assert_allclose(outputs_fn(params), plain(params), atol=1e-12)
+    loss = lambda o: softmax_cross_entropy(o, jnp.array([0, 2, 1, 1]))
+    got = kronecker_factors(outputs_fn, params, loss_of_outputs=loss)
+    want = kronecker_factors(plain, params, loss_of_outputs=loss)
+    assert set(got) == set(want) == {f"{name}/{n}/w" for n in "qkvo"} | {"dense_2/w"}
+    for key in want:
+        np.testing.assert_allclose(got[key].a, want[key].a, atol=1e-12)
+        np.testing.assert_allclose(got[key].g, want[key].g, atol=1e-12)
+
+
 def test_shared_weights_and_scan_bodies_match_nothing():
     w = jnp.ones((3, 3))
     params = {"w": w, "scan": {"w": w}, "free": {"w": w, "b": jnp.ones(3)}}

@@ -121,6 +121,21 @@ def test_odd_products_and_a_funcnet_layer(x64):
         np.testing.assert_allclose(got, np.einsum("icp,jdp->ijcd", j, j), rtol=1e-10, atol=1e-10)
 
 
+def test_attention_kernels_read_per_head_take_the_structured_rule(x64):
+    model = funcnet.nn.serial(
+        funcnet.nn.multi_head_attention(2), funcnet.nn.flatten(), funcnet.nn.dense(2)
+    )
+    _, params, state = model.init(jax.random.key(1), (1, 3, 4))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(2), (3, 3, 4), jnp.float64)
+    f = lambda p, x: model.apply(p, state, x)[0]
+    # q, k, v, o and the dense kernel: the first four through a reshape to (in, heads, d).
+    assert len(_StructuredPlan(lambda p, xi: f(p, xi[None])[0], params, x[0]).dots) == 5
+    j = explicit_jacobian(f, params, x)
+    got = ntk(f, params, x, method="structured")
+    np.testing.assert_allclose(got, np.einsum("icp,jdp->ijcd", j, j), rtol=1e-10, atol=1e-10)
+
+
 def two_layer(params, x):
     """(1/√m) Σ_j a_j relu(w_jᵀx/√d): the NTK parameterisation, no biases, outputs (n, 1)."""
     d, m = params["w"].shape

@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 import funcnet.diff as fd
 import funcnet.nn as nn
-from funcnet.diff.quantities import _quantities
+from funcnet.diff.quantities import _Plan, _quantities
 from funcnet.losses import mse, softmax_cross_entropy
 
 FIXTURE = "tests/data/backpack_1.7.1.npz"
@@ -122,8 +122,26 @@ def _sequence_problem():
     return f, params, x, lambda o: softmax_cross_entropy(o, y), y
 
 
-def test_shared_kernel_and_tanh_against_dense_references(x64):
-    f, params, x, loss, y = _sequence_problem()
+def _attention_problem():
+    """Self-attention (its kernels read per head, through a reshape), flatten, dense."""
+    model = nn.serial(nn.multi_head_attention(2), nn.flatten(), nn.dense(3))
+    _, params, state = model.init(jax.random.key(5), (1, 3, 4))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(6), (4, 3, 4), jnp.float64)
+    y = jnp.array([1, 0, 2, 2])
+    f = lambda p, xb: model.apply(p, state, xb)[0]
+    return f, params, x, lambda o: softmax_cross_entropy(o, y), y
+
+
+@pytest.mark.parametrize(
+    "problem, kernels",
+    [(_sequence_problem, 2), (_attention_problem, 5)],
+    ids=["sequence", "attention"],
+)
+def test_structured_kernels_against_dense_references(x64, problem, kernels):
+    f, params, x, loss, y = problem()
+    # The kernels the structured rule takes (the attention's q, k, v, o and the dense one).
+    assert len(_Plan(f, params, x).kernels) == kernels
     got = jax.jit(lambda p: fd.batch_quantities(f, p, x, loss_of_outputs=loss, quantities=EXACT))(
         params
     )
