@@ -46,6 +46,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from funcnet._checks import check_int
 from funcnet.nn import initializers
@@ -56,6 +57,10 @@ __all__ = ["gru", "lstm"]
 Array = jax.Array
 
 _INPUT_FORMS = "x, (x, mask) or (x, mask, initial_state)"
+# The name the cells give their gates' pre-activations: the only values of a step kept for
+# the backward pass (`_recurrent`).
+_SAVED = "recurrent_preactivations"
+_SAVE_PREACTIVATIONS = jax.checkpoint_policies.save_only_these_names(_SAVED)
 
 
 def _recurrent(
@@ -67,7 +72,6 @@ def _recurrent(
     input_bias: Callable[[dict[str, Array]], Array],
     step: Callable[[dict[str, Array], tuple[Array, ...], Array], tuple[tuple[Array, ...], Array]],
     carry_size: int,
-    feature_major: bool,
     num_layers: int,
     dropout: float,
     return_sequences: bool,
@@ -79,33 +83,30 @@ def _recurrent(
 ) -> Layer:
     """A stack of layers running ``carry, h = step(cell, carry, projected_t)`` over time.
 
-    Batch-major, ``projected_t = x_t W_ih + input_bias`` ``(batch, G·hidden)``, `cell` the
-    params and the states ``(batch, hidden)``; `feature_major`, everything transposed:
-    ``W_ihᵀ x_tᵀ + input_bias`` ``(G·hidden, batch)``, `cell` the params with both kernels
-    transposed to ``(G·hidden, in)`` and the states ``(hidden, batch)``.
+    ``projected_t = x_t W_ih + input_bias`` ``(batch, G·hidden)``, `cell` the params and the
+    states ``(batch, hidden)``; the carry is a tuple of ``carry_size`` states, the hidden state
+    last (the LSTM's is ``(c, h)``). `step` marks with ``checkpoint_name(·, _SAVED)`` the
+    gates' pre-activations, and the scan body runs under `jax.checkpoint` saving only those:
+    the backward pass recomputes the gates' sigmoids and tanhs from them instead of keeping
+    every nonlinearity and its derivative for each step.
 
-    The input projection is taken inside each time step, as the recurrent one is. Taking it
-    for all steps as one matmul before the scan keeps a ``(time, batch, G·hidden)`` array
-    and its gradient alive for the backward pass: measured on XLA:CPU for a training step
-    (LSTM, value_and_grad and Adam), it doubled the temporary memory (50 vs 25 MB at batch
-    32, 64 steps, 64 features, hidden 256) and was as fast or slower (1.0–1.5×) at every
-    shape tried, from batch 8 × 256 steps to batch 256 × 32 steps, hidden 128 to 512. The
-    carry is a tuple of ``carry_size`` states, the hidden state last (the LSTM's is
-    ``(c, h)``).
+    Measured on XLA:CPU for a training step (value_and_grad, batch 32, 64 steps, 64 features,
+    hidden 256, interleaved medians), the LSTM:
 
-    The layout is the cell's, by measurement on XLA:CPU of a training step (value_and_grad
-    and Adam, batch 32, 64 steps, 64 features, hidden 256, interleaved medians, hand-written
-    variants beside the libraries'). Feature-major, a gate is a contiguous block of rows and
-    the gates' split (and its transpose in the backward pass) a view, where batch-major
-    ``(batch, G·hidden)`` gates are strided slices copied in both loops. For the LSTM that
-    decides it: 66.7 ms batch-major, 52.7 ms feature-major, 49.4 ms for Equinox's LSTM (which
-    is feature-major too: its cell is a matrix-vector product under `vmap`). The GRU goes
-    the other way, 40.2 ms batch-major against 50.7 ms, and stays batch-major. Feature-major
-    kernels are transposed once per call, outside the scan: a product contracting a kernel's
-    first axis inside it (``lax.dot_general`` without the transpose) took 94.7 ms, XLA:CPU
-    transposing the kernel at every step. The LSTM's ``(c, h)`` kept as one ``[c; h]``
-    array, split and concatenated at every step, took 60.1 ms against 53.9 ms as a pair.
-    Each direction's sequence of states is transposed back to batch-major once.
+    - The input projection is taken inside each time step, as the recurrent one is. Taken for
+      all steps as one matmul before the scan, it keeps a ``(time, batch, G·hidden)`` array and
+      its gradient alive for the backward pass: twice the temporary memory (50 vs 25 MB) and
+      as fast or slower (1.0–1.5×) at every shape tried, from batch 8 × 256 steps to batch
+      256 × 32 steps, hidden 128 to 512.
+    - Saving only the pre-activations: 14.1 MB of temporaries against 26.7 MB, and 39.5
+      against 41.0 ms (the recomputed nonlinearities cost less than the saved arrays' traffic);
+      for the GRU (the r and z sums and the candidate's two terms) 11.7 against 20.0 MB, at
+      the same time (28.6 against 29.1 ms).
+    - Batch-major, with the carry as a tuple: 41.0 ms against 44.8 ms for the same step run
+      feature-major, ``(G·hidden, batch)`` gates split along their first axis with both kernels
+      transposed once per call, and as fast or faster at every shape tried (batch 8 × 256
+      steps: 68.8 against 107.2 ms; hidden 512: 137 against 206 ms). A carry kept as one
+      ``[c; h]`` array, split and concatenated at every step, cost 60.1 against 53.9 ms.
     """
     hidden = check_int(kind, "hidden", hidden)
     num_layers = check_int(kind, "num_layers", num_layers)
@@ -234,39 +235,27 @@ def _recurrent(
 
     def run(params, xs, mask, carry, reverse):
         """One direction over time-major `xs` ``(time, batch, features)`` from `carry`, its
-        states ``(batch, hidden)``: the states ``(time, batch, hidden)`` and the last carry,
-        batch-major whatever the cell's layout."""
-        if feature_major:
-            cell = {**params, "w_ih": params["w_ih"].T, "w_hh": params["w_hh"].T}
-            bias = input_bias(params)[:, None]
-            mask = None if mask is None else mask[:, None, :]  # (time, 1, batch)
-            carry = tuple(state.T for state in carry)
+        states ``(batch, hidden)``: the states ``(time, batch, hidden)`` and the last carry."""
+        bias = input_bias(params)
 
-            def project(x_t):
-                return cell["w_ih"] @ x_t.T + bias
-        else:
-            cell, bias = params, input_bias(params)
-            mask = None if mask is None else mask[..., None]  # (time, batch, 1)
-
-            def project(x_t):
-                return x_t @ cell["w_ih"] + bias
+        def cell_step(c, x_t):
+            return step(params, c, x_t @ params["w_ih"] + bias)
 
         if mask is None:
-            scan_step, sequence = (lambda c, x_t: step(cell, c, project(x_t))), xs
+            scan_step, sequence = cell_step, xs
         else:
 
             def scan_step(c, inputs):
                 x_t, real = inputs
-                new_c, h = step(cell, c, project(x_t))
+                new_c, h = cell_step(c, x_t)
                 kept = tuple(jnp.where(real, new, old) for new, old in zip(new_c, c, strict=True))
                 return kept, jnp.where(real, h, jnp.zeros_like(h))
 
-            sequence = (xs, mask)
+            sequence = (xs, mask[..., None])  # mask (time, batch, 1)
+        scan_step = jax.checkpoint(scan_step, policy=_SAVE_PREACTIVATIONS)
         dtype = jnp.result_type(xs.dtype, params["w_ih"].dtype)
         carry = tuple(state.astype(dtype) for state in carry)
         carry, hs = lax.scan(scan_step, carry, sequence, reverse=reverse)
-        if feature_major:
-            return jnp.swapaxes(hs, 1, 2), tuple(state.T for state in carry)
         return hs, carry
 
     def apply(params, state, x, *, key=None, train=False):
@@ -359,10 +348,11 @@ def gru(
     def step(params, carry, projected):
         (h,) = carry
         recurrent = h @ params["w_hh"] + params["b_hh"]
-        i_r, i_z, i_n = jnp.split(projected, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(recurrent, 3, axis=-1)
-        r = jax.nn.sigmoid(i_r + h_r)
-        z = jax.nn.sigmoid(i_z + h_z)
+        i_rz, i_n = jnp.split(projected, [2 * hidden], axis=-1)
+        h_rz, h_n = jnp.split(recurrent, [2 * hidden], axis=-1)
+        rz = checkpoint_name(i_rz + h_rz, _SAVED)
+        i_n, h_n = checkpoint_name(i_n, _SAVED), checkpoint_name(h_n, _SAVED)
+        r, z = jnp.split(jax.nn.sigmoid(rz), 2, axis=-1)
         n = jnp.tanh(i_n + r * h_n)
         h = (1 - z) * n + z * h
         return (h,), h
@@ -375,7 +365,6 @@ def gru(
         input_bias=lambda params: params["b_ih"],
         step=step,
         carry_size=1,
-        feature_major=False,
         num_layers=num_layers,
         dropout=dropout,
         return_sequences=return_sequences,
@@ -427,8 +416,8 @@ def lstm(
 
     def step(cell, carry, projected):
         c, h = carry
-        gates = projected + cell["w_hh"] @ h
-        i, f, g, o = jnp.split(gates, 4)
+        gates = checkpoint_name(projected + h @ cell["w_hh"], _SAVED)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (c, h), h
@@ -441,7 +430,6 @@ def lstm(
         input_bias=lambda params: params["b"],
         step=step,
         carry_size=2,
-        feature_major=True,
         num_layers=num_layers,
         dropout=dropout,
         return_sequences=return_sequences,
