@@ -265,8 +265,8 @@ def test_attention_factors_equal_those_of_its_plain_matrix_form(x64):
     outputs_fn = lambda p: model.apply(p, state, x)[0]
     np.testing.assert_allclose(outputs_fn(params), plain(params), atol=1e-12)
     loss = lambda o: softmax_cross_entropy(o, jnp.array([0, 2, 1, 1]))
-    got = kronecker_factors(outputs_fn, params, loss_of_outputs=loss)
-    want = kronecker_factors(plain, params, loss_of_outputs=loss)
+    factors = lambda f: jax.jit(lambda p: kronecker_factors(f, p, loss_of_outputs=loss))(params)
+    got, want = factors(outputs_fn), factors(plain)
     assert set(got) == set(want) == {f"{name}/{n}/w" for n in "qkvo"} | {"dense_2/w"}
     for key in want:
         np.testing.assert_allclose(got[key].a, want[key].a, atol=1e-12)
