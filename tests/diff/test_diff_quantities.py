@@ -110,27 +110,27 @@ def test_diag_hessian_of_a_sigmoid_net_is_not_its_ggn(x64):
     assert _max_diff(cnn.diag_hessian, cnn.diag_ggn) < 1e-12
 
 
-def _sequence_problem():
-    """A dense layer over 3 positions (a kernel shared over positions, which BackPACK's
-    extensions for Linear refuse), tanh, and a conv layer, with per-example references."""
-    model = nn.serial(nn.dense(4), nn.tanh, nn.flatten(), nn.dense(3))
-    _, params, state = model.init(jax.random.key(3), (1, 3, 2))
+def _problem_of(model, x_shape, labels, seed):
+    """A float64 model on a batch of `x_shape`: (f, params, x, loss of the outputs, labels)."""
+    _, params, state = model.init(jax.random.key(seed), (1, *x_shape[1:]))
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    x = jax.random.normal(jax.random.key(4), (4, 3, 2), jnp.float64)
-    y = jnp.array([0, 2, 1, 2])
+    x = jax.random.normal(jax.random.key(seed + 1), x_shape, jnp.float64)
+    y = jnp.array(labels)
     f = lambda p, xb: model.apply(p, state, xb)[0]
     return f, params, x, lambda o: softmax_cross_entropy(o, y), y
+
+
+def _sequence_problem():
+    """A dense layer over 3 positions (a kernel shared over positions, which BackPACK's
+    extensions for Linear refuse), tanh, and a dense layer, with per-example references."""
+    model = nn.serial(nn.dense(4), nn.tanh, nn.flatten(), nn.dense(3))
+    return _problem_of(model, (4, 3, 2), [0, 2, 1, 2], seed=3)
 
 
 def _attention_problem():
     """Self-attention (its kernels read per head, through a reshape), flatten, dense."""
     model = nn.serial(nn.multi_head_attention(2), nn.flatten(), nn.dense(3))
-    _, params, state = model.init(jax.random.key(5), (1, 3, 4))
-    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    x = jax.random.normal(jax.random.key(6), (4, 3, 4), jnp.float64)
-    y = jnp.array([1, 0, 2, 2])
-    f = lambda p, xb: model.apply(p, state, xb)[0]
-    return f, params, x, lambda o: softmax_cross_entropy(o, y), y
+    return _problem_of(model, (4, 3, 4), [1, 0, 2, 2], seed=5)
 
 
 @pytest.mark.parametrize(
