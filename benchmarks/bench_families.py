@@ -10,6 +10,7 @@ Workloads (sizes of the full and check runs; `benchmarks.family_models` has the 
 - ``cnn_infer_small`` and ``cnn_infer_large``: the CNN's forward pass at batch 1 and 1024;
 - ``lstm_step``: an LSTM classifier (batch 32, sequence 64, 64 features, hidden 256, the last
   state into a dense layer of 10 classes);
+- ``gru_step``: the same classifier with a GRU;
 - ``transformer_step``: a causal language model of two pre-norm transformer blocks (sequence
   128, width 128, 4 heads, MLP 512, vocabulary 256, batch 8);
 - ``mlp_bn_step``: an MLP 256-512-512-10 with batch norm and dropout 0.2, batch 128.
@@ -44,7 +45,7 @@ import jax
 import numpy as np
 
 from benchmarks import bench_peak, family_models
-from benchmarks.family_models import CNN, LSTM, MLPBN, Transformer
+from benchmarks.family_models import CNN, GRU, LSTM, MLPBN, Transformer
 from benchmarks.settings import Settings
 from benchmarks.timing import Timing, measure_interleaved, timed
 from benchmarks.trainers import Unavailable
@@ -61,11 +62,12 @@ class Sizes(NamedTuple):
     fit_repeats: int
     inference_batches: tuple[int, int]
     lstm: LSTM
+    gru: GRU
     transformer: Transformer
     mlp_bn: MLPBN
 
 
-FULL = Sizes(CNN(), 16, 3, (1, 1024), LSTM(), Transformer(), MLPBN())
+FULL = Sizes(CNN(), 16, 3, (1, 1024), LSTM(), GRU(), Transformer(), MLPBN())
 CHECK = FULL._replace(fit_steps=8, fit_repeats=1)
 SMOKE = Sizes(
     CNN(batch=4, image=4, channels=(4,), hidden=8, classes=3),
@@ -73,6 +75,7 @@ SMOKE = Sizes(
     1,
     (1, 4),
     LSTM(batch=4, seq=5, features=3, hidden=8, classes=3),
+    GRU(batch=4, seq=5, features=3, hidden=8, classes=3),
     Transformer(batch=2, seq=8, width=16, heads=2, mlp=32, blocks=1, vocab=11),
     MLPBN(batch=8, sizes=(6, 16, 16, 3), rate=0.2),
 )
@@ -127,6 +130,13 @@ def workloads(sizes: Sizes) -> list[Workload]:
             sizes.lstm,
             f"{sizes.lstm.label}, training step",
             3 * sizes.lstm.forward_flops(sizes.lstm.batch),
+        ),
+        Workload(
+            "gru_step",
+            "step",
+            sizes.gru,
+            f"{sizes.gru.label}, training step",
+            3 * sizes.gru.forward_flops(sizes.gru.batch),
         ),
         Workload(
             "transformer_step",
@@ -362,6 +372,31 @@ def _fastest_target(section: dict, key: str, what: str) -> dict:
     )
 
 
+def _recurrent_targets(section: dict, key: str, cell: str) -> list[dict]:
+    """The issue's two targets for a recurrent cell: step time ≤ Equinox's, temporary memory
+    ≤ Flax's."""
+    rows = _rows(section, key)
+    found = []
+    name = f"families: funcnet {cell} step time ≤ Equinox's"
+    if "funcnet" in rows and "equinox" in rows:
+        ours, theirs = rows["funcnet"]["us"], rows["equinox"]["us"]
+        found.append(
+            _target(name, ours <= theirs, f"{ours / theirs:.3f}× ({ours:,.0f} vs {theirs:,.0f} µs)")
+        )
+    else:
+        found.append(_target(name, None, "not measured"))
+    name = f"families: funcnet {cell} step temp memory ≤ Flax's"
+    ours = rows.get("funcnet", {}).get("temp_mb")
+    theirs = rows.get("flax_linen", {}).get("temp_mb")
+    if ours is not None and theirs is not None:
+        found.append(
+            _target(name, ours <= theirs, f"{ours:.2f} vs {theirs:.2f} MB ({ours / theirs:.3f}×)")
+        )
+    else:
+        found.append(_target(name, None, "not measured"))
+    return found
+
+
 def targets(section: dict) -> list[dict]:
     """The family targets of issue 28, each ``{"target", "met", "figure"}``."""
     found = [_fastest_target(section, "cnn_step", "CNN training step")]
@@ -387,24 +422,8 @@ def targets(section: dict) -> list[dict]:
     for key in ("cnn_infer_small", "cnn_infer_large"):
         batch = _table(section, key).get("batch", "?")
         found.append(_fastest_target(section, key, f"CNN inference at batch {batch}"))
-    rows = _rows(section, "lstm_step")
-    name = "families: funcnet LSTM step time ≤ Equinox's"
-    if "funcnet" in rows and "equinox" in rows:
-        ours, theirs = rows["funcnet"]["us"], rows["equinox"]["us"]
-        found.append(
-            _target(name, ours <= theirs, f"{ours / theirs:.3f}× ({ours:,.0f} vs {theirs:,.0f} µs)")
-        )
-    else:
-        found.append(_target(name, None, "not measured"))
-    name = "families: funcnet LSTM step temp memory ≤ Flax's"
-    ours = rows.get("funcnet", {}).get("temp_mb")
-    theirs = rows.get("flax_linen", {}).get("temp_mb")
-    if ours is not None and theirs is not None:
-        found.append(
-            _target(name, ours <= theirs, f"{ours:.2f} vs {theirs:.2f} MB ({ours / theirs:.3f}×)")
-        )
-    else:
-        found.append(_target(name, None, "not measured"))
+    for key, cell in (("lstm_step", "LSTM"), ("gru_step", "GRU")):
+        found.extend(_recurrent_targets(section, key, cell))
     found.append(_fastest_target(section, "transformer_step", "transformer step"))
     found.append(_fastest_target(section, "mlp_bn_step", "batch-norm + dropout MLP step"))
     tables = section.get("tables", [])

@@ -1,8 +1,8 @@
 """The model families of `benchmarks.bench_families`, written in each library the way its
 users write them.
 
-Four families: a CNN, an LSTM sequence classifier, a pre-norm transformer language model and
-an MLP with batch norm and dropout. Each is defined once as a funcnet model; its initial
+Five families: a CNN, an LSTM and a GRU sequence classifier, a pre-norm transformer language
+model and an MLP with batch norm and dropout. Each is defined once as a funcnet model; its initial
 params (funcnet's initializers) are copied into every other library's layout, so that all
 contenders start from the same weights and train on the same batches with Adam (1e-3,
 β = (0.9, 0.999), ε = 1e-8) on the mean softmax cross-entropy.
@@ -172,6 +172,37 @@ class LSTM(NamedTuple):
         return x, rng.integers(0, self.classes, (count, self.batch), dtype=np.int32)
 
 
+class GRU(NamedTuple):
+    """``(batch, seq, features)`` → GRU `hidden` → last hidden state → dense `classes`: the
+    LSTM's workload with funcnet's other recurrent cell."""
+
+    batch: int = 32
+    seq: int = 64
+    features: int = 64
+    hidden: int = 256
+    classes: int = 10
+    cell: str = "gru"  # so that a GRU never equals an LSTM of the same sizes (caches key on it)
+
+    @property
+    def label(self) -> str:
+        return (
+            f"GRU classifier ({self.batch}, {self.seq}, {self.features}) → GRU "
+            f"{self.hidden} → last state → dense {self.classes}"
+        )
+
+    in_shape = LSTM.in_shape
+    data = LSTM.data
+
+    def model(self) -> funcnet.nn.Layer:
+        nn = funcnet.nn
+        return nn.serial(nn.gru(self.hidden, return_sequences=False), nn.dense(self.classes))
+
+    def forward_flops(self, batch: int) -> int:
+        gates = 3 * self.hidden
+        per_step = 2 * (self.features + self.hidden) * gates
+        return batch * (self.seq * per_step + 2 * self.hidden * self.classes)
+
+
 class Transformer(NamedTuple):
     """Token ids ``(batch, seq)`` → embedding `width` → `blocks` causal pre-norm
     `funcnet.nn.transformer_block` (`heads` heads, MLP `mlp`, exact GELU) → layer norm →
@@ -250,7 +281,7 @@ class MLPBN(NamedTuple):
         return x, rng.integers(0, self.sizes[-1], (count, self.batch), dtype=np.int32)
 
 
-Family = CNN | LSTM | Transformer | MLPBN
+Family = CNN | LSTM | GRU | Transformer | MLPBN
 
 
 @functools.lru_cache(maxsize=16)
@@ -413,6 +444,23 @@ def raw_forward(family: Family) -> Callable:
 
             zeros = jnp.zeros((x.shape[0], p["w_hh"].shape[0]), x.dtype)
             (_, h), _ = lax.scan(cell, (zeros, zeros), projected)
+            return h @ head["w"] + head["b"], state
+
+    elif isinstance(family, GRU):
+
+        def forward(params, state, x, key, train):
+            (p,), (head,) = _layers(params, "gru"), _layers(params, "dense")
+            projected = jnp.swapaxes(x @ p["w_ih"] + p["b_ih"], 0, 1)  # (time, batch, 3·hidden)
+
+            def cell(h, gates_x):
+                x_r, x_z, x_n = jnp.split(gates_x, 3, axis=-1)
+                h_r, h_z, h_n = jnp.split(h @ p["w_hh"] + p["b_hh"], 3, axis=-1)
+                r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+                n = jnp.tanh(x_n + r * h_n)
+                return (1 - z) * n + z * h, None
+
+            zeros = jnp.zeros((x.shape[0], p["w_hh"].shape[0]), x.dtype)
+            h, _ = lax.scan(cell, zeros, projected)
             return h @ head["w"] + head["b"], state
 
     elif isinstance(family, Transformer):
@@ -599,6 +647,29 @@ def flax_model(family: Family, params, state):
             cell[f"h{gate}"] = {"kernel": a(p["w_hh"][:, block]), "bias": a(p["b"][block])}
         dense = {"kernel": a(head["w"]), "bias": a(head["b"])}
         variables = {"params": {"OptimizedLSTMCell_0": cell, "Dense_0": dense}}
+
+    elif isinstance(family, GRU):
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x, train=False):
+                h, _ = nn.RNN(nn.GRUCell(family.hidden), return_carry=True)(x)
+                return nn.Dense(family.classes)(h)
+
+        (p,), (head,) = _layers(params, "gru"), _layers(params, "dense")
+        blocks = [slice(i * family.hidden, (i + 1) * family.hidden) for i in range(3)]
+        # Flax sums r's and z's two biases into the input one; n's recurrent bias is its own.
+        cell = {
+            f"i{gate}": {
+                "kernel": a(p["w_ih"][:, block]),
+                "bias": a(p["b_ih"][block] + (p["b_hh"][block] if gate != "n" else 0)),
+            }
+            for gate, block in zip("rzn", blocks, strict=True)
+        }
+        cell |= {f"h{gate}": {"kernel": a(p["w_hh"][:, blocks[i]])} for i, gate in enumerate("rz")}
+        cell["hn"] = {"kernel": a(p["w_hh"][:, blocks[2]]), "bias": a(p["b_hh"][blocks[2]])}
+        dense = {"kernel": a(head["w"]), "bias": a(head["b"])}
+        variables = {"params": {"GRUCell_0": cell, "Dense_0": dense}}
 
     elif isinstance(family, Transformer):
 
@@ -807,6 +878,48 @@ def equinox_model(family: Family, params, state):
             lambda m: [m.cell.weight_ih, m.cell.weight_hh, m.cell.bias, m.head.weight, m.head.bias],
             eqx.filter_eval_shape(Net, key),
             [a(p["w_ih"]).T, a(p["w_hh"]).T, a(p["b"]), a(head["w"]).T, a(head["b"])],
+        )
+        eqx_state = None
+
+    elif isinstance(family, GRU):
+
+        class Net(eqx.Module):
+            cell: Any
+            head: Any
+
+            def __init__(self, key):
+                k1, k2 = jax.random.split(key)
+                self.cell = eqx.nn.GRUCell(family.features, family.hidden, key=k1)
+                self.head = eqx.nn.Linear(family.hidden, family.classes, key=k2)
+
+            def __call__(self, xs, state=None, key=None):
+                h, _ = lax.scan(
+                    lambda h, x: (self.cell(x, h), None), jnp.zeros(family.hidden, xs.dtype), xs
+                )
+                return self.head(h), state
+
+        (p,), (head,) = _layers(params, "gru"), _layers(params, "dense")
+        hidden = family.hidden
+        # Equinox sums r's and z's two biases into `bias`; n's recurrent bias is `bias_n`.
+        bias = p["b_ih"].at[: 2 * hidden].add(p["b_hh"][: 2 * hidden])
+        model = eqx.tree_at(
+            lambda m: [
+                m.cell.weight_ih,
+                m.cell.weight_hh,
+                m.cell.bias,
+                m.cell.bias_n,
+                m.head.weight,
+                m.head.bias,
+            ],
+            eqx.filter_eval_shape(Net, key),
+            [
+                a(p["w_ih"]).T,
+                a(p["w_hh"]).T,
+                a(bias),
+                a(p["b_hh"][2 * hidden :]),
+                a(head["w"]).T,
+                a(head["b"]),
+            ],
         )
         eqx_state = None
 

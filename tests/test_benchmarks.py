@@ -131,7 +131,7 @@ def test_family_models_compute_what_funcnet_computes(contender):
     """Each library's version of each family, holding funcnet's weights, gives funcnet's
     logits; the batch-norm MLP's first training step (dropout off) gives funcnet's loss."""
     sizes = bench_families.SMOKE
-    for family in (sizes.cnn, sizes.lstm, sizes.transformer, sizes.mlp_bn):
+    for family in (sizes.cnn, sizes.lstm, sizes.gru, sizes.transformer, sizes.mlp_bn):
         params, state = family_models.initial(family)
         x = family.data(1)[0][0]
         try:

@@ -196,6 +196,36 @@ def test_a_step_keeps_only_its_gates_pre_activations_and_carry(kind, per_step):
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_unrolled_loops_give_the_same_outputs_and_gradients(kind):
+    """`unroll` changes how many steps a loop iteration takes, not what is computed: 1, 3 (11
+    steps: three iterations and a remainder) and the layer's own choice, bidirectional and
+    masked."""
+    x, mask = _normal(3, 11, 4), jnp.arange(11)[None, :] < jnp.array([[11], [6], [1]])
+    results = []
+    for unroll in (1, 3, None):
+        layer = getattr(nn, kind)(5, bidirectional=True, unroll=unroll)
+        _, params, state = layer.init(_key(), ((3, 11, 4), (3, 11)))
+        f = lambda p, layer=layer, state=state: layer.apply(p, state, (x, mask))[0][0]
+        results.append((f(params), jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))(params)))
+    for got in results[1:]:
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(results[0]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_the_layer_unrolls_small_steps_over_long_enough_sequences_on_the_cpu():
+    from funcnet.nn.recurrent import _unroll_for
+
+    assert jax.default_backend() == "cpu"
+    assert _unroll_for((64, 32, 64), (256, 1024)) == 4  # the benchmark's LSTM: 10.5 M
+    assert _unroll_for((64, 32, 64), (512, 2048)) == 1  # hidden 512: 37.7 M multiply-adds
+    assert _unroll_for((7, 32, 64), (256, 1024)) == 1  # under 8 steps
+    with pytest.raises(ValueError, match=r"lstm: unroll must be a positive int, got 0"):
+        nn.lstm(4, unroll=0)
+    with pytest.raises(ValueError, match=r"gru: unroll must be a positive int, got 2.5"):
+        nn.gru(4, unroll=2.5)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_bad_inputs_are_refused(kind):
     layer = getattr(nn, kind)(HIDDEN)
     with pytest.raises(nn.LayerError, match=rf"{kind}: .*\(batch, time, features\).*\(2, 3\)"):
