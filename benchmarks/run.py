@@ -10,7 +10,8 @@
 contender), ``compile`` (first step), ``second_order`` (gradient vs HVPs vs Hessian; alias
 ``hvp``), ``per_example``, ``ensemble``, ``peak`` (matmul efficiency), ``scaling`` (data
 parallel over 1, 2, 4, 8 devices and 2 processes; alias ``data_parallel``), ``families``
-(a CNN, an LSTM, a transformer and a batch-norm MLP against hand-written JAX, Flax and Equinox).
+(a CNN, an LSTM, a GRU, a transformer and a batch-norm MLP against hand-written JAX, Flax
+and Equinox).
 """
 
 from __future__ import annotations
