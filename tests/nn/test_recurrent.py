@@ -212,13 +212,21 @@ def test_unrolled_loops_give_the_same_outputs_and_gradients(kind):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_the_layer_unrolls_small_steps_over_long_enough_sequences_on_the_cpu():
-    from funcnet.nn.recurrent import _unroll_for
+def _scan_unroll(layer, x_shape) -> int:
+    """The `unroll` of the scan the layer's apply runs, read off its jaxpr."""
+    _, params, state = layer.init(_key(), x_shape)
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p, x: layer.apply(p, state, x)[0])(params, x)
+    (unroll,) = {e.params["unroll"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"}
+    return unroll
 
+
+def test_the_layer_unrolls_small_steps_over_long_enough_sequences_on_the_cpu():
     assert jax.default_backend() == "cpu"
-    assert _unroll_for((64, 32, 64), (256, 1024)) == 4  # the benchmark's LSTM: 10.5 M
-    assert _unroll_for((64, 32, 64), (512, 2048)) == 1  # hidden 512: 37.7 M multiply-adds
-    assert _unroll_for((7, 32, 64), (256, 1024)) == 1  # under 8 steps
+    assert _scan_unroll(nn.lstm(256), (32, 64, 64)) == 4  # the benchmark's: 10.5 M per step
+    assert _scan_unroll(nn.lstm(512), (32, 64, 64)) == 1  # hidden 512: 37.7 M multiply-adds
+    assert _scan_unroll(nn.gru(256), (32, 7, 64)) == 1  # under 8 steps
+    assert _scan_unroll(nn.gru(512, unroll=2), (32, 64, 64)) == 2
     with pytest.raises(ValueError, match=r"lstm: unroll must be a positive int, got 0"):
         nn.lstm(4, unroll=0)
     with pytest.raises(ValueError, match=r"gru: unroll must be a positive int, got 2.5"):
