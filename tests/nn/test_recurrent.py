@@ -226,6 +226,7 @@ def test_the_layer_unrolls_small_steps_over_long_enough_sequences_on_the_cpu():
     assert _scan_unroll(nn.lstm(256), (32, 64, 64)) == 4  # the benchmark's: 10.5 M per step
     assert _scan_unroll(nn.lstm(512), (32, 64, 64)) == 1  # hidden 512: 37.7 M multiply-adds
     assert _scan_unroll(nn.gru(256), (32, 7, 64)) == 1  # under 8 steps
+    assert _scan_unroll(nn.gru(8), (4, 64, 8)) == 1  # 4·16·24 = 1,536: tiny, compile time wins
     assert _scan_unroll(nn.gru(512, unroll=2), (32, 64, 64)) == 2
     with pytest.raises(ValueError, match=r"lstm: unroll must be a positive int, got 0"):
         nn.lstm(4, unroll=0)
