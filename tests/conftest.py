@@ -1,10 +1,7 @@
 """Shared fixtures, the XLA flags every test process compiles with, and the order the test
 files are handed to the workers."""
 
-import atexit
 import os
-import shutil
-import tempfile
 
 import jax
 import pytest
@@ -29,22 +26,6 @@ if os.environ.get("FUNCNET_TEST_XLA") != "default":
     _named = {flag.split("=")[0] for flag in _flags}
     _flags += [flag for flag in FAST_XLA if flag.split("=")[0] not in _named]
     os.environ["XLA_FLAGS"] = " ".join(_flags)
-
-# Programs that took 50 ms or more to compile go to a disk cache shared by the run: the second
-# worker and the processes tests start (the command, the examples, the docs) load them instead
-# of compiling them again. Cheaper ones are not worth a file. The folder is made by the first
-# process that imports this file (pytest's main process; the workers and every process a test
-# starts inherit the variable) and removed when that process ends.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="funcnet-tests-xla-")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-# JAX read its settings when it was imported above: give them to this process too.
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs",
-    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")),
-)
 
 # The slowest files, slowest first (seconds alone on a quiet 2-core machine, roughly). The
 # two xdist workers take whole files from one queue; xdist orders it by the number of tests
