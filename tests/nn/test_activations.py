@@ -1,6 +1,8 @@
 """Activations against float64 numpy/scipy references, finite differences and extreme inputs."""
 
+import contextlib
 import functools
+import io
 import math
 
 import chex
@@ -115,6 +117,37 @@ def test_softmax_jacobian_matches_finite_differences(name, x64):
     eye = jnp.eye(4)
     numeric = jnp.stack([_central_difference(lambda t, e=e: fn(x + t * e), 0.0) for e in eye], 1)
     np.testing.assert_allclose(auto, numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_softmax_derivatives_in_both_modes_and_of_second_order_along_any_axis(x64):
+    """`softmax` is differentiated by its own rule ``ẏ = y ⊙ (ẋ − ⟨y, ẋ⟩)``: forward and reverse
+    mode give the Jacobian ``diag(y) − y yᵀ``, and differentiating the rule again gives the
+    closed-form Hessian ``∂²y_i/∂x_j∂x_k = y_i[(δ_ij − y_j)(δ_ik − y_k) − y_j(δ_jk − y_k)]``;
+    here along axis 0 of a matrix, column by column."""
+    x = jnp.array([[0.3, -1.2], [2.5, 0.0], [-0.7, 1.1]])
+    d = np.eye(3)
+    for col in range(2):
+        y = special.softmax(np.asarray(x[:, col]))
+        jacobian = np.diag(y) - np.outer(y, y)
+        first = (d[:, :, None] - y[None, :, None]) * (d[:, None, :] - y[None, None, :])
+        hessian = y[:, None, None] * (first - y[None, :, None] * (d[None] - y[None, None, :]))
+
+        def f(v, col=col):
+            return nn.softmax(x.at[:, col].set(v), axis=0)[:, col]
+
+        for got in (jax.jacfwd(f)(x[:, col]), jax.jacrev(f)(x[:, col])):
+            np.testing.assert_allclose(got, jacobian, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(jax.hessian(f)(x[:, col]), hessian, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_backward_pass_keeps_only_its_output():
+    """One residual, ``y`` itself; differentiating the exponentials and the quotient kept three
+    (the exponentials, the sum and the reciprocal's square)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        jax.ad_checkpoint.print_saved_residuals(nn.softmax, jnp.ones((4, 5)))
+    saved = buffer.getvalue().splitlines()
+    assert len(saved) == 1 and saved[0].startswith("f32[4,5]"), saved
 
 
 def test_sinc_at_zero(x64):
