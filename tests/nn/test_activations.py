@@ -142,7 +142,7 @@ def test_softmax_derivatives_in_both_modes_and_of_second_order_along_any_axis(x6
 
 def test_softmax_backward_pass_keeps_only_its_output():
     """One residual, ``y`` itself; differentiating the exponentials and the quotient kept three
-    (the exponentials, the sum and the reciprocal's square)."""
+    (the exponentials, their sum and the sum's reciprocal squared)."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         jax.ad_checkpoint.print_saved_residuals(nn.softmax, jnp.ones((4, 5)))
