@@ -253,7 +253,10 @@ FORKING_WRITER = textwrap.dedent(
                 while True:
                     tree = {"a": np.full(300_000, float(version)), "version": np.int64(version)}
                     checkpoint.save(path, tree, metadata={"version": version})
-                    print("saved", version, flush=True)
+                    # One write(2) of under PIPE_BUF bytes, which SIGKILL cannot cut in two: a
+                    # print may write its parts one by one (unbuffered, as under pytest-xdist),
+                    # and a kill between them left "saved" glued to the next line.
+                    os.write(1, f"saved {version}\\n".encode())
                     version += 1
             finally:  # only on an error: the test must not wait for a save that never comes
                 print("failed", flush=True)
@@ -286,6 +289,10 @@ def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_
         forker.stdin.flush()
         return read_until(until)
 
+    # A lost line would leave the test waiting on the pipe for ever: after two minutes the
+    # forking process is killed, its pipe closes and `read_until` fails instead.
+    watchdog = threading.Timer(120, forker.kill)
+    watchdog.start()
     try:
         assert forker.stdout.readline() == "ready\n"
         version = 0
@@ -302,6 +309,7 @@ def test_saves_killed_at_random_points_never_leave_an_unreadable_checkpoint(tmp_
             np.testing.assert_array_equal(loaded["a"], np.full(300_000, float(stored)))
             version = stored + 1
     finally:
+        watchdog.cancel()
         forker.kill()
         forker.wait()
 
