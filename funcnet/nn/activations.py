@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -314,8 +315,9 @@ def glu(x: Array, *, axis: int = -1) -> Array:
 
 
 @half_in_float32
-def softmax(x: Array, *, axis: int = -1) -> Array:
-    """``y_i = e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``.
+def softmax(x: Array, *, axis: int | Sequence[int] | None = -1) -> Array:
+    """``y_i = e^{x_i − m} / Σ_j e^{x_j − m}`` with ``m = max_j x_j``, over `axis` (an int, a
+    sequence of them, or None for all).
 
     Differentiated by its own rule ``ẏ = y ⊙ (ẋ − Σ_j y_j ẋ_j)``, so the backward pass keeps
     only ``y``, not the exponentials, their sum and the quotient's operands (the families
@@ -323,11 +325,11 @@ def softmax(x: Array, *, axis: int = -1) -> Array:
     Half-precision inputs are computed in float32 and the result rounded once: a sum of
     thousands of terms in bfloat16 keeps two or three digits.
     """
-    return _softmax(x, axis if isinstance(axis, int) else tuple(axis))
+    return _softmax(x, axis if axis is None or isinstance(axis, int) else tuple(axis))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _softmax(x: Array, axis: int | tuple[int, ...]) -> Array:
+def _softmax(x: Array, axis: int | tuple[int, ...] | None) -> Array:
     unnormalised = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 

@@ -140,6 +140,19 @@ def test_softmax_derivatives_in_both_modes_and_of_second_order_along_any_axis(x6
         np.testing.assert_allclose(jax.hessian(f)(x[:, col]), hessian, rtol=1e-12, atol=1e-15)
 
 
+def test_softmax_over_several_axes_or_all_of_them():
+    x = jnp.arange(24.0).reshape(2, 3, 4) / 7
+    for axis in (None, (0, 2), [1, 2], -1):
+        expected = special.softmax(
+            np.asarray(x), axis=None if axis is None else tuple(np.atleast_1d(axis))
+        )
+        np.testing.assert_allclose(nn.softmax(x, axis=axis), expected, rtol=1e-6)
+    weights = jnp.cos(x)
+    grad = jax.grad(lambda v: jnp.sum(weights * nn.softmax(v, axis=(0, 2))))(x)
+    reference = jax.grad(lambda v: jnp.sum(weights * jax.nn.softmax(v, axis=(0, 2))))(x)
+    np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-7)
+
+
 def test_softmax_backward_pass_keeps_only_its_output():
     """One residual, ``y`` itself; differentiating the exponentials and the quotient kept three
     (the exponentials, their sum and the sum's reciprocal squared)."""
