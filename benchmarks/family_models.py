@@ -857,7 +857,8 @@ def equinox_model(family: Family, params, state):
         )
         transform, eqx_state = _nchw, None
 
-    elif isinstance(family, LSTM):
+    elif isinstance(family, (LSTM, GRU)):
+        lstm = isinstance(family, LSTM)
 
         class Net(eqx.Module):
             cell: Any
@@ -865,58 +866,32 @@ def equinox_model(family: Family, params, state):
 
             def __init__(self, key):
                 k1, k2 = jax.random.split(key)
-                self.cell = eqx.nn.LSTMCell(family.features, family.hidden, key=k1)
+                cell = eqx.nn.LSTMCell if lstm else eqx.nn.GRUCell
+                self.cell = cell(family.features, family.hidden, key=k1)
                 self.head = eqx.nn.Linear(family.hidden, family.classes, key=k2)
 
             def __call__(self, xs, state=None, key=None):
                 zeros = jnp.zeros(family.hidden, xs.dtype)
-                (h, _), _ = lax.scan(lambda hc, x: (self.cell(x, hc), None), (zeros, zeros), xs)
-                return self.head(h), state
+                # The LSTM's carry is (h, c), the GRU's h alone.
+                carry = (zeros, zeros) if lstm else zeros
+                carry, _ = lax.scan(lambda c, x: (self.cell(x, c), None), carry, xs)
+                return self.head(carry[0] if lstm else carry), state
 
-        (p,), (head,) = _layers(params, "lstm"), _layers(params, "dense")
+        (p,), (head,) = _layers(params, "lstm" if lstm else "gru"), _layers(params, "dense")
+        if lstm:
+            biases = {"bias": p["b"]}
+        else:
+            # Equinox sums r's and z's two biases into `bias`; n's recurrent bias is `bias_n`.
+            two = 2 * family.hidden
+            biases = {"bias": p["b_ih"].at[:two].add(p["b_hh"][:two]), "bias_n": p["b_hh"][two:]}
+        names = ["weight_ih", "weight_hh", *biases]
         model = eqx.tree_at(
-            lambda m: [m.cell.weight_ih, m.cell.weight_hh, m.cell.bias, m.head.weight, m.head.bias],
-            eqx.filter_eval_shape(Net, key),
-            [a(p["w_ih"]).T, a(p["w_hh"]).T, a(p["b"]), a(head["w"]).T, a(head["b"])],
-        )
-        eqx_state = None
-
-    elif isinstance(family, GRU):
-
-        class Net(eqx.Module):
-            cell: Any
-            head: Any
-
-            def __init__(self, key):
-                k1, k2 = jax.random.split(key)
-                self.cell = eqx.nn.GRUCell(family.features, family.hidden, key=k1)
-                self.head = eqx.nn.Linear(family.hidden, family.classes, key=k2)
-
-            def __call__(self, xs, state=None, key=None):
-                h, _ = lax.scan(
-                    lambda h, x: (self.cell(x, h), None), jnp.zeros(family.hidden, xs.dtype), xs
-                )
-                return self.head(h), state
-
-        (p,), (head,) = _layers(params, "gru"), _layers(params, "dense")
-        hidden = family.hidden
-        # Equinox sums r's and z's two biases into `bias`; n's recurrent bias is `bias_n`.
-        bias = p["b_ih"].at[: 2 * hidden].add(p["b_hh"][: 2 * hidden])
-        model = eqx.tree_at(
-            lambda m: [
-                m.cell.weight_ih,
-                m.cell.weight_hh,
-                m.cell.bias,
-                m.cell.bias_n,
-                m.head.weight,
-                m.head.bias,
-            ],
+            lambda m: [*(getattr(m.cell, n) for n in names), m.head.weight, m.head.bias],
             eqx.filter_eval_shape(Net, key),
             [
                 a(p["w_ih"]).T,
                 a(p["w_hh"]).T,
-                a(bias),
-                a(p["b_hh"][2 * hidden :]),
+                *(a(b) for b in biases.values()),
                 a(head["w"]).T,
                 a(head["b"]),
             ],
