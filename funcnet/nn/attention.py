@@ -217,9 +217,9 @@ def _heads(params, name: str, z: Array, num_heads: int) -> Array:
     return (h + b.reshape(heads.shape[1:])).transpose(0, 2, 1, 3)
 
 
-def _attend(kind, params, q, k, v, visible, *, rate, key, train) -> tuple[Array, Array]:
+def _attend(kind, params, q, k, v, visible, rate, key, train) -> tuple[Array, Array]:
     """``(y, weights)``: softmax attention of `q` over `k`, `v` where `visible`, heads merged
-    and projected by ``o``; `weights` after dropout."""
+    and projected by ``o``; `weights` after dropout of `rate` (with `key`, when `train`)."""
     num_heads, d = q.shape[1], q.shape[3]
     scores = jnp.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(d)
     # A finite floor rather than -inf: a row with no visible key averages uniformly
@@ -393,9 +393,7 @@ def multi_head_attention(
             k, v = cache["k"], cache["v"]
             visible = _visible(time, cache_length, cache["valid"], attention_mask, index)
             state = {**state, "cache": cache}
-        y, weights = _attend(
-            kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
-        )
+        y, weights = _attend(kind, params, q, k, v, visible, dropout_rate, key, train)
         return _output(parts, y, weights if return_weights else None), state
 
     return Layer(init, apply, kind=kind)
@@ -474,9 +472,7 @@ def cross_attention(
         q = _heads(params, "q", x, num_heads)
         k, v = _heads(params, "k", context, num_heads), _heads(params, "v", context, num_heads)
         visible = _visible(q_time, k_time, context_mask, attention_mask)
-        y, weights = _attend(
-            kind, params, q, k, v, visible, rate=dropout_rate, key=key, train=train
-        )
+        y, weights = _attend(kind, params, q, k, v, visible, dropout_rate, key, train)
         return _output(parts, y, weights if return_weights else None), state
 
     return Layer(init, apply, kind=kind)
