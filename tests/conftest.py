@@ -1,5 +1,5 @@
-"""Shared fixtures, the XLA flags every test process compiles with, and the order the test
-files are handed to the workers."""
+"""Shared fixtures, the XLA flags every test process compiles with, the order the test
+files are handed to the workers, and how a worker ends."""
 
 import atexit
 import os
