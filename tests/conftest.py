@@ -2,6 +2,7 @@
 files are handed to the workers, and how a worker ends."""
 
 import atexit
+import gc
 import os
 import sys
 
@@ -81,6 +82,23 @@ def _end_worker(pid: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test file's last test: a full collection, then `gc.freeze` of what survives.
+
+    What outlives a file is mostly JAX's caches of traced and compiled programs, kept until
+    the worker ends (2 million objects by the end of a run). Python's full collections walked
+    them again and again. Timed with `gc.callbacks` over a full run's two workers: 43 s of
+    collection, 28 s with this (the full collections here included); the run took 540 s
+    before and 506 s after, back to back, with the same peak memory (5.4–5.5 GB a worker).
+    Frozen objects are never examined again; those that die later are still freed by
+    reference counting, and only a cycle among them waits for the exit.
+    """
+    if nextitem is None or nextitem.path != item.path:
+        gc.collect()
+        gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):
