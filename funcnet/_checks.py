@@ -96,3 +96,38 @@ def check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = Fals
     inside = (values >= 0) if allow_zero else (values > 0)
     if not (np.all(np.isfinite(values)) and np.all(inside)):
         raise ValueError(f"{owner}: {name} must be {allowed}, got {_shown(value)}")
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+    """`value` as a bool once it is one (Python's or NumPy's); anything else (a string such
+    as ``"False"``, which is true, a number, None) raises one ValueError line."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ValueError(f"{owner}: {name} must be True or False, got {value!r:.80}")
+
+
+def check_function(owner: str, name: str, value: Any, *, optional: bool = False) -> None:
+    """Refuses a `value` that cannot be called (or, with `optional`, is neither None nor
+    callable), in one TypeError line."""
+    if callable(value) or (optional and value is None):
+        return
+    allowed = "a function" + (" or None" if optional else "")
+    raise TypeError(f"{owner}: {name} must be {allowed}, got {type(value).__name__} {value!r:.40}")
+
+
+def is_transformation(value: Any) -> bool:
+    """Whether `value` has callable ``init`` and ``update``: a gradient transformation,
+    funcnet's or optax's."""
+    return callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
+
+
+def check_transformation(owner: str, name: str, value: Any) -> None:
+    """Refuses a `value` that is not a gradient transformation (`is_transformation`), in one
+    TypeError line; a constructor not called (``adam`` for ``adam(1e-3)``) is told so."""
+    if is_transformation(value):
+        return
+    wanted = f"{owner}: {name} must be a gradient transformation (with init and update)"
+    if callable(value):
+        function = getattr(value, "__name__", type(value).__name__)
+        raise TypeError(f"{wanted}, got the function {function}; call it to make one")
+    raise TypeError(f"{wanted}, got {type(value).__name__} {value!r:.40}")

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import operator
 import os
 import pathlib
 import threading
@@ -48,6 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnet._checks import check_int
 from funcnet._keys import is_key
 from funcnet._trees import entry_name
 from funcnet.checkpoint import (
@@ -147,6 +147,22 @@ def _wait_at_exit() -> None:
         _waits_at_exit = True
 
 
+def _check_writable(directory: pathlib.Path) -> None:
+    """Creates `directory` if it is missing, and refuses one that is a file, lies under a file
+    or cannot be written, in one line, before orbax starts: its writer threads would fail
+    there, print their tracebacks, and leave threads behind that hold up Python's exit."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CheckpointError(f"{directory}: is a file, not a checkpoint directory") from None
+    except OSError as err:
+        raise CheckpointError(
+            f"{directory}: cannot create the checkpoint directory ({err.strerror}: {err.filename})"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{directory}: cannot write to the checkpoint directory")
+
+
 def _writer(directory: pathlib.Path, keep: int | None) -> Any:
     """The manager to save into `directory` with: the one of a save still writing there (if
     it keeps as many steps), or a new one."""
@@ -195,17 +211,15 @@ def save_sharded(
 
     Raises:
       TypeError: a leaf or `metadata` that cannot be saved.
-      ValueError: `step` is not larger than the newest step saved in `directory`, or two
-        leaf paths would share one orbax name.
+      ValueError: `step` or `keep` is not an int in range, `step` is not larger than the
+        newest step saved in `directory`, or two leaf paths would share one orbax name.
+      CheckpointError (a ValueError): `directory` is a file, lies under one or cannot be
+        written; checked before anything is written.
     """
     directory = pathlib.Path(directory).absolute()
-    step = operator.index(step)
-    if step < 0:
-        raise ValueError(f"save_sharded: step must be non-negative, got {step}")
-    if keep is not None and (operator.index(keep) < 1):
-        raise ValueError(
-            f"save_sharded: keep must be a positive number of steps or None, got {keep}"
-        )
+    step = check_int("save_sharded", "step", step, minimum=0)
+    if keep is not None:
+        check_int("save_sharded", "keep", keep)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
@@ -214,6 +228,7 @@ def save_sharded(
     except (TypeError, ValueError) as err:
         raise TypeError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
     _check_savable(tree)
+    _check_writable(directory)
 
     manager = _writer(directory, keep)
     try:

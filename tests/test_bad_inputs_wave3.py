@@ -278,6 +278,134 @@ CASES = {
         ["scale_by_adam: eps", "0.0"],
     ),
     "trace with a decay above 1": (lambda: optim.trace(1.5), ["trace: decay", "1.5"]),
+    # Functions and flags: refused before init, not when the first epoch calls them.
+    "fit with no loss function": (fit((X, Y), loss_fn=None), ["fit: loss_fn", "a function"]),
+    "fit with metrics that are not a dict": (
+        fit((X, Y), metrics=5),
+        ["fit: metrics", "a dict", "got int 5"],
+    ),
+    "fit with a metric that is not a function": (
+        fit((X, Y), metrics={"top1": 5}),
+        ["fit: metrics['top1']", "a function", "5"],
+    ),
+    "fit with a metric named loss": (
+        fit((X, Y), metrics={"loss": losses.accuracy}),
+        ["fit: metrics names", "loss", "grad_norm"],
+    ),
+    "fit with an on_epoch_end that is not a function": (
+        fit((X, Y), on_epoch_end="print"),
+        ["fit: on_epoch_end", "a function or None", "'print'"],
+    ),
+    "fit with a stop that is not a function": (
+        fit((X, Y), stop=True),
+        ["fit: stop", "a function or None", "True"],
+    ),
+    "fit with the string 'False' as a flag": (
+        fit((X, Y), grad_norm="False"),
+        ["fit: grad_norm", "True or False", "'False'"],
+    ),
+    "fit with progress 1": (fit((X, Y), progress=1), ["fit: progress", "True or False", "1"]),
+    "fit with ema_warmup None": (
+        fit((X, Y), ema=0.9, ema_warmup=None),
+        ["fit: ema_warmup", "True or False", "None"],
+    ),
+    "fit_ensemble with eval_ema 'yes'": (
+        fit_ensemble((X, Y), eval_ema="yes"),
+        ["fit_ensemble: eval_ema", "True or False", "'yes'"],
+    ),
+    "make_step with a string loss": (
+        lambda: train.make_step(MLP, optim.adam(1e-3), loss_fn="softmax_cross_entropy"),
+        ["make_step: loss_fn", "a function", "'softmax_cross_entropy'"],
+    ),
+    "make_evaluate with a metric named grad_norm": (
+        lambda: train.make_evaluate(MLP, loss_fn=CE, metrics={"grad_norm": losses.accuracy}),
+        ["make_evaluate: metrics names", "'grad_norm'"],
+    ),
+    "epoch_fn with a list of metrics": (
+        lambda: train.epoch_fn(
+            MLP, lambda: optim.adam(1e-3), loss_fn=CE, batch_size=4, metrics=[losses.accuracy]
+        ),
+        ["epoch_fn: metrics", "a dict", "list"],
+    ),
+    # Wrappers and combinators: the inner object's kind and the wrapper's own values.
+    "clip to a negative bound": (lambda: optim.clip(-1.0), ["clip: max_delta", ">= 0", "-1.0"]),
+    "clip_by_global_norm to a negative norm": (
+        lambda: optim.clip_by_global_norm(-1.0),
+        ["clip_by_global_norm: max_norm", "> 0", "-1.0"],
+    ),
+    "clip_by_global_norm to NaN": (
+        lambda: optim.clip_by_global_norm(float("nan")),
+        ["clip_by_global_norm: max_norm", "nan"],
+    ),
+    "apply_if_finite with a negative count": (
+        lambda: optim.apply_if_finite(optim.adam(1e-3), -1),
+        ["apply_if_finite: max_consecutive_errors", "non-negative", "-1"],
+    ),
+    "apply_if_finite of a name": (
+        lambda: optim.apply_if_finite("adam", 3),
+        ["apply_if_finite: inner", "gradient transformation", "'adam'"],
+    ),
+    "chain of a constructor not called": (
+        lambda: optim.chain(optim.clip_by_global_norm(1.0), optim.adam),
+        ["chain: transforms[1]", "the function adam", "call it"],
+    ),
+    "masked with a mask of numbers": (
+        lambda: optim.masked(optim.adam(1e-3), {"a": 1, "b": 0}).init(
+            {"a": jnp.ones(2), "b": jnp.ones(2)}
+        ),
+        ["masked: the mask", "True or False", "int 1", "['a']"],
+    ),
+    "masked of a number": (
+        lambda: optim.masked(5, {"a": True}),
+        ["masked: inner", "gradient transformation", "int 5"],
+    ),
+    "multi_steps of a number": (
+        lambda: optim.multi_steps(5, 2),
+        ["multi_steps: optimizer", "gradient transformation", "int 5"],
+    ),
+    "with_extra_args_support of None": (
+        lambda: optim.with_extra_args_support(None),
+        ["with_extra_args_support: tx", "gradient transformation", "None"],
+    ),
+    "mixed_precision of a number": (
+        lambda: nn.mixed_precision(5, "mixed_bfloat16"),
+        ["mixed_precision", "a Layer or a function", "int 5"],
+    ),
+    "serial of a string": (
+        lambda: nn.serial(nn.dense(3), "relu"),
+        ["serial", "a Layer or a function", "'relu'"],
+    ),
+    "repeat_to_serial with a number for the block": (
+        lambda: nn.repeat_to_serial({}, 5),
+        ["repeat_to_serial: block", "Layer or its kind", "int 5"],
+    ),
+    # Layout rules: their own arguments, before any mesh is seen.
+    "fsdp with a negative min_size": (
+        lambda: train.fsdp(min_size=-1),
+        ["fsdp: min_size", "non-negative", "-1"],
+    ),
+    "fsdp over an axis given by number": (lambda: train.fsdp(axis=0), ["fsdp: axis", "0"]),
+    "tensor_parallel over no axis": (
+        lambda: train.tensor_parallel(axis=""),
+        ["tensor_parallel: axis", "''"],
+    ),
+    "by_path of a list": (
+        lambda: train.by_path(["*/w"]),
+        ["by_path: patterns", "a dict", "list"],
+    ),
+    "by_path with a spec of numbers": (
+        lambda: train.by_path({"*/w": (None, 1)}),
+        ["by_path: the spec of '*/w'", "mesh axis names", "(None, 1)"],
+    ),
+    # Sharded checkpoints: the step and what is kept, before orbax starts.
+    "save_sharded at a step given as a string": (
+        lambda: fn.checkpoint.save_sharded("unused", {"w": np.ones(2)}, step="3"),
+        ["save_sharded: step", "non-negative int", "'3'"],
+    ),
+    "save_sharded keeping a fraction of the steps": (
+        lambda: fn.checkpoint.save_sharded("unused", {"w": np.ones(2)}, step=0, keep=0.5),
+        ["save_sharded: keep", "positive int", "0.5"],
+    ),
 }
 
 

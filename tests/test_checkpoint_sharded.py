@@ -299,3 +299,49 @@ def test_unsuitable_saves_are_refused_before_writing(tmp_path):
             checkpoint.save_sharded(directory, **kwargs)
     assert checkpoint.sharded_steps(directory) == [5]
     assert_bit_exact(checkpoint.load_sharded(directory, like=tree_of(2)), tree_of(2))
+
+
+BAD_DIRECTORIES = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from funcnet import checkpoint
+    from tests.test_checkpoint_sharded import tree_of
+
+    file = Path(sys.argv[1]) / "notes.txt"
+    file.parent.mkdir()
+    file.write_text("not a checkpoint")
+    for where in (file, file / "run"):
+        try:
+            checkpoint.save_sharded(where, tree_of(2), step=1)
+        except checkpoint.CheckpointError as err:
+            print("refused:", err)
+    checkpoint.save_sharded(Path(sys.argv[1]) / "run", tree_of(2), step=1)
+    print("saved")
+    """
+)
+
+
+def test_a_directory_that_is_or_lies_under_a_file_is_refused_and_python_exits(tmp_path):
+    # Orbax's writer threads failed there with three printed tracebacks each, and left threads
+    # waiting that held Python's exit for minutes; the path is now checked before orbax starts.
+    folder = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", BAD_DIRECTORIES, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == [
+        f"refused: {folder / 'notes.txt'}: is a file, not a checkpoint directory",
+        f"refused: {folder / 'notes.txt' / 'run'}: cannot create the checkpoint directory "
+        f"(Not a directory: {folder / 'notes.txt' / 'run'})",
+        "saved",
+    ]
+    assert (folder / "notes.txt").read_text() == "not a checkpoint"
+    assert checkpoint.sharded_steps(folder / "run") == [1]

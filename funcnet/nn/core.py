@@ -213,12 +213,16 @@ def check_floating(kind: str, x: Array) -> None:
         )
 
 
-def as_layer(layer: Layer | Callable[[Array], Array]) -> Layer:
-    """A `Layer` as it is; a plain function ``x -> y`` as a parameter-free layer."""
+def as_layer(layer: Layer | Callable[[Array], Array], *, owner: str | None = None) -> Layer:
+    """A `Layer` as it is; a plain function ``x -> y`` as a parameter-free layer. Anything
+    else raises one TypeError line, starting with `owner` (the combinator it was given to)."""
     if isinstance(layer, Layer):
         return layer
     if not callable(layer):
-        raise TypeError(f"expected a Layer or a function, got {type(layer).__name__}")
+        raise TypeError(
+            f"{owner + ': ' if owner else ''}expected a Layer or a function, got "
+            f"{type(layer).__name__} {layer!r:.40}"
+        )
     return from_function(layer)
 
 
@@ -306,7 +310,7 @@ def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
     Plain functions (``jax.nn.relu``, ``funcnet.nn.relu``) are accepted as parameter-free
     layers. Children are named ``{kind}_{index}`` in `params` and `state`.
     """
-    children = [as_layer(layer) for layer in layers]
+    children = [as_layer(layer, owner="serial") for layer in layers]
     names = _child_names(children)
 
     def init(key, in_shape):
@@ -335,7 +339,7 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
 
     The input is a tuple (or list) with one entry per layer, and so is `in_shape`.
     """
-    children = [as_layer(layer) for layer in layers]
+    children = [as_layer(layer, owner="parallel") for layer in layers]
     names = _child_names(children)
 
     def check(xs, what):

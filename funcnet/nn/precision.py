@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.nn.core import Layer
+from funcnet.nn.core import Layer, as_layer
 
 __all__ = ["Policy", "mixed_precision", "policy"]
 
@@ -168,6 +168,7 @@ def mixed_precision(layer: Layer, policy: Policy | str) -> Layer:
     between the plain and the wrapped model. Gradients with respect to the params come back
     in `param_dtype`. The ``"float32"`` policy on a float32 model adds no operation.
     """
+    layer = as_layer(layer, owner="mixed_precision")
     chosen = _as_policy(policy)
 
     def init(key, in_shape):

@@ -124,7 +124,7 @@ def remat(
     which does save it: the recomputation then runs inside the backward loop, where it cannot
     be merged into the forward pass.
     """
-    layer = as_layer(layer)
+    layer = as_layer(layer, owner="remat")
     resolved = remat_policy(policy)
 
     def apply(params, state, x, *, key=None, train=False):

@@ -69,7 +69,7 @@ def repeat(
 
     Its kind is ``"repeat"``.
     """
-    block = as_layer(block)
+    block = as_layer(block, owner="repeat")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"repeat: n must be a positive int, got {n!r}")
     if remat is None or remat is False:
@@ -203,6 +203,11 @@ def repeat_to_serial(tree: Any, block: Layer | str) -> dict[str, Any]:
     n is the leading axis of the leaves, which must agree. A tree without arrays, the state of
     a stack of blocks without state, converts to ``{}`` (as `serial` prunes empty state).
     """
+    if not (isinstance(block, str | Layer) or callable(block)):
+        raise TypeError(
+            f"repeat_to_serial: block must be the repeated Layer or its kind, got "
+            f"{type(block).__name__} {block!r:.40}"
+        )
     kind = block if isinstance(block, str) else layer_name(block)
     leaves = jax.tree.leaves(tree)
     if not leaves:

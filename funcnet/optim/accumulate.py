@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
+from funcnet._checks import check_transformation
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -108,6 +109,7 @@ def multi_steps(
     them to the inner update; the inner optimizer then sees the extra args of the k-th call,
     those of its last micro-batch.
     """
+    check_transformation("multi_steps", "optimizer", optimizer)
     every_k = _every_k(every_k_schedule)
     takes_extra = accepts_extra_args(optimizer)
 

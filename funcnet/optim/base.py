@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import check_transformation
 from funcnet._trees import check_same_shapes
 
 __all__ = [
@@ -123,6 +124,7 @@ def accepts_extra_args(tx: Any) -> bool:
 def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
     """`tx` as a `GradientTransformationExtraArgs`: one that takes extra args is returned with
     its own `update`; for any other, the new `update` drops the extra args and calls `tx`."""
+    check_transformation("with_extra_args_support", "tx", tx)
     if accepts_extra_args(tx):
         return GradientTransformationExtraArgs(tx.init, tx.update)
 
@@ -168,6 +170,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     hands the extra args to those and calls the others as `update(g, state, params)`; a chain
     of plain transformations is a plain one.
     """
+    for i, tx in enumerate(transforms):
+        check_transformation("chain", f"transforms[{i}]", tx)
     takes_extra = tuple(accepts_extra_args(tx) for tx in transforms)
 
     def init_fn(params: Params) -> tuple[OptState, ...]:

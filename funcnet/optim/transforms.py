@@ -12,9 +12,16 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
-from funcnet._checks import check_decay, check_positive, check_rate
+from funcnet._checks import (
+    check_decay,
+    check_int,
+    check_positive,
+    check_rate,
+    check_transformation,
+)
 from funcnet._keys import typed_key
 from funcnet.optim.base import (
     GradientTransformation,
@@ -811,7 +818,8 @@ def add_noise(eta: float, gamma: float, *, key: jax.Array) -> GradientTransforma
 
 
 def clip(max_delta: float | jax.Array) -> GradientTransformation:
-    """Clips every coordinate of the updates to `[−δ, δ]`: `u ← min(max(g, −δ), δ)`."""
+    """Clips every coordinate of the updates to `[−δ, δ]`: `u ← min(max(g, −δ), δ)`, δ ≥ 0."""
+    check_positive("clip", "max_delta", max_delta, allow_zero=True)
 
     def rule(updates: Updates, params: Params | None) -> Updates:
         return jax.tree.map(lambda g: jnp.clip(g, -max_delta, max_delta).astype(g.dtype), updates)
@@ -823,8 +831,10 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
     """Rescales the whole update tree so that its global norm is at most `c = max_norm`.
 
     `u ← g · min(1, c / ‖g‖)`, where `‖g‖` is the norm of all leaves together
-    (see `global_norm`). Unlike `torch.nn.utils.clip_grad_norm_`, no `1e-6` joins `‖g‖`.
+    (see `global_norm`), `c > 0`. Unlike `torch.nn.utils.clip_grad_norm_`, no `1e-6` joins
+    `‖g‖`.
     """
+    check_positive("clip_by_global_norm", "max_norm", max_norm)
 
     def rule(updates: Updates, params: Params | None) -> Updates:
         norm = global_norm(updates)
@@ -835,6 +845,19 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
 
 
 # Wrappers.
+
+
+def _is_static_bool(leaf: Any) -> bool:
+    """Whether `leaf` is a bool known before tracing: Python's, NumPy's, or a concrete 0-d
+    boolean array."""
+    if isinstance(leaf, bool | np.bool_):
+        return True
+    return (
+        isinstance(leaf, np.ndarray | jax.Array)
+        and not isinstance(leaf, jax.core.Tracer)
+        and leaf.dtype == np.bool_
+        and leaf.ndim == 0
+    )
 
 
 class MaskedNode(NamedTuple):
@@ -874,8 +897,18 @@ def masked(
     block. Other extra args go through as they are.
     """
 
+    check_transformation("masked", "inner", inner)
+
     def mask_tree(tree: PyTree) -> PyTree:
-        return mask(tree) if callable(mask) else mask
+        selected = mask(tree) if callable(mask) else mask
+        for path, leaf in jax.tree_util.tree_leaves_with_path(selected):
+            if not _is_static_bool(leaf):
+                where = jax.tree_util.keystr(path) or "its root"
+                raise ValueError(
+                    f"masked: the mask must hold True or False at every leaf, got "
+                    f"{type(leaf).__name__} {leaf!r:.40} at {where}"
+                )
+        return selected
 
     def keep_selected(tree: PyTree, selected: PyTree) -> PyTree:
         return jax.tree.map(lambda m, x: x if m else MaskedNode(), selected, tree)
@@ -967,6 +1000,8 @@ def apply_if_finite(
     When `inner` takes extra args (`accepts_extra_args`), so does the guard, and it passes
     them on.
     """
+    check_transformation("apply_if_finite", "inner", inner)
+    check_int("apply_if_finite", "max_consecutive_errors", max_consecutive_errors, minimum=0)
 
     def init_fn(params: Params) -> ApplyIfFiniteState:
         return ApplyIfFiniteState(

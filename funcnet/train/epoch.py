@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh
 
+from funcnet._checks import check_function
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
 from funcnet.train.batching import data_size, epoch_batches, shuffle
@@ -34,7 +35,14 @@ from funcnet.train.loss_scale import all_finite
 from funcnet.train.partition import Rules, constrain
 from funcnet.train.sharding import batch_sharding, stacked_batch_sharding
 from funcnet.train.state import TrainState, shuffle_key
-from funcnet.train.step import LossFn, Metrics, eval_step, evaluate_batches, train_step
+from funcnet.train.step import (
+    LossFn,
+    Metrics,
+    check_metrics,
+    eval_step,
+    evaluate_batches,
+    train_step,
+)
 
 __all__ = [
     "UNCHECKED",
@@ -127,6 +135,8 @@ def epoch_parts(
 ) -> EpochParts:
     """The pure pieces of the epoch `epoch_fn` runs (see `EpochParts`); the arguments are
     `epoch_fn`'s."""
+    check_function("epoch_fn", "loss_fn", loss_fn)
+    check_metrics("epoch_fn", metrics)
     track_norm = grad_norm or (checked and skip_nonfinite is None)
 
     def layout(batches):

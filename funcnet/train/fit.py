@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
-from funcnet._checks import check_int
+from funcnet._checks import check_flag, check_function, check_int
 from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
@@ -41,6 +41,7 @@ from funcnet.train.step import (
     Metrics,
     check_accumulate,
     check_labels,
+    check_metrics,
     check_model,
     check_not_empty,
     check_optimizer,
@@ -200,6 +201,19 @@ def _check_inputs(
     return train_data, eval_data
 
 
+def _check_callables(
+    where: str, loss_fn: Any, metrics: Any, on_epoch_end: Any, stop: Any, progress: Any
+) -> bool:
+    """Refuses a `loss_fn`, metric, `on_epoch_end` or `stop` that is not a function (the last
+    two may be None) and a `progress` that is not a bool, each in one line naming `where`;
+    returns `progress`."""
+    check_function(where, "loss_fn", loss_fn)
+    check_metrics(where, metrics)
+    check_function(where, "on_epoch_end", on_epoch_end, optional=True)
+    check_function(where, "stop", stop, optional=True)
+    return check_flag(where, "progress", progress)
+
+
 def _check_labels(
     where: str, model: Layer, loss_fn: LossFn, in_shape: Any, train_data: Any, eval_data: Any
 ) -> None:
@@ -220,18 +234,20 @@ def _settings(
     max_consecutive_skips: int,
     accumulate: int = 1,
     eval_ema: bool = True,
+    *,
+    where: str = "fit",
 ) -> EpochSettings:
     """The `EpochSettings` of `fit`'s keyword arguments, hashable (metrics as a tuple)."""
     _check_on_nonfinite(on_nonfinite)
     return EpochSettings(
         batch_size=int(batch_size),
         metrics=None if metrics is None else tuple(metrics.items()),
-        grad_norm=bool(grad_norm),
+        grad_norm=check_flag(where, "grad_norm", grad_norm),
         clip_norm=None if clip_norm is None else float(clip_norm),
         on_nonfinite=on_nonfinite,
         max_consecutive_skips=int(max_consecutive_skips),
         accumulate=check_accumulate(accumulate, batch_size),
-        eval_ema=bool(eval_ema),
+        eval_ema=check_flag(where, "eval_ema", eval_ema),
     )
 
 
@@ -248,6 +264,8 @@ def _extras(
     ema_warmup: bool,
     loss_scale: str | DynamicLossScale | None,
     on_nonfinite: str,
+    *,
+    where: str = "fit",
 ) -> Extras:
     """`fit`'s `ema` and `loss_scale` arguments, checked (one line naming the bad one)."""
     if ema is not None:
@@ -268,7 +286,7 @@ def _extras(
             "loss_scale skips the steps whose gradient is not finite itself; use it with "
             "on_nonfinite='raise', not 'skip'"
         )
-    return Extras(ema, bool(ema_warmup), loss_scale)
+    return Extras(ema, check_flag(where, "ema_warmup", ema_warmup), loss_scale)
 
 
 def _add_extras(state: TrainState, extras: Extras) -> TrainState:
@@ -395,7 +413,10 @@ def fit(
 
     Before anything is compiled the arguments are checked on the host, a fault raising one
     line that names the argument: the model must be a `Layer` and the optimizer a gradient
-    transformation; sizes (`epochs`, `batch_size`, `patience`, ...) integers in range; the
+    transformation; `loss_fn`, each metric, `on_epoch_end` and `stop` functions (metrics not
+    named ``loss``, ``grad_norm``, ``finite`` or ``fatal``, which the step reports itself);
+    flags (`progress`, `grad_norm`, ...) bools; sizes (`epochs`, `batch_size`, `patience`,
+    ...) integers in range; the
     data sets arrays of numbers (nested lists of numbers are turned into arrays), with no NaN
     or ±inf; and the labels of both data sets what `loss_fn` takes, against the model's output
     shape (`funcnet.losses.label_check`: integer classes in ``[0, classes)`` or one-hot
@@ -482,6 +503,7 @@ def fit(
         eval_data,
         where="fit",
     )
+    progress = _check_callables("fit", loss_fn, metrics, on_epoch_end, stop, progress)
     settings = _settings(
         batch_size,
         metrics,
@@ -491,9 +513,10 @@ def fit(
         max_consecutive_skips,
         accumulate,
         eval_ema,
+        where="fit",
     )
     rules = _check_layout(mesh, rules, settings)
-    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
+    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite, where="fit")
     in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     _check_labels("fit", model, loss_fn, in_shape, train_data, eval_data)
     settings = settings._replace(loop=choose_loop(loop, model, train_data, in_shape))
@@ -597,6 +620,7 @@ def fit_ensemble(
         where="fit_ensemble",
         factory=bool(hparams),
     )
+    progress = _check_callables("fit_ensemble", loss_fn, metrics, on_epoch_end, stop, progress)
     hparams = {name: jnp.asarray(values) for name, values in (hparams or {}).items()}
     k = _member_count(members, hparams)
     if hparams and isinstance(optimizer, GradientTransformation):
@@ -610,8 +634,9 @@ def fit_ensemble(
         max_consecutive_skips,
         accumulate,
         eval_ema,
+        where="fit_ensemble",
     )
-    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite)
+    extras = _extras(ema, ema_warmup, loss_scale, on_nonfinite, where="fit_ensemble")
     in_shape = _input_shape(train_data, batch_size // settings.accumulate)
     _check_labels("fit_ensemble", model, loss_fn, in_shape, train_data, eval_data)
     settings = settings._replace(loop=choose_loop(loop, model, train_data, in_shape))

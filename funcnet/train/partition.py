@@ -42,6 +42,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from funcnet._checks import check_int
 from funcnet._keys import is_key
 from funcnet._trees import path_name, shapes_of
 
@@ -90,6 +91,29 @@ def model_mesh(data: int | None = None, model: int = 1, *, devices: Any = None) 
     return Mesh(np.array(chosen).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
 
 
+def _check_axis_name(rule: str, axis: Any) -> None:
+    if not isinstance(axis, str) or not axis:
+        raise TypeError(f"{rule}: axis must be the name of a mesh axis, got {axis!r:.40}")
+
+
+def _spec(rule: str, pattern: Any, spec: Any) -> tuple:
+    """`spec` as a tuple of axis names and Nones; a pattern that is not a string, or a spec
+    that is not a sequence of them, raises one TypeError line."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"{rule}: a pattern must be a glob string, got {pattern!r:.40}")
+    entries = (spec,) if isinstance(spec, str) else spec
+    try:
+        entries = tuple(entries)
+    except TypeError:
+        entries = None
+    if entries is None or not all(e is None or isinstance(e, str) for e in entries):
+        raise TypeError(
+            f"{rule}: the spec of {pattern!r} must be a sequence of mesh axis names or None "
+            f"per dimension (or a PartitionSpec), got {spec!r:.60}"
+        )
+    return entries
+
+
 def _check_axis(rule: str, axis: str, mesh: Mesh) -> None:
     if axis not in mesh.axis_names:
         raise ValueError(
@@ -107,6 +131,8 @@ def fsdp(axis: str = DATA_AXIS, *, min_size: int = 0) -> Rule:
     Params of fewer than `min_size` elements, and those no free dimension of which the axis
     divides, stay whole. Of equal dimensions the first is cut.
     """
+    _check_axis_name("fsdp", axis)
+    check_int("fsdp", "min_size", min_size, minimum=0)
 
     def rule(shapes, mesh, specs):
         _check_axis("fsdp", axis, mesh)
@@ -158,6 +184,7 @@ def tensor_parallel(axis: str = MODEL_AXIS) -> Rule:
     outputs. Leading stacked axes (`funcnet.nn.repeat`) stay whole; other params (norms,
     embeddings, convolutions) are left to later rules.
     """
+    _check_axis_name("tensor_parallel", axis)
 
     def rule(shapes, mesh, specs):
         _check_axis("tensor_parallel", axis, mesh)
@@ -191,7 +218,12 @@ def by_path(patterns: Mapping[str, Sequence[str | None] | P]) -> Rule:
     leaves the rest whole). A spec naming an axis the mesh lacks, an axis that does not
     divide its dimension, or a dimension an earlier rule has cut otherwise is refused.
     """
-    items = [(pattern, tuple(spec)) for pattern, spec in patterns.items()]
+    if not isinstance(patterns, Mapping):
+        raise TypeError(
+            "by_path: patterns must be a dict {glob: spec}, e.g. {'*/w': (None, 'model')}, got "
+            f"{type(patterns).__name__} {patterns!r:.40}"
+        )
+    items = [(pattern, _spec("by_path", pattern, spec)) for pattern, spec in patterns.items()]
 
     def rule(shapes, mesh, specs):
         out = dict(specs)

@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
-from funcnet._checks import check_int
+from funcnet._checks import check_flag, check_function, check_int, is_transformation
 from funcnet._trees import is_shape
 from funcnet.losses import accuracy, label_check
 from funcnet.nn.core import Layer
@@ -55,6 +55,8 @@ PyTree = Any
 LossFn = Callable[[Array, Array], Array]
 MetricFn = Callable[[Array, Array], Array]
 Metrics = Mapping[str, MetricFn]
+# The names a step reports besides the caller's metrics (`make_step`'s docstring).
+_REPORTED = ("loss", "grad_norm", "finite", "fatal")
 Batch = tuple[Any, Array] | tuple[Any, Array, Array]
 
 
@@ -125,15 +127,32 @@ def check_model(where: str, model: Any) -> None:
     raise TypeError(f"{wanted}, got {type(model).__name__} {model!r:.40}")
 
 
+def check_metrics(where: str, metrics: Any) -> None:
+    """Refuses `metrics` that are neither None nor a mapping of names to functions
+    ``fn(outputs, labels)``, and a name the step reports itself (``loss``, ``grad_norm``,
+    ``finite``, ``fatal``), in one line naming `where`."""
+    if metrics is None:
+        return
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"{where}: metrics must be a dict {{name: fn(outputs, labels) -> scalar}} or None, "
+            f"got {type(metrics).__name__} {metrics!r:.40}"
+        )
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or name in _REPORTED:
+            raise ValueError(
+                f"{where}: metrics names must be strings other than {', '.join(_REPORTED)}, "
+                f"got {name!r:.40}"
+            )
+        check_function(where, f"metrics[{name!r}]", fn)
+
+
 def check_optimizer(where: str, optimizer: Any, *, factory: bool = False) -> None:
     """Refuses an `optimizer` that is not a gradient transformation (anything with callable
     `init` and `update`, optax's included), or with `factory` a function returning one, in
     one line naming `where`; a name (``"adam"``) or a constructor not called is told how to
     make one."""
-    is_transformation = callable(getattr(optimizer, "init", None)) and callable(
-        getattr(optimizer, "update", None)
-    )
-    if is_transformation or (factory and callable(optimizer)):
+    if is_transformation(optimizer) or (factory and callable(optimizer)):
         return
     wanted = "a gradient transformation (with init and update)"
     if isinstance(optimizer, str):
@@ -550,6 +569,9 @@ def make_step(
     """
     check_model("make_step", model)
     check_optimizer("make_step", optimizer)
+    check_function("make_step", "loss_fn", loss_fn)
+    check_metrics("make_step", metrics)
+    grad_norm = check_flag("make_step", "grad_norm", grad_norm)
     pure = train_step(
         model,
         optimizer,
@@ -676,6 +698,8 @@ def make_evaluate(
     (a call inside `jit`) passes unchecked. The jitted function is ``evaluate.__wrapped__``.
     """
     check_model("make_evaluate", model)
+    check_function("make_evaluate", "loss_fn", loss_fn)
+    check_metrics("make_evaluate", metrics)
     if batch_size is not None:
         check_int("make_evaluate", "batch_size", batch_size)
     evaluate = eval_step(model, loss_fn=loss_fn, metrics=metrics)

@@ -90,6 +90,14 @@ def test_by_path_first_matching_pattern_wins_and_other_rules_fill_the_rest():
     assert got["dense_0/w"] == P("model", "data")
 
 
+def test_by_path_reads_one_axis_name_as_the_spec_of_the_first_dimension():
+    # A bare name was read as a sequence of one-letter axes ('m', 'o', ...) and refused.
+    by_name = specs(MLP_PARAMS, train.by_path({"*/w": "model"}))
+    by_spec = specs(MLP_PARAMS, train.by_path({"*/w": P("model")}))
+    assert by_name == by_spec
+    assert by_name["dense_0/w"] == P("model") and by_name["dense_0/b"] == P()
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
