@@ -297,6 +297,17 @@ def _create_temporary(path: pathlib.Path) -> tuple[pathlib.Path, int]:
             continue
 
 
+def _check_destination(path: pathlib.Path) -> None:
+    """Refuses, in one line, a `path` that is a folder or whose folder is missing or a file,
+    before the temporary file is made."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    folder = path.parent
+    if not folder.is_dir():
+        fault = "is a file" if folder.exists() else "does not exist"
+        raise CheckpointError(f"{path}: its folder {folder} {fault}; save into an existing folder")
+
+
 def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None) -> pathlib.Path:
     """Writes `tree` and `metadata` to `path` atomically, in the format of the module doc.
 
@@ -310,9 +321,15 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
 
     Returns the path. In a multi-process run only process 0 writes (`launch.is_leader`):
     every process holds the same replicated tree, so one copy is written.
+
+    Raises:
+      TypeError: a leaf or `metadata` that cannot be saved.
+      CheckpointError: `path` is a folder, or its folder is missing or a file.
     """
     path = pathlib.Path(path)
     metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
     try:
         metadata_json = json.loads(json.dumps(metadata))
     except (TypeError, ValueError) as err:
@@ -336,6 +353,7 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
         "jax": jax.__version__,
     }
 
+    _check_destination(path)
     tmp, fd = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._checks import check_positive
 from funcnet._precision import at_least_float32
 from funcnet.nn.activations import log_softmax, softplus
 
@@ -122,6 +123,7 @@ def huber(
     `predictions`, `targets`: the same shape ``(batch, ...)``. Returns a scalar, or shape
     ``(batch,)`` for "none". (PyTorch's ``huber_loss``.)
     """
+    check_positive("huber", "delta", delta)
     _check_same_shape("huber", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     r = jnp.abs(predictions - targets)

@@ -397,6 +397,54 @@ CASES = {
         lambda: train.by_path({"*/w": (None, 1)}),
         ["by_path: the spec of '*/w'", "mesh axis names", "(None, 1)"],
     ),
+    # Curvature tools, data sets and losses: their functions, directions and sizes.
+    "hvp along a direction of another shape": (
+        lambda: fn.diff.hvp(lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.ones(3)}, {"w": jnp.ones(2)}),
+        ["hvp: v must have the structure and shapes of x", "(2,)", "(3,)"],
+    ),
+    "hvp of a number": (
+        lambda: fn.diff.hvp(5, {"w": jnp.ones(3)}, {"w": jnp.ones(3)}),
+        ["hvp: f", "a function", "int 5"],
+    ),
+    "gnvp along a scalar": (
+        lambda: fn.diff.gnvp(lambda p: p["w"], jnp.sum, {"w": jnp.ones(3)}, 1.0),
+        ["gnvp: v must have the structure and shapes of params"],
+    ),
+    "check_grads with a negative tolerance": (
+        lambda: fn.diff.check_grads(lambda p: jnp.sum(p**2), jnp.ones(3), rtol=-1.0),
+        ["check_grads: rtol", ">= 0", "-1.0"],
+    ),
+    "self_influence of more inputs than labels": (
+        lambda: fn.diff.self_influence(
+            lambda p, x: x @ p, CE, jnp.zeros((5, 3)), (X, Y[:4]), method="exact"
+        ),
+        ["self_influence: x and y", "differ in length", "(10, 5)", "(4,)"],
+    ),
+    "laplace of a layer": (
+        lambda: fn.bayes.laplace(MLP, {}, (X, Y)),
+        ["laplace: outputs_fn", "got Layer", "model.apply(p, state, x)[0]"],
+    ),
+    "moons with the sample count in place of the key": (
+        lambda: fn.data.moons(200),
+        ["moons: key", "jax.random.key(seed)", "int"],
+    ),
+    "moons of no points": (lambda: fn.data.moons(KEY, n=0), ["moons: n", "positive int", "0"]),
+    "spirals of no classes": (
+        lambda: fn.data.spirals(KEY, classes=0),
+        ["spirals: classes", "positive int", "0"],
+    ),
+    "spirals with negative noise": (
+        lambda: fn.data.spirals(KEY, noise=-0.1),
+        ["spirals: noise", ">= 0", "-0.1"],
+    ),
+    "huber with a negative delta": (
+        lambda: losses.huber(jnp.ones(3), jnp.zeros(3), delta=-1.0),
+        ["huber: delta", "> 0", "-1.0"],
+    ),
+    "checkpoint metadata that is not a dict": (
+        lambda: fn.checkpoint.save("unused.npz", {"w": np.ones(2)}, metadata=[1, 2]),
+        ["checkpoint metadata must be a dict", "list"],
+    ),
     # Sharded checkpoints: the step and what is kept, before orbax starts.
     "save_sharded at a step given as a string": (
         lambda: fn.checkpoint.save_sharded("unused", {"w": np.ones(2)}, step="3"),

@@ -351,6 +351,23 @@ def test_every_load_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
         checkpoint.load(path)
 
 
+def test_a_save_to_a_folder_or_into_a_missing_folder_is_refused_leaving_nothing(tmp_path):
+    tree = {"w": np.zeros(2)}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "notes.txt").write_text("kept")
+    refused = {
+        tmp_path / "run": "run: is a folder, not a checkpoint file",
+        tmp_path / "missing" / "a.npz": "its folder .*missing does not exist",
+        tmp_path / "notes.txt" / "a.npz": "its folder .*notes.txt is a file",
+    }
+    for path, message in refused.items():
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.save(path, tree)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]
+    assert not list((tmp_path / "run").iterdir())
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
 THREADS, SAVES = 8, 20
 
 

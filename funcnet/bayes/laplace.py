@@ -51,6 +51,7 @@ from funcnet._checks import check_int, check_positive
 from funcnet._keys import typed_key
 from funcnet._trees import path_name
 from funcnet.diff.modes import jacobian
+from funcnet.nn.core import Layer
 from funcnet.optim import adam, apply_updates
 
 PyTree = Any
@@ -413,6 +414,16 @@ def laplace(
       A `LaplacePosterior`.
     """
     owner = "laplace"
+    if not callable(outputs_fn):
+        hint = (
+            "; for a funcnet layer pass lambda p, x: model.apply(p, state, x)[0]"
+            if isinstance(outputs_fn, Layer)
+            else ""
+        )
+        raise TypeError(
+            f"laplace: outputs_fn must be a function outputs_fn(params, x), got "
+            f"{type(outputs_fn).__name__}{hint}"
+        )
     if likelihood not in _LIKELIHOODS:
         raise ValueError(
             f"laplace: likelihood must be 'classification' or 'regression', got {likelihood!r:.80}"

@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._checks import check_int, check_positive
+from funcnet._keys import typed_key
+
 Array = jax.Array
 
 
@@ -33,6 +36,9 @@ def moons(key: Array, *, n: int = 200, noise: float = 0.1) -> tuple[Array, Array
     Class 0: ``(cos t, sin t)``; class 1: ``(1 − cos t, ½ − sin t)``, ``t ∈ [0, π]``.
     Returns ``x`` of shape ``(n, 2)`` and labels of shape ``(n,)``.
     """
+    key = typed_key(key, caller="moons")
+    check_int("moons", "n", n)
+    check_positive("moons", "noise", noise, allow_zero=True)
     t_key, noise_key = jax.random.split(key)
     n0 = n // 2
     t = jax.random.uniform(t_key, (n,), minval=0.0, maxval=math.pi)
@@ -51,6 +57,11 @@ def spirals(
     Arm ``c`` holds the points ``r (cos(θ + 2πc/C), sin(θ + 2πc/C))`` with ``r ∈ [0.05, 1]``
     and ``θ = 2π·turns·r``, plus Gaussian noise. Returns ``x`` ``(n, 2)`` and labels ``(n,)``.
     """
+    key = typed_key(key, caller="spirals")
+    check_int("spirals", "n", n)
+    check_int("spirals", "classes", classes)
+    check_positive("spirals", "turns", turns)
+    check_positive("spirals", "noise", noise, allow_zero=True)
     r_key, noise_key = jax.random.split(key)
     label = jnp.arange(n) % classes
     r = jax.random.uniform(r_key, (n,), minval=0.05, maxval=1.0)

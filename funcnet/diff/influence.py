@@ -52,6 +52,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_int, check_positive
+from funcnet._trees import leading_size
 from funcnet.diff._linear_solve import conjugate_gradient
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff.kronecker import (
@@ -111,6 +112,7 @@ def _check(
 def _check_pair(owner: str, data: Any) -> None:
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise TypeError(f"{owner}: data must be a pair (x, y), got {type(data).__name__}")
+    leading_size(tuple(data), what=f"{owner}: x and y")
 
 
 def _curvature_product(

@@ -18,6 +18,8 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from funcnet._checks import check_positive
+
 PyTree = Any
 DifferenceMethod = Literal["central", "forward"]
 CheckMethod = Literal["central", "forward", "complex_step"]
@@ -214,6 +216,9 @@ def check_grads(
       AssertionError: if any coordinate is out of tolerance, naming the worst one by its
         pytree path and index, with both values and the errors.
     """
+    for name, tolerance in (("rtol", rtol), ("atol", atol)):
+        if tolerance is not None:
+            check_positive("check_grads", name, tolerance, allow_zero=True)
     if method == "complex_step":
         numerical = complex_step_grad(f, x, step=step)
     elif method in ("central", "forward"):

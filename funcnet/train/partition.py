@@ -214,9 +214,10 @@ def by_path(patterns: Mapping[str, Sequence[str | None] | P]) -> Rule:
     """Layouts by parameter path: ``{glob: spec}``, the first matching glob for each param.
 
     Paths join dict keys with ``/`` (``transformer_0/attention/q/w``); ``*`` matches across
-    ``/``. A spec names a mesh axis or None per dimension (fewer than the param's rank
-    leaves the rest whole). A spec naming an axis the mesh lacks, an axis that does not
-    divide its dimension, or a dimension an earlier rule has cut otherwise is refused.
+    ``/``. A spec names a mesh axis or None per dimension, as a `PartitionSpec` or a tuple
+    (fewer than the param's rank leaves the rest whole; a lone name is the first
+    dimension's). A spec naming an axis the mesh lacks, an axis that does not divide its
+    dimension, or a dimension an earlier rule has cut otherwise is refused.
     """
     if not isinstance(patterns, Mapping):
         raise TypeError(
