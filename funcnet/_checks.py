@@ -9,10 +9,12 @@ read and passes unchecked.
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -131,3 +133,25 @@ def check_transformation(owner: str, name: str, value: Any) -> None:
         function = getattr(value, "__name__", type(value).__name__)
         raise TypeError(f"{wanted}, got the function {function}; call it to make one")
     raise TypeError(f"{wanted}, got {type(value).__name__} {value!r:.40}")
+
+
+def is_real(value: Any) -> bool:
+    """Whether `value` is a real number to compare with bounds: Python's or NumPy's, not a
+    bool (a string, None or a tuple would make the comparison itself raise)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def check_float_dtype(owner: str, dtype: Any) -> None:
+    """Refuses a params `dtype` that is neither None (JAX's default float) nor a floating
+    dtype (``jnp.float32``, ``"bfloat16"``, ...), before `init` would hand it to JAX."""
+    if dtype is None:
+        return
+    try:
+        floating = not isinstance(dtype, bool) and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(
+            f"{owner}: dtype must be a floating-point dtype (jnp.float32, 'bfloat16', ...) or "
+            f"None, got {dtype!r:.40}"
+        )

@@ -379,6 +379,61 @@ CASES = {
         lambda: nn.repeat_to_serial({}, 5),
         ["repeat_to_serial: block", "Layer or its kind", "int 5"],
     ),
+    # Layer settings that JAX met only at init or apply (found by trying each argument of
+    # every layer with a string, -1, 0, 1.5, None, NaN, True and a tuple).
+    "dense with an unknown initializer": (
+        lambda: nn.dense(3, w_init="glorot"),
+        ["dense: w_init: unknown initializer 'glorot'", "glorot_uniform"],
+    ),
+    "conv with a number as initializer": (
+        lambda: nn.conv(4, (3, 3), b_init=0),
+        ["conv: b_init: unknown initializer 0", "a function (key, shape, dtype)"],
+    ),
+    "gru with a list as initializer": (
+        lambda: nn.gru(4, u_init=["orthogonal"]),
+        ["gru: u_init: unknown initializer ['orthogonal']"],
+    ),
+    "embedding with an integer dtype": (
+        lambda: nn.embedding(10, 4, dtype=jnp.int32),
+        ["embedding: dtype", "floating-point", "int32"],
+    ),
+    "multi_head_attention with a dtype of 1.5": (
+        lambda: nn.multi_head_attention(2, dtype=1.5),
+        ["multi_head_attention: dtype", "floating-point", "1.5"],
+    ),
+    "layer_norm with a string eps": (
+        lambda: nn.layer_norm(eps="1e-5"),
+        ["layer_norm: eps", ">= 0", "'1e-5'"],
+    ),
+    "group_norm with a negative eps": (
+        lambda: nn.group_norm(2, eps=-1e-5),
+        ["group_norm: eps", ">= 0", "-1e-05"],
+    ),
+    "batch_norm with momentum None": (
+        lambda: nn.batch_norm(momentum=None),
+        ["batch_norm: momentum", "[0, 1]", "None"],
+    ),
+    "batch_norm with a numbered axis": (
+        lambda: nn.batch_norm(axis_name=0),
+        ["batch_norm: axis_name", "mapped axis", "0"],
+    ),
+    "dropout with rate None": (lambda: nn.dropout(None), ["dropout: rate", "[0, 1)", "None"]),
+    "lstm with a dropout string": (
+        lambda: nn.lstm(4, num_layers=2, dropout="0.1"),
+        ["lstm: dropout", "[0, 1)", "0.1"],
+    ),
+    "lstm with a forget bias per gate": (
+        lambda: nn.lstm(4, forget_bias=(1.0, 1.0)),
+        ["lstm: forget_bias", "a finite number", "(1.0, 1.0)"],
+    ),
+    "max_pool with a float padding": (
+        lambda: nn.max_pool((2, 2), padding=1.5),
+        ["max_pool", "padding", "1.5"],
+    ),
+    "weight_norm of a string": (
+        lambda: nn.weight_norm("dense"),
+        ["weight_norm", "a Layer or a function", "'dense'"],
+    ),
     # Layout rules: their own arguments, before any mesh is seen.
     "fsdp with a negative min_size": (
         lambda: train.fsdp(min_size=-1),

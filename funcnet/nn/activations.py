@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc
 
+from funcnet._checks import check_float_dtype, is_real
 from funcnet._precision import half_in_float32
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
@@ -400,10 +401,11 @@ def prelu(
     floating-point array ``(..., channels)``; output: the same shape. Gradient at ``x = 0``:
     ``a`` for ``x`` and 0 for ``a``, the slopes of the negative piece, as PyTorch.
     """
-    if isinstance(slope_init, (int, float)):
+    if is_real(slope_init):
         slope_init = initializers.constant(float(slope_init))
     else:
-        slope_init = initializers.get(slope_init)
+        (slope_init,) = initializers.named("prelu", slope_init=slope_init)
+    check_float_dtype("prelu", dtype)
 
     def init(key, in_shape):
         if per_channel:

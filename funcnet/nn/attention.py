@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int, is_real
 from funcnet._trees import is_shape
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu, softmax
@@ -164,7 +164,7 @@ def _output(parts: list, y, weights=None):
 
 
 def _check_rate(kind: str, rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
+    if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise ValueError(
             f"{kind}: dropout_rate is the probability of dropping an attention weight and must "
             f"lie in [0, 1), got {rate}"
@@ -317,7 +317,8 @@ def multi_head_attention(
                 f"{kind}: cache_length needs causal=True: decoding from a cache of past keys "
                 "sees only the past"
             )
-    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    w_init, b_init = initializers.named(kind, w_init=w_init, b_init=b_init)
+    check_float_dtype(kind, dtype)
 
     def init(key, in_shape):
         parts = _split_shape(kind, in_shape)
@@ -429,7 +430,8 @@ def cross_attention(
     kind = "cross_attention"
     num_heads, head_dim = _check_heads(kind, num_heads, head_dim)
     _check_rate(kind, dropout_rate)
-    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    w_init, b_init = initializers.named(kind, w_init=w_init, b_init=b_init)
+    check_float_dtype(kind, dtype)
 
     def init(key, in_shape):
         parts = _split_shape(kind, in_shape, cross=True)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -103,7 +103,12 @@ def _pads(kind: str, padding: Padding, ndim: int) -> str | tuple[tuple[int, int]
     if isinstance(padding, int):
         pairs = ((padding, padding),) * ndim
     else:
-        entries = tuple(padding)
+        try:
+            entries = tuple(padding)
+        except TypeError:
+            raise LayerError(
+                kind, f"padding must be 'SAME', 'VALID' or ints, got {padding!r:.40}"
+            ) from None
         if all(isinstance(p, int) for p in entries):
             pairs = tuple((p, p) for p in entries)
         else:
@@ -264,7 +269,8 @@ def conv(
             f"got {padding_mode!r}",
         )
     fixed = _fixed_ndim("conv", kernel_size, strides, dilation, padding)
-    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    w_init, b_init = initializers.named("conv", w_init=w_init, b_init=b_init)
+    check_float_dtype("conv", dtype)
 
     def settings(ndim):
         window = _per_axis("conv", "kernel_size", kernel_size, ndim)
@@ -387,7 +393,8 @@ def conv_transpose(
     if features % groups:
         raise LayerError(kind, f"groups={groups} must be positive and divide features={features}")
     fixed = _fixed_ndim(kind, kernel_size, strides, dilation, padding, output_padding)
-    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    w_init, b_init = initializers.named(kind, w_init=w_init, b_init=b_init)
+    check_float_dtype(kind, dtype)
 
     def settings(ndim):
         window = _per_axis(kind, "kernel_size", kernel_size, ndim)

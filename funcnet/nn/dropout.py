@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import is_real
 from funcnet.nn.activations import SELU_ALPHA, SELU_SCALE
 from funcnet.nn.core import Layer, LayerError, check_floating
 
@@ -20,7 +21,7 @@ _SELU_FLOOR = -SELU_SCALE * SELU_ALPHA
 
 
 def _check_rate(kind: str, rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
+    if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise ValueError(
             f"{kind}: rate is the probability of dropping and must lie in [0, 1), got {rate}"
         )

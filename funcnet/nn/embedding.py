@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_shape
 
@@ -53,7 +53,10 @@ def embedding(
                 f"got {padding_idx!r}"
             )
         padding_idx = operator.index(padding_idx) % num_embeddings
-    table_init = initializers.normal(1.0) if table_init is None else initializers.get(table_init)
+    if table_init is None:
+        table_init = initializers.normal(1.0)
+    (table_init,) = initializers.named("embedding", table_init=table_init)
+    check_float_dtype("embedding", dtype)
 
     def init(key, in_shape):
         in_shape = check_shape("embedding", in_shape, "integer ids of any shape")

@@ -31,6 +31,7 @@ __all__ = [
     "he_normal",
     "he_uniform",
     "lecun_normal",
+    "named",
     "normal",
     "ones",
     "orthogonal",
@@ -194,6 +195,21 @@ def get(init: str | Initializer) -> Initializer:
     """An initializer by name (``"he_normal"``, with default settings) or as it is."""
     if callable(init):
         return init
-    if init not in _BY_NAME:
-        raise ValueError(f"unknown initializer {init!r}; known: {sorted(_BY_NAME)}")
+    if not isinstance(init, str) or init not in _BY_NAME:
+        raise ValueError(
+            f"unknown initializer {init!r:.40}; expected a function (key, shape, dtype) -> "
+            f"array or one of {sorted(_BY_NAME)}"
+        )
     return _BY_NAME[init]()
+
+
+def named(owner: str, **inits: str | Initializer) -> tuple[Initializer, ...]:
+    """Each of the keyword arguments `get` resolves, in order; an unknown one raises one line
+    naming `owner` (the layer) and the argument: ``dense: w_init: unknown initializer ...``."""
+    resolved = []
+    for name, init in inits.items():
+        try:
+            resolved.append(get(init))
+        except ValueError as err:
+            raise ValueError(f"{owner}: {name}: {err}") from None
+    return tuple(resolved)

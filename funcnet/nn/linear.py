@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_shape
 
@@ -29,7 +29,8 @@ def dense(
     float when None).
     """
     features = check_int("dense", "features", features)
-    w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    w_init, b_init = initializers.named("dense", w_init=w_init, b_init=b_init)
+    check_float_dtype("dense", dtype)
 
     def init(key, in_shape):
         in_shape = check_shape("dense", in_shape, "an input (..., features)", min_rank=1)

@@ -26,13 +26,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int, check_positive, is_real
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+from funcnet.nn.core import Layer, LayerError, as_layer, check_floating, check_shape
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "weight_norm"]
 
 Array = jax.Array
+
+
+def _affine_inits(kind: str, scale_init, bias_init, dtype, eps) -> tuple:
+    """The scale and bias initializers (by name or as given), once `dtype` and `eps` (None
+    passes) are checked for the layer `kind`."""
+    check_float_dtype(kind, dtype)
+    if eps is not None:
+        check_positive(kind, "eps", eps, allow_zero=True)
+    return initializers.named(kind, scale_init=scale_init, bias_init=bias_init)
 
 
 def _affine_params(key, shape, scale_init, bias_init, dtype, use_scale=True, use_bias=True):
@@ -168,9 +177,14 @@ def batch_norm(
     the size of the `axis_name` axis): a static input with fewer raises a `LayerError`, as
     PyTorch refuses a batch of one ``(1, channels)`` in training.
     """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"batch_norm: momentum must lie in [0, 1], got {momentum}")
-    scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
+    if not is_real(momentum) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm: momentum must lie in [0, 1], got {momentum!r:.40}")
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise TypeError(
+            "batch_norm: axis_name must be the name of a mapped axis or None, got "
+            f"{axis_name!r:.40}"
+        )
+    scale_init, bias_init = _affine_inits("batch_norm", scale_init, bias_init, dtype, eps)
 
     def init(key, in_shape):
         in_shape = check_shape(
@@ -251,7 +265,7 @@ def layer_norm(
     params are ``{}`` and ``y = (x − μ)/√(σ² + ε)`` (PyTorch's ``elementwise_affine=False``).
     """
     axes = _norm_axes("layer_norm", axes)
-    scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
+    scale_init, bias_init = _affine_inits("layer_norm", scale_init, bias_init, dtype, eps)
 
     init = _init_over_axes("layer_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
@@ -299,9 +313,9 @@ def rms_norm(
     ``elementwise_affine=False``.
     """
     axes = _norm_axes("rms_norm", axes)
-    if eps is not None and not eps >= 0:
-        raise ValueError(f"rms_norm: eps must be >= 0 (or None), got {eps}")
-    scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
+    if eps is not None and (not is_real(eps) or not eps >= 0):
+        raise ValueError(f"rms_norm: eps must be >= 0 (or None), got {eps!r:.40}")
+    scale_init, bias_init = _affine_inits("rms_norm", scale_init, bias_init, dtype, eps)
 
     init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
@@ -319,7 +333,7 @@ def rms_norm(
 
 def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, dtype) -> Layer:
     """Group norm with `num_groups` groups, or one group per channel when None."""
-    scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
+    scale_init, bias_init = _affine_inits(kind, scale_init, bias_init, dtype, eps)
 
     def check(shape):
         check_shape(
@@ -401,6 +415,7 @@ def weight_norm(layer: Layer) -> Layer:
     kernel and ``g = ‖v‖``, so the initial ``w`` is the wrapped layer's initial ``w``. Shapes
     in and out are those of the wrapped layer.
     """
+    layer = as_layer(layer, owner="weight_norm")
 
     def init(key, in_shape):
         out_shape, params, state = layer.init(key, in_shape)

@@ -45,6 +45,7 @@ Glorot-uniform and its recurrent block orthogonal.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -53,7 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-from funcnet._checks import check_int
+from funcnet._checks import check_float_dtype, check_int, is_real
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -137,7 +138,7 @@ def _recurrent(
     num_layers = check_int(kind, "num_layers", num_layers)
     if unroll is not None:
         unroll = check_int(kind, "unroll", unroll)
-    if not 0.0 <= dropout < 1.0:
+    if not is_real(dropout) or not 0.0 <= dropout < 1.0:
         raise ValueError(
             f"{kind}: dropout is the probability of dropping a unit between layers and must "
             f"lie in [0, 1), got {dropout}"
@@ -147,7 +148,8 @@ def _recurrent(
             f"{kind}: dropout acts between stacked layers and has no effect with num_layers=1",
             stacklevel=3,
         )
-    w_init, u_init = initializers.get(w_init), initializers.get(u_init)
+    w_init, u_init = initializers.named(kind, w_init=w_init, u_init=u_init)
+    check_float_dtype(kind, dtype)
     directions = ("forward", "backward") if bidirectional else ("forward",)
     width = hidden * len(directions)
     state_what = "h0" if carry_size == 1 else "a pair (h0, c0), each"
@@ -367,7 +369,7 @@ def gru(
     time steps per iteration of the scan's loop, None to let the layer choose (module
     docstring).
     """
-    b_init = initializers.get(b_init)
+    (b_init,) = initializers.named("gru", b_init=b_init)
 
     def make_biases(key):
         ih_key, hh_key = jax.random.split(key)
@@ -442,6 +444,8 @@ def lstm(
     with `dropout` between layers in training. `unroll`: time steps per iteration of the
     scan's loop, None to let the layer choose (module docstring).
     """
+    if not is_real(forget_bias) or not math.isfinite(forget_bias):
+        raise ValueError(f"lstm: forget_bias must be a finite number, got {forget_bias!r:.40}")
 
     def make_biases(key):
         del key
