@@ -141,8 +141,15 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
-def check_float_dtype(owner: str, dtype: Any) -> None:
-    """Refuses a params `dtype` that is neither None (JAX's default float) nor a floating
+def check_finite(owner: str, name: str, value: Any) -> None:
+    """Refuses a value that is not a finite real number or array of them (any sign)."""
+    values = _real_values(owner, name, value, "a finite number")
+    if values is not None and not np.all(np.isfinite(values)):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {_shown(value)}")
+
+
+def check_float_dtype(owner: str, dtype: Any, *, name: str = "dtype") -> None:
+    """Refuses a params or state `dtype` that is neither None (the default) nor a floating
     dtype (``jnp.float32``, ``"bfloat16"``, ...), before `init` would hand it to JAX."""
     if dtype is None:
         return
@@ -152,6 +159,6 @@ def check_float_dtype(owner: str, dtype: Any) -> None:
         floating = False
     if not floating:
         raise ValueError(
-            f"{owner}: dtype must be a floating-point dtype (jnp.float32, 'bfloat16', ...) or "
+            f"{owner}: {name} must be a floating-point dtype (jnp.float32, 'bfloat16', ...) or "
             f"None, got {dtype!r:.40}"
         )

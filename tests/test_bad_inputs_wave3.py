@@ -434,6 +434,35 @@ CASES = {
         lambda: nn.weight_norm("dense"),
         ["weight_norm", "a Layer or a function", "'dense'"],
     ),
+    # Optimizer settings that JAX met only at init or update (each argument of every
+    # optimizer tried the same way).
+    "adam with eps None": (lambda: optim.adam(1e-3, eps=None), ["adam: eps", "> 0", "None"]),
+    "scale_by_amsgrad with eps None": (
+        lambda: optim.scale_by_amsgrad(eps=None),
+        ["scale_by_amsgrad: eps", "> 0", "None"],
+    ),
+    "rmsprop with a moment dtype of -1": (
+        lambda: optim.rmsprop(1e-3, moment_dtype=-1.0),
+        ["scale_by_rms: moment_dtype", "floating-point", "-1.0"],
+    ),
+    "trace with dampening None": (
+        lambda: optim.trace(0.9, dampening=None),
+        ["trace: dampening", "[0, 1]", "None"],
+    ),
+    "scale by a string": (lambda: optim.scale("0.1"), ["scale: step_size", "finite", "'0.1'"]),
+    "scale by NaN": (lambda: optim.scale(float("nan")), ["scale: step_size", "finite", "nan"]),
+    "sam of a number": (
+        lambda: optim.sam(0.05),
+        ["sam: optimizer", "gradient transformation", "float 0.05"],
+    ),
+    "lookahead of a constructor": (
+        lambda: optim.lookahead(optim.adam, 5, 0.5),
+        ["lookahead: fast_optimizer", "the function adam", "call it"],
+    ),
+    "schedule_free of a rate": (
+        lambda: optim.schedule_free(1e-3, 1e-3),
+        ["schedule_free: base_optimizer", "gradient transformation", "0.001"],
+    ),
     # Layout rules: their own arguments, before any mesh is seen.
     "fsdp with a negative min_size": (
         lambda: train.fsdp(min_size=-1),

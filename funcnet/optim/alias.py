@@ -30,6 +30,7 @@ from funcnet.optim.base import (
     is_zero,
 )
 from funcnet.optim.transforms import (
+    _NO_EPS,
     _check_betas,
     add_decayed_weights,
     masked,
@@ -93,7 +94,7 @@ def _check_moments(
     learning_rate: ScalarOrSchedule,
     b1: float,
     b2: float,
-    eps: float | None,
+    eps: float,
     weight_decay: float,
     *,
     allow_one: bool = False,
@@ -492,6 +493,6 @@ def lion(
       weight_decay: `λ`, decoupled as in AdamW.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
-    _check_moments("lion", learning_rate, b1, b2, None, weight_decay, allow_one=True)
+    _check_moments("lion", learning_rate, b1, b2, _NO_EPS, weight_decay, allow_one=True)
     direction = scale_by_lion(b1=b1, b2=b2, moment_dtype=moment_dtype)
     return _decoupled_decay(direction, learning_rate, weight_decay)

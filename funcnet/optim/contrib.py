@@ -27,7 +27,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from funcnet._checks import check_decay, check_int, check_positive, check_rate
+from funcnet._checks import (
+    check_decay,
+    check_float_dtype,
+    check_int,
+    check_positive,
+    check_rate,
+    check_transformation,
+)
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -145,6 +152,7 @@ def lookahead(
       reset_state: restart the fast optimizer's state (its `init` at the new params) after
         each synchronisation.
     """
+    check_transformation("lookahead", "fast_optimizer", fast_optimizer)
     check_int("lookahead", "sync_period", sync_period)
     check_decay("lookahead", "slow_step_size", slow_step_size, allow_one=True)
 
@@ -253,6 +261,8 @@ def schedule_free(
       weight_lr_power: `r ≥ 0`.
       state_dtype: the dtype of `z` (default: each param's).
     """
+    check_transformation("schedule_free", "base_optimizer", base_optimizer)
+    check_float_dtype("schedule_free", state_dtype, name="state_dtype")
     check_rate("schedule_free", learning_rate)
     check_decay("schedule_free", "b1", b1)
     check_positive("schedule_free", "b1", b1)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from funcnet._checks import check_decay, check_int, check_positive, check_rate
+from funcnet._checks import check_decay, check_float_dtype, check_int, check_positive, check_rate
 from funcnet.optim.adaptive import _debiased_mean
 from funcnet.optim.base import (
     GradientTransformation,
@@ -147,6 +147,7 @@ def scale_by_muon(
     _coeff_steps("scale_by_muon", ns_coeffs, ns_steps)
     check_decay("scale_by_muon", "beta", beta)
     check_positive("scale_by_muon", "eps", eps, allow_zero=True)
+    check_float_dtype("scale_by_muon", mu_dtype, name="mu_dtype")
     advice = "leave it out of Muon (masked) or use muon(), which gives it to Adam"
 
     def init_fn(params: Params) -> ScaleByMuonState:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import check_positive
+from funcnet._checks import check_positive, check_transformation
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -68,6 +68,7 @@ def sam(
       adaptive: ASAM's scale-invariant neighbourhood.
       eta: `η ≥ 0`, ASAM's offset (ignored by SAM).
     """
+    check_transformation("sam", "optimizer", optimizer)
     check_positive("sam", "rho", rho)
     check_positive("sam", "eta", eta, allow_zero=True)
     inner_extra = accepts_extra_args(optimizer)

@@ -17,6 +17,8 @@ from jax.typing import DTypeLike
 
 from funcnet._checks import (
     check_decay,
+    check_finite,
+    check_float_dtype,
     check_int,
     check_positive,
     check_rate,
@@ -93,20 +95,24 @@ def _zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
+# What a rule without an eps (Lion) passes to `_check_betas` as its eps.
+_NO_EPS: Any = object()
+
+
 def _check_betas(
     owner: str,
     b1: float,
     b2: float,
-    eps: float | None,
+    eps: float,
     *,
     eps_root: float = 0.0,
     allow_one: bool = False,
 ) -> None:
     """Refuses the betas of an Adam-like rule `owner` outside [0, 1) ([0, 1] with `allow_one`),
-    an `eps` that is not > 0 (None: the rule has no `eps`) and an `eps_root` below 0."""
+    an `eps` that is not > 0 (`_NO_EPS`: the rule has none) and an `eps_root` below 0."""
     check_decay(owner, "b1", b1, allow_one=allow_one)
     check_decay(owner, "b2", b2, allow_one=allow_one)
-    if eps is not None:
+    if eps is not _NO_EPS:
         check_positive(owner, "eps", eps)
     check_positive(owner, "eps_root", eps_root, allow_zero=True)
 
@@ -116,6 +122,9 @@ def _check_betas(
 
 def scale(step_size: float | jax.Array) -> GradientTransformation:
     """Multiplies every update by a constant: `u ← step_size · g`."""
+    if isinstance(step_size, tuple | list):
+        raise ValueError(f"scale: step_size must be a number or an array, got {step_size!r:.40}")
+    check_finite("scale", "step_size", step_size)
 
     def rule(updates: Updates, params: Params | None) -> Updates:
         return jax.tree.map(lambda g: (step_size * g).astype(g.dtype), updates)
@@ -196,6 +205,8 @@ def trace(
       nesterov: return the Nesterov look-ahead `g + μ·b` instead of `b`.
       moment_dtype: dtype of the buffer; `None` keeps each param's dtype.
     """
+    check_float_dtype("trace", moment_dtype, name="moment_dtype")
+    check_decay("trace", "dampening", dampening, allow_one=True)
     if nesterov and not is_zero(dampening):
         raise ValueError(f"Nesterov momentum needs dampening=0, got dampening={dampening}.")
     check_decay("trace", "decay", decay)
@@ -245,6 +256,7 @@ def ema(
       debias: divide by ``1 − βᵗ``, so that the first steps are not shrunk towards 0.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
+    check_float_dtype("ema", moment_dtype, name="moment_dtype")
     check_decay("ema", "decay", decay)
 
     def init_fn(params: Params) -> EmaState:
@@ -381,6 +393,7 @@ def scale_by_adam(
         towards 0 and the first steps differ (the slides' "not quite Adam").
       moment_dtype: dtype of `m`, `v` (and `v_max`); `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_adam", moment_dtype, name="moment_dtype")
     _check_betas("scale_by_adam", b1, b2, eps)
 
     def init_fn(params: Params) -> ScaleByAdamState:
@@ -438,6 +451,7 @@ def scale_by_rms(
       centered: divide by an estimate of the standard deviation instead of the root mean square.
       moment_dtype: dtype of `v` (and `ḡ`); `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_rms", moment_dtype, name="moment_dtype")
     check_decay("scale_by_rms", "decay", decay)
     check_positive("scale_by_rms", "eps", eps)
 
@@ -490,6 +504,7 @@ def scale_by_adagrad(
       eps: `ε`, added to the root.
       moment_dtype: dtype of `G`; `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_adagrad", moment_dtype, name="moment_dtype")
     check_positive(
         "scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value, allow_zero=True
     )
@@ -542,6 +557,7 @@ def scale_by_adadelta(
       eps: `ε`, added inside both roots.
       moment_dtype: dtype of `v` and `w`; `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_adadelta", moment_dtype, name="moment_dtype")
     check_decay("scale_by_adadelta", "rho", rho, allow_one=True)
     check_positive("scale_by_adadelta", "eps", eps)
 
@@ -604,6 +620,7 @@ def scale_by_nadam(
       momentum_decay: `ψ`, how fast `μ_t` rises from `β₁/2` towards `β₁`.
       moment_dtype: dtype of `m` and `v`; `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_nadam", moment_dtype, name="moment_dtype")
     _check_betas("scale_by_nadam", b1, b2, eps)
     check_positive("scale_by_nadam", "momentum_decay", momentum_decay, allow_zero=True)
 
@@ -662,6 +679,7 @@ def scale_by_adamax(
       eps: `ε`, added to `|g|` so that `n` never vanishes.
       moment_dtype: dtype of `m` and `n`; `None` keeps each param's dtype.
     """
+    check_float_dtype("scale_by_adamax", moment_dtype, name="moment_dtype")
     _check_betas("scale_by_adamax", b1, b2, eps)
 
     def init_fn(params: Params) -> MomentsState:
@@ -706,7 +724,8 @@ def scale_by_lion(
       b2: decay `β₂` of the momentum.
       moment_dtype: dtype of `m`; `None` keeps each param's dtype.
     """
-    _check_betas("scale_by_lion", b1, b2, None, allow_one=True)
+    check_float_dtype("scale_by_lion", moment_dtype, name="moment_dtype")
+    _check_betas("scale_by_lion", b1, b2, _NO_EPS, allow_one=True)
 
     def init_fn(params: Params) -> ScaleByLionState:
         return ScaleByLionState(mu=zeros_like(params, moment_dtype))
@@ -901,6 +920,8 @@ def masked(
 
     def mask_tree(tree: PyTree) -> PyTree:
         selected = mask(tree) if callable(mask) else mask
+        if selected is None:
+            raise ValueError("masked: the mask is None; give a tree of True/False or a function")
         for path, leaf in jax.tree_util.tree_leaves_with_path(selected):
             if not _is_static_bool(leaf):
                 where = jax.tree_util.keystr(path) or "its root"
