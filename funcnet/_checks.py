@@ -162,3 +162,23 @@ def check_float_dtype(owner: str, dtype: Any, *, name: str = "dtype") -> None:
             f"{owner}: {name} must be a floating-point dtype (jnp.float32, 'bfloat16', ...) or "
             f"None, got {dtype!r:.40}"
         )
+
+
+def check_float_tree(owner: str, name: str, tree: Any) -> None:
+    """Refuses a pytree that holds no arrays, or a leaf that is not floating point (a string,
+    a bool, an integer array, None-less garbage), in one line naming the dtypes found."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{owner}: {name} has no arrays")
+    bad = set()
+    for leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = np.asarray(leaf).dtype
+            except (TypeError, ValueError):
+                dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            bad.add(type(leaf).__name__ if dtype is None else str(dtype))
+    if bad:
+        raise TypeError(f"{owner}: {name} must hold float arrays, got dtypes {sorted(bad)}")

@@ -494,6 +494,42 @@ CASES = {
         lambda: fn.diff.gnvp(lambda p: p["w"], jnp.sum, {"w": jnp.ones(3)}, 1.0),
         ["gnvp: v must have the structure and shapes of params"],
     ),
+    "hessian_eigs of 1.5 eigenvalues": (
+        lambda: fn.diff.hessian_eigs(jnp.sum, jnp.ones(4), key=KEY, k=1.5),
+        ["hessian_eigs: k", "positive int", "1.5"],
+    ),
+    "hessian_eigs with a string tolerance": (
+        lambda: fn.diff.hessian_eigs(jnp.sum, jnp.ones(4), key=KEY, k=1, tol="1e-6"),
+        ["hessian_eigs: tol", ">= 0", "'1e-6'"],
+    ),
+    "hessian_trace of 2.5 samples": (
+        lambda: fn.diff.hessian_trace(jnp.sum, jnp.ones(4), key=KEY, num_samples=2.5),
+        ["hessian_trace: num_samples", "an int >= 2", "2.5"],
+    ),
+    "hessian_density of string params": (
+        lambda: fn.diff.hessian_density(jnp.sum, {"w": "ones"}, key=KEY),
+        ["hessian_density: params", "float arrays", "<U4"],
+    ),
+    "numerical_grad with a negative step": (
+        lambda: fn.diff.numerical_grad(jnp.sum, jnp.ones(3), step=-1e-3),
+        ["numerical_grad: step", "> 0", "-0.001"],
+    ),
+    "complex_step_grad along a direction of another shape": (
+        lambda: fn.diff.complex_step_grad(jnp.sum, jnp.ones(3), direction=jnp.ones(2)),
+        ["complex_step_grad: direction must have the structure and shapes of x", "(2,)"],
+    ),
+    "per_example_grads of integer params": (
+        lambda: fn.diff.per_example_grads(lambda p, b: jnp.sum(p * b), jnp.arange(3), X[:, :3]),
+        ["per_example_grads: params", "float arrays", "int32"],
+    ),
+    "laplace of string params": (
+        lambda: fn.bayes.laplace(lambda p, x: x, {"w": "a"}, (X, Y)),
+        ["laplace: params", "float arrays", "<U1"],
+    ),
+    "params_ema with warmup 'no'": (
+        lambda: train.params_ema({"w": jnp.ones(2)}, 0.9, warmup="no"),
+        ["params_ema: warmup", "True or False", "'no'"],
+    ),
     "check_grads with a negative tolerance": (
         lambda: fn.diff.check_grads(lambda p: jnp.sum(p**2), jnp.ones(3), rtol=-1.0),
         ["check_grads: rtol", ">= 0", "-1.0"],

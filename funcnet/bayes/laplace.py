@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet._checks import check_int, check_positive
+from funcnet._checks import check_float_tree, check_int, check_positive
 from funcnet._keys import typed_key
 from funcnet._trees import path_name
 from funcnet.diff.modes import jacobian
@@ -424,6 +424,7 @@ def laplace(
             f"laplace: outputs_fn must be a function outputs_fn(params, x), got "
             f"{type(outputs_fn).__name__}{hint}"
         )
+    check_float_tree(owner, "params", params)
     if likelihood not in _LIKELIHOODS:
         raise ValueError(
             f"laplace: likelihood must be 'classification' or 'regression', got {likelihood!r:.80}"

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from funcnet._checks import check_int, check_positive
+from funcnet._checks import check_float_tree, check_int, check_positive
 from funcnet._trees import leading_size
 from funcnet.diff._linear_solve import conjugate_gradient
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
@@ -158,6 +158,7 @@ def _checked(
     if unknown:
         raise TypeError(f"{owner}: unknown solver settings {unknown}; known: {sorted(_SETTINGS)}")
     settings = {**_DEFAULTS, **solver}
+    check_float_tree(owner, "params", params)
     n_params = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
     _check(owner, method, curvature, damping, train, n_params, settings["max_params"])
     if method == "lissa":

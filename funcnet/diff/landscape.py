@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnet._checks import check_float_tree
 from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes, leading_size
 
@@ -125,7 +126,7 @@ def filter_normalize(direction: PyTree, params: PyTree, *, ignore_biases: bool =
         what="filter_normalize: the direction must have the params' structure and shapes",
         source="the direction",
     )
-    _check_float(params, what="filter_normalize: params")
+    check_float_tree("filter_normalize", "params", params)
     return _filter_normalize(direction, params, ignore_biases=ignore_biases)
 
 
@@ -169,7 +170,7 @@ def random_direction(
       The direction, shaped like `params`.
     """
     key = typed_key(key, caller="random_direction")
-    _check_float(params, what="random_direction: params")
+    check_float_tree("random_direction", "params", params)
     return _random_direction(
         key, params, filter_normalized=filter_normalized, ignore_biases=ignore_biases
     )
@@ -226,7 +227,7 @@ def linear_interpolation(
         what="linear_interpolation: params1 must have params0's structure and shapes",
         source="params1",
     )
-    _check_float(params0, what="linear_interpolation: params0")
+    check_float_tree("linear_interpolation", "params0", params0)
     alphas = _grid(alphas, _float_dtype(params0), name="alphas", caller="linear_interpolation")
     weights = jnp.stack([1 - alphas, alphas], axis=1)
     losses, metric = _on_grid(
@@ -397,25 +398,12 @@ def _group_sizes(groups: tuple[PyTree, ...]) -> list[tuple[int, int]]:
 # Checks of the input.
 
 
-def _check_float(tree: PyTree, *, what: str) -> None:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        raise ValueError(f"{what} has no arrays")
-    bad = [
-        str(jnp.result_type(leaf))
-        for leaf in leaves
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-    ]
-    if bad:
-        raise TypeError(f"{what} must hold float arrays, got dtypes {sorted(set(bad))}")
-
-
 def _float_dtype(params: PyTree) -> Any:
     return jnp.result_type(*jax.tree.leaves(params))
 
 
 def _check_directions(params: PyTree, directions: Sequence[PyTree], *, caller: str) -> None:
-    _check_float(params, what=f"{caller}: params")
+    check_float_tree(caller, "params", params)
     for i, direction in enumerate(directions):
         name = "the direction" if len(directions) == 1 else f"direction {i}"
         check_same_shapes(

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core
 
+from funcnet._checks import check_float_tree
 from funcnet.diff._taps import eval_tapped, find_eqn, find_uses, is_plain_dot
 from funcnet.diff.modes import jacobian
 
@@ -75,6 +76,7 @@ def empirical_ntk(
       Shape (n₁, n₂, out, out); (n₁, n₂) with `trace`; (n₁, out, out) with `diagonal`; (n₁,)
       with both.
     """
+    check_float_tree("empirical_ntk", "params", params)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):

@@ -19,6 +19,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_positive
+from funcnet._trees import differences
 
 PyTree = Any
 DifferenceMethod = Literal["central", "forward"]
@@ -74,6 +75,8 @@ def numerical_grad(
     _scalar_output(f, x, "numerical_grad")
     if method not in ("central", "forward"):
         raise ValueError(f"method must be 'central' or 'forward', got {method!r}")
+    if step is not None:
+        check_positive("numerical_grad", "step", step)
     if step is None:
         eps = float(jnp.finfo(flat.dtype).eps)
         base = eps ** (1 / 3) if method == "central" else eps ** (1 / 2)
@@ -130,6 +133,14 @@ def complex_step_grad(
     flat, unravel = _float_flat(x, "complex_step_grad")
     if step is None:
         step = float(jnp.finfo(flat.dtype).eps) ** 2
+    check_positive("complex_step_grad", "step", step)
+    if direction is not None:
+        lines = differences(x, direction, source="direction")
+        if lines:
+            raise ValueError(
+                "complex_step_grad: direction must have the structure and shapes of x: "
+                + "; ".join(lines)
+            )
     complex_dtype = jnp.result_type(flat.dtype, jnp.complex64)
 
     def along(d: PyTree) -> jax.Array:

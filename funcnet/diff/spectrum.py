@@ -24,9 +24,11 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from funcnet._checks import check_float_tree, check_int, check_positive
 from funcnet._keys import typed_key
 from funcnet._trees import leading_size
 
@@ -279,13 +281,15 @@ def hessian_eigs(
       order for Lanczos and in the order found for power iteration; eigenvectors a
       params-shaped pytree with a leading axis of size k.
     """
-    n = sum(leaf.size for leaf in jax.tree.leaves(params))
+    check_float_tree("hessian_eigs", "params", params)
+    n = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    k = check_int("hessian_eigs", "k", k)
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of parameters {n}, got {k}")
     if method not in ("lanczos", "power"):
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be positive, got {num_iters}")
+    num_iters = check_int("hessian_eigs", "num_iters", num_iters)
+    check_positive("hessian_eigs", "tol", tol, allow_zero=True)
     _check_batches(batches)
     if method == "lanczos":
         num_iters = min(max(num_iters, k), n)
@@ -333,8 +337,8 @@ def hessian_trace(
     Returns:
       `HessianTrace(estimate, stderr)`, two scalars.
     """
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be at least 2 for a standard error, got {num_samples}")
+    check_float_tree("hessian_trace", "params", params)
+    num_samples = check_int("hessian_trace", "num_samples", num_samples, minimum=2)
     _check_batches(batches)
     key = typed_key(key, caller="hessian_trace")
     return _hessian_trace(f, params, batches, key, num_samples=num_samples)
@@ -387,11 +391,10 @@ def hessian_density(
     Returns:
       `HessianDensity(nodes, weights)`, each of shape `(num_probes, m)`.
     """
-    n = sum(leaf.size for leaf in jax.tree.leaves(params))
-    if num_iters < 1 or num_probes < 1:
-        raise ValueError(
-            f"num_iters and num_probes must be positive, got {num_iters} and {num_probes}"
-        )
+    check_float_tree("hessian_density", "params", params)
+    n = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    num_iters = check_int("hessian_density", "num_iters", num_iters)
+    num_probes = check_int("hessian_density", "num_probes", num_probes)
     _check_batches(batches)
     key = typed_key(key, caller="hessian_density")
     return _hessian_density(

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import check_flag
+
 __all__ = ["ParamsEma", "ema_decay", "params_ema", "update_ema"]
 
 Array = jax.Array
@@ -70,7 +72,7 @@ def params_ema(params: PyTree, decay: float, *, warmup: bool = True) -> ParamsEm
         params=jax.tree.map(jnp.copy, params),
         count=jnp.zeros([], jnp.int32),
         decay=jnp.asarray(check_decay(decay), jnp.result_type(float)),
-        warmup=jnp.asarray(bool(warmup)),
+        warmup=jnp.asarray(check_flag("params_ema", "warmup", warmup)),
     )
 
 
