@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test test-min lint format bench soak clean
+.PHONY: demo test test-min lint format bench soak sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ SOAK_START ?= 0
 SOAK_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 soak: $(STAMP_TEST)
 	XLA_FLAGS="$(SOAK_XLA_FLAGS)" $(BIN)/python tests/soak.py --count $(SOAK_COUNT) --seed $(SOAK_SEED) --start $(SOAK_START)
+
+# Every argument of every layer, optimizer and curvature tool given bad values (tests/sweep.py);
+# an error raised anywhere but in funcnet's own checks is printed and the run exits non-zero.
+sweep: $(STAMP_TEST)
+	$(BIN)/python tests/sweep.py
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

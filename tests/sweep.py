@@ -1,0 +1,284 @@
+"""Sweep: every argument of every layer, optimizer and curvature tool, given bad values.
+
+Run with ``make sweep`` or ``python tests/sweep.py [--only NAME ...]``. Each argument of each
+public function is replaced, one at a time, by each of `BAD_VALUES` (a string, -1, 0, 1.5,
+None, NaN, True and a tuple) in an otherwise valid call, and the result is carried through
+``init`` and ``apply`` (layers), ``init`` and ``update`` (optimizers) or the call itself
+(curvature tools). Every call ends one of three ways:
+
+- ``accepted``: the value worked (many arguments take some of these values: 0 for a
+  decay, None for a default, True for a flag);
+- ``refused``: a ValueError or TypeError (a LayerError or CheckpointError among them) raised
+  by funcnet's own code: one line, or for trees of another structure a first line naming the
+  function and the argument, then one line per leaf at fault;
+- ``raw``: anything else, an error raised inside JAX or NumPy, an AttributeError or KeyError.
+
+`KNOWN_RAW` lists the raw outcomes left as they are, each with the reason. Any other raw
+outcome is printed with the call that gives it, and the exit status is 1. This file is not
+collected by pytest; ``tests/test_sweep.py`` runs the sweep on a few functions in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnet import bayes, diff, losses, nn, optim
+from funcnet.nn.core import Layer
+
+BAD_VALUES = ("a", -1, 0, 1.5, None, float("nan"), True, (2, -1))
+
+# (function, argument): why its raw outcome stays.
+KNOWN_RAW = {
+    ("batch_norm", "axis_name"): "a name no vmap or shard_map binds is JAX's NameError at apply",
+    ("muon", "muon_mask"): "a mask of another structure is JAX's pytree error at init",
+    ("per_example_grads", "batch"): "the loss, the caller's function, reads the batch",
+}
+# Arguments the sweep's own functions read: a bad value breaks the caller's code, not
+# funcnet's (params that the loss indexes, a model's inputs).
+CALLERS_OWN = frozenset({"params", "params0", "params1", "x", "x1", "x2", "train", "test", "data"})
+# Layers the sweep cannot build from sizes alone: combinators and wrappers take layers.
+NOT_LAYERS = {
+    "as_layer",
+    "checkpoint_name",
+    "fanout",
+    "from_function",
+    "layer_name",
+    "mixed_precision",
+    "parallel",
+    "policy",
+    "remat",
+    "remat_policy",
+    "repeat",
+    "repeat_to_serial",
+    "residual",
+    "serial",
+    "serial_to_repeat",
+    "summary",
+}
+# Optimizers that take an inner one, or are not transformations (schedules, helpers).
+NOT_OPTIMIZERS = {
+    "accepts_extra_args",
+    "apply_if_finite",
+    "apply_updates",
+    "bias_correction",
+    "chain",
+    "freeze",
+    "global_norm",
+    "identity",
+    "masked",
+    "multi_steps",
+    "set_to_zero",
+    "stateless",
+    "update_moment",
+    "with_extra_args_support",
+}
+KEY = jax.random.key(0)
+PARAMS = {"w": jnp.full((3, 2), 0.3), "b": jnp.full((2,), 0.1)}
+GRADS = {"w": jnp.full((3, 2), 0.1), "b": jnp.full((2,), -0.2)}
+LAYER_INPUTS = ((2, 8, 8, 4), (2, 6, 4), (2, 4))
+SIZE_NAMES = {"kernel_size", "window", "window_shape", "strides"}
+
+
+class Case:
+    """One public function, the valid call the sweep starts from, how to run a call to the
+    end (`finish`), and the arguments that the caller's own functions read (`caller_reads`),
+    where a bad value is the caller's function's error to raise."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable,
+        args: dict[str, Any],
+        finish: Callable,
+        caller_reads: frozenset[str] = frozenset(),
+    ):
+        self.name, self.fn, self.args, self.finish = name, fn, args, finish
+        self.caller_reads = caller_reads
+
+    def run(self, args: dict[str, Any]) -> None:
+        self.finish(self.fn(**args))
+
+
+def _required(fn: Callable, value: Callable[[str], Any]) -> dict[str, Any]:
+    """The required arguments of `fn`, each given `value(name)`."""
+    return {
+        name: value(name)
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _through_layer(layer: Any) -> None:
+    if not isinstance(layer, Layer):
+        raise TypeError(f"not a Layer: {type(layer).__name__}")
+    for shape in LAYER_INPUTS:
+        try:
+            _, params, state = layer.init(KEY, shape)
+        except nn.LayerError:
+            continue
+        layer.apply(params, state, jnp.ones(shape), key=KEY, train=True)
+        return
+
+
+def _through_optimizer(tx: Any) -> None:
+    tx.update(GRADS, tx.init(PARAMS), PARAMS)
+
+
+def layer_cases(only: set[str] | None = None) -> Iterator[Case]:
+    for name in sorted(nn.__all__):
+        fn = getattr(nn, name)
+        if not inspect.isfunction(fn) or name in NOT_LAYERS or (only and name not in only):
+            continue
+        args = _required(fn, lambda arg: (2, 2) if arg in SIZE_NAMES else 4)
+        case = Case(name, fn, args, _through_layer)
+        try:
+            case.run(args)
+        except Exception:
+            continue  # not a layer built from sizes (activations taking arrays, helpers)
+        yield case
+
+
+def optimizer_cases(only: set[str] | None = None) -> Iterator[Case]:
+    for name in sorted(optim.__all__):
+        fn = getattr(optim, name)
+        if not inspect.isfunction(fn) or name in NOT_OPTIMIZERS or (only and name not in only):
+            continue
+        args = _required(fn, lambda arg: KEY if arg == "key" else 0.5)
+        case = Case(name, fn, args, _through_optimizer)
+        try:
+            case.run(args)
+        except Exception:
+            continue  # needs extra args, an inner optimizer or matrices only
+        yield case
+
+
+def curvature_cases(only: set[str] | None = None) -> Iterator[Case]:
+    model = nn.serial(nn.dense(4), nn.tanh, nn.dense(3))
+    _, params, state = model.init(KEY, (1, 5))
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
+    y = np.arange(8) % 3
+    ce = losses.softmax_cross_entropy
+
+    def outputs(p, inputs):
+        return model.apply(p, state, inputs)[0]
+
+    def f(p):
+        return jnp.sum(jnp.tanh(p["w"]) ** 2) + jnp.sum(p["b"] ** 2)
+
+    def example_loss(p, batch):
+        return ce(outputs(p, batch[0]), batch[1])
+
+    p, train = PARAMS, (x, y)
+    calls = {
+        "hvp": (diff.hvp, dict(f=f, x=p, v=p)),
+        "gnvp": (diff.gnvp, dict(model_fn=lambda q: q["w"], loss_fn=jnp.sum, params=p, v=p)),
+        "hessian": (diff.hessian, dict(f=f, x=p)),
+        "flat_hessian": (diff.flat_hessian, dict(f=f, params=p)),
+        "jacobian": (diff.jacobian, dict(f=lambda q: q["w"] * 2, x=p)),
+        "hessian_eigs": (diff.hessian_eigs, dict(f=f, params=p, key=KEY, k=2)),
+        "hessian_trace": (diff.hessian_trace, dict(f=f, params=p, key=KEY)),
+        "hessian_density": (diff.hessian_density, dict(f=f, params=p, key=KEY)),
+        "numerical_grad": (diff.numerical_grad, dict(f=f, x=p)),
+        "complex_step_grad": (diff.complex_step_grad, dict(f=f, x=p)),
+        "random_direction": (diff.random_direction, dict(key=KEY, params=p)),
+        "filter_normalize": (diff.filter_normalize, dict(direction=p, params=p)),
+        "linear_interpolation": (
+            diff.linear_interpolation,
+            dict(f=f, params0=p, params1=p, alphas=[0.0, 1.0]),
+        ),
+        "loss_line": (diff.loss_line, dict(f=f, params=p, direction=p, alphas=[0.0, 1.0])),
+        "empirical_ntk": (diff.empirical_ntk, dict(f=outputs, params=params, x1=x, x2=x)),
+        "per_example_grads": (
+            diff.per_example_grads,
+            dict(loss=example_loss, params=params, batch=train),
+        ),
+        "influence": (
+            diff.influence,
+            dict(model=outputs, loss=ce, params=params, train=train, test=train, method="exact"),
+        ),
+        "self_influence": (
+            diff.self_influence,
+            dict(model=outputs, loss=ce, params=params, train=train),
+        ),
+        "laplace": (bayes.laplace, dict(outputs_fn=outputs, params=params, data=train)),
+    }
+    for name, (fn, args) in calls.items():
+        if not only or name in only:
+            yield Case(name, fn, args, lambda result: None, CALLERS_OWN)
+
+
+FAMILIES = {"layers": layer_cases, "optimizers": optimizer_cases, "curvature": curvature_cases}
+
+
+def outcome(case: Case, args: dict[str, Any]) -> tuple[str, str]:
+    """``(kind, detail)`` of one call: accepted, refused, or raw with the error and where."""
+    try:
+        case.run(args)
+    except (ValueError, TypeError) as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        message = str(err).strip()
+        if "/funcnet/" in frames[-1].filename:
+            return "refused", message
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}"
+        return "raw", f"{type(err).__name__} at {where}: {message.splitlines()[0][:120]}"
+    except Exception as err:  # classifying every fault is the point
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}"
+        return "raw", f"{type(err).__name__} at {where}: {str(err)[:120]}"
+    return "accepted", ""
+
+
+def sweep(cases: list[Case]) -> tuple[collections.Counter, list[str]]:
+    """Every argument of every case given every bad value; the counts of each kind of
+    outcome and the unexplained raw ones."""
+    counts: collections.Counter = collections.Counter()
+    faults = []
+    for case in cases:
+        for arg, parameter in inspect.signature(case.fn).parameters.items():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            for bad in BAD_VALUES:
+                kind, detail = outcome(case, {**case.args, arg: bad})
+                explained = (case.name, arg) in KNOWN_RAW or arg in case.caller_reads
+                if kind == "raw" and explained:
+                    kind = "raw, known"
+                counts[kind] += 1
+                if kind == "raw":
+                    faults.append(f"{case.name}({arg}={bad!r}): {detail}")
+    return counts, faults
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="sweep only these functions")
+    parser.add_argument("--families", nargs="*", choices=sorted(FAMILIES), default=None)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    status = 0
+    for family in args.families or sorted(FAMILIES):
+        cases = list(FAMILIES[family](set(args.only or ())))
+        counts, faults = sweep(cases)
+        total = sum(counts.values())
+        print(
+            f"{family}: {len(cases)} functions, {total} calls: "
+            + ", ".join(f"{counts[k]} {k}" for k in ("accepted", "refused", "raw, known", "raw"))
+        )
+        for fault in faults:
+            print(f"  raw: {fault}")
+        status |= bool(faults)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
