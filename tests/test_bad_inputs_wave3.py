@@ -375,6 +375,10 @@ CASES = {
         lambda: nn.serial(nn.dense(3), "relu"),
         ["serial", "a Layer or a function", "'relu'"],
     ),
+    "serial of a layer constructor not called": (
+        lambda: nn.serial(nn.dense(8), nn.flatten),
+        ["serial: flatten makes a layer", "flatten(...)"],
+    ),
     "repeat_to_serial with a number for the block": (
         lambda: nn.repeat_to_serial({}, 5),
         ["repeat_to_serial: block", "Layer or its kind", "int 5"],

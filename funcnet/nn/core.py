@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import contextvars
 import functools
+import inspect
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -218,12 +219,28 @@ def as_layer(layer: Layer | Callable[[Array], Array], *, owner: str | None = Non
     else raises one TypeError line, starting with `owner` (the combinator it was given to)."""
     if isinstance(layer, Layer):
         return layer
+    prefix = f"{owner}: " if owner else ""
     if not callable(layer):
         raise TypeError(
-            f"{owner + ': ' if owner else ''}expected a Layer or a function, got "
-            f"{type(layer).__name__} {layer!r:.40}"
+            f"{prefix}expected a Layer or a function, got {type(layer).__name__} {layer!r:.40}"
+        )
+    if _makes_a_layer(layer):
+        name = layer_name(layer)
+        raise TypeError(
+            f"{prefix}{name} makes a layer; pass the layer it returns, {name}(...), not the "
+            "function itself"
         )
     return from_function(layer)
+
+
+def _makes_a_layer(fn: Callable) -> bool:
+    """Whether `fn` is a layer constructor (``nn.flatten``, ``nn.dense``): its return
+    annotation is `Layer`. Given where a layer belongs, its call was forgotten."""
+    try:
+        annotation = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return False
+    return annotation is Layer or annotation == "Layer"
 
 
 def from_function(fn: Callable[[Array], Array], *, name: str | None = None) -> Layer:
