@@ -117,24 +117,6 @@ def check_function(owner: str, name: str, value: Any, *, optional: bool = False)
     raise TypeError(f"{owner}: {name} must be {allowed}, got {type(value).__name__} {value!r:.40}")
 
 
-def is_transformation(value: Any) -> bool:
-    """Whether `value` has callable ``init`` and ``update``: a gradient transformation,
-    funcnet's or optax's."""
-    return callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
-
-
-def check_transformation(owner: str, name: str, value: Any) -> None:
-    """Refuses a `value` that is not a gradient transformation (`is_transformation`), in one
-    TypeError line; a constructor not called (``adam`` for ``adam(1e-3)``) is told so."""
-    if is_transformation(value):
-        return
-    wanted = f"{owner}: {name} must be a gradient transformation (with init and update)"
-    if callable(value):
-        function = getattr(value, "__name__", type(value).__name__)
-        raise TypeError(f"{wanted}, got the function {function}; call it to make one")
-    raise TypeError(f"{wanted}, got {type(value).__name__} {value!r:.40}")
-
-
 def is_real(value: Any) -> bool:
     """Whether `value` is a real number to compare with bounds: Python's or NumPy's, not a
     bool (a string, None or a tuple would make the comparison itself raise)."""

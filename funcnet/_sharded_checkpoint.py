@@ -38,7 +38,6 @@ leaf by its path joined with ``.``; two paths that would share a name (``{"a.b":
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import pathlib
 import threading
@@ -52,6 +51,7 @@ from funcnet._keys import is_key
 from funcnet._trees import entry_name
 from funcnet.checkpoint import (
     CheckpointError,
+    _checked_metadata,
     _describe_leaf,
     _key_impl_name,
     _leaf_info,
@@ -220,13 +220,7 @@ def save_sharded(
     step = check_int("save_sharded", "step", step, minimum=0)
     if keep is not None:
         check_int("save_sharded", "keep", keep)
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
-    try:
-        metadata = json.loads(json.dumps(metadata))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+    metadata = _checked_metadata(metadata)
     _check_savable(tree)
     _check_writable(directory)
 

@@ -297,6 +297,18 @@ def _create_temporary(path: pathlib.Path) -> tuple[pathlib.Path, int]:
             continue
 
 
+def _checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """`metadata` ({} for None) as JSON gives it back; a TypeError line for anything that is
+    not a JSON-serialisable dict."""
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+
+
 def _check_destination(path: pathlib.Path) -> None:
     """Refuses, in one line, a `path` that is a folder or whose folder is missing or a file,
     before the temporary file is made."""
@@ -327,13 +339,7 @@ def save(path: PathLike, tree: PyTree, *, metadata: dict[str, Any] | None = None
       CheckpointError: `path` is a folder, or its folder is missing or a file.
     """
     path = pathlib.Path(path)
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
-    try:
-        metadata_json = json.loads(json.dumps(metadata))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+    metadata_json = _checked_metadata(metadata)
     if not is_leader():
         return path
 

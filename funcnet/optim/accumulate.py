@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from funcnet._checks import check_transformation
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -27,6 +26,7 @@ from funcnet.optim.base import (
     Updates,
     accepts_extra_args,
     check_fits,
+    check_transformation,
     increment,
 )
 

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import check_transformation
 from funcnet._trees import check_same_shapes
 
 __all__ = [
@@ -159,6 +158,24 @@ def stateless(rule: Callable[[Updates, Params | None], Updates]) -> GradientTran
 def identity() -> GradientTransformation:
     """The transformation that returns its updates unchanged: `u ← g`."""
     return stateless(lambda updates, params: updates)
+
+
+def is_transformation(value: Any) -> bool:
+    """Whether `value` has callable ``init`` and ``update``: a gradient transformation,
+    funcnet's or optax's."""
+    return callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
+
+
+def check_transformation(owner: str, name: str, value: Any) -> None:
+    """Refuses a `value` that is not a gradient transformation (`is_transformation`), in one
+    TypeError line; a constructor not called (``adam`` for ``adam(1e-3)``) is told so."""
+    if is_transformation(value):
+        return
+    wanted = f"{owner}: {name} must be a gradient transformation (with init and update)"
+    if callable(value):
+        function = getattr(value, "__name__", type(value).__name__)
+        raise TypeError(f"{wanted}, got the function {function}; call it to make one")
+    raise TypeError(f"{wanted}, got {type(value).__name__} {value!r:.40}")
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

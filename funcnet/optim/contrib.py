@@ -27,14 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from funcnet._checks import (
-    check_decay,
-    check_float_dtype,
-    check_int,
-    check_positive,
-    check_rate,
-    check_transformation,
-)
+from funcnet._checks import check_decay, check_float_dtype, check_int, check_positive, check_rate
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -47,6 +40,7 @@ from funcnet.optim.base import (
     bias_correction,
     chain,
     check_fits,
+    check_transformation,
     increment,
     update_moment,
     zeros_like,

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import check_positive, check_transformation
+from funcnet._checks import check_positive
 from funcnet.optim.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -24,6 +24,7 @@ from funcnet.optim.base import (
     Params,
     Updates,
     accepts_extra_args,
+    check_transformation,
     global_norm,
 )
 

@@ -22,7 +22,6 @@ from funcnet._checks import (
     check_int,
     check_positive,
     check_rate,
-    check_transformation,
 )
 from funcnet._keys import typed_key
 from funcnet.optim.base import (
@@ -35,6 +34,7 @@ from funcnet.optim.base import (
     Updates,
     accepts_extra_args,
     check_fits,
+    check_transformation,
     global_norm,
     increment,
     is_zero,

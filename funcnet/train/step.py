@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
-from funcnet._checks import check_flag, check_function, check_int, is_transformation
+from funcnet._checks import check_flag, check_function, check_int
 from funcnet._trees import is_shape
 from funcnet.losses import accuracy, label_check
 from funcnet.nn.core import Layer
@@ -35,6 +35,7 @@ from funcnet.optim import (
     apply_updates,
     global_norm,
 )
+from funcnet.optim.base import is_transformation
 from funcnet.train.batching import batch_plan, check_data, data_size, take
 from funcnet.train.ema import update_ema
 from funcnet.train.loss_scale import adjust, all_finite, scale_loss, unscale_grads
