@@ -467,6 +467,57 @@ CASES = {
         lambda: optim.schedule_free(1e-3, 1e-3),
         ["schedule_free: base_optimizer", "gradient transformation", "0.001"],
     ),
+    # The training and data helpers below `fit`.
+    "init_train_state with a string for the optimizer": (
+        lambda: train.init_train_state(MLP, "adam", KEY, (4, 5)),
+        ["init_train_state: optimizer", "gradient transformation", "'adam'"],
+    ),
+    "init_train_state of a number for the model": (
+        lambda: train.init_train_state(5, optim.adam(1e-3), KEY, (4, 5)),
+        ["init_train_state: model", "funcnet.nn.Layer", "int"],
+    ),
+    "init_train_state with a width for the input shape": (
+        lambda: train.init_train_state(MLP, optim.adam(1e-3), KEY, 5),
+        ["init_train_state: in_shape", "(128, 64)", "5"],
+    ),
+    "train_step of a number for the optimizer": (
+        lambda: train.train_step(MLP, 5, loss_fn=CE),
+        ["train_step: optimizer", "gradient transformation", "int"],
+    ),
+    "eval_step with no loss": (
+        lambda: train.eval_step(MLP, loss_fn=None),
+        ["eval_step: loss_fn", "a function", "None"],
+    ),
+    "steps_per_epoch with a fractional batch": (
+        lambda: train.steps_per_epoch((X, Y), 2.5),
+        ["steps_per_epoch: batch_size", "positive int", "2.5"],
+    ),
+    "shuffle with a seed for the key": (lambda: train.shuffle(5, 3), ["shuffle: key", "int"]),
+    "shuffle of -1 rows": (lambda: train.shuffle(KEY, -1), ["shuffle: n", "non-negative", "-1"]),
+    "shard_state onto a number": (
+        lambda: train.shard_state(mlp_state(), 5),
+        ["shard_state: mesh", "jax.sharding.Mesh", "int"],
+    ),
+    "data_mesh of a string": (
+        lambda: train.data_mesh("cpu"),
+        ["data_mesh: devices", "list of jax devices", "'cpu'"],
+    ),
+    "minibatches with a seed for the key": (
+        lambda: list(fn.data.minibatches((X, Y), 4, key=0)),
+        ["minibatches: key", "int"],
+    ),
+    "minibatches of 2.5 rows": (
+        lambda: list(fn.data.minibatches((X, Y), 2.5)),
+        ["minibatches: batch_size", "positive int", "2.5"],
+    ),
+    "digits with no test split": (
+        lambda: fn.data.digits(test_fraction=0),
+        ["digits: test_fraction", "(0, 1)", "0"],
+    ),
+    "char_corpus of a number": (
+        lambda: fn.data.char_corpus(5),
+        ["char_corpus: path", "a file path or None", "5"],
+    ),
     # Layout rules: their own arguments, before any mesh is seen.
     "fsdp with a negative min_size": (
         lambda: train.fsdp(min_size=-1),

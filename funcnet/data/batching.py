@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
+from funcnet._checks import check_int
+from funcnet._keys import typed_key
 from funcnet._trees import leading_size
 
 Array = jax.Array
@@ -26,8 +28,9 @@ def minibatches(
     """
     arrays = tuple(arrays)
     n = leading_size(arrays, what="minibatches: the arrays")
-    if batch_size < 1:
-        raise ValueError(f"minibatches: batch_size must be positive, got {batch_size}")
+    batch_size = check_int("minibatches", "batch_size", batch_size)
+    if key is not None:
+        key = typed_key(key, caller="minibatches")
     order = np.asarray(jax.random.permutation(key, n)) if key is not None else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):

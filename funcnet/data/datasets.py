@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet._checks import check_int, check_positive
+from funcnet._checks import check_int, check_positive, is_real
 from funcnet._keys import typed_key
 
 Array = jax.Array
@@ -76,6 +76,8 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0, images: bool = False) -
     Pixels are scaled to ``[0, 1]``. ``x`` has shape ``(n, 64)``, or ``(n, 8, 8, 1)`` with
     ``images=True``; labels are integers 0–9. The split is stratified and fixed by `seed`.
     """
+    if not is_real(test_fraction) or not 0 < test_fraction < 1:
+        raise ValueError(f"digits: test_fraction must lie in (0, 1), got {test_fraction!r:.40}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

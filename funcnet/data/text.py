@@ -8,6 +8,7 @@ Psalm 23 and Ecclesiastes 3:1–8.
 
 from __future__ import annotations
 
+import os
 import pathlib
 from importlib import resources
 from typing import NamedTuple
@@ -55,6 +56,8 @@ def decode(ids, vocab: str) -> str:
 
 def char_corpus(path: str | pathlib.Path | None = None) -> CharCorpus:
     """The bundled corpus (or the UTF-8 text file at `path`), its vocabulary and its ids."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise TypeError(f"char_corpus: path must be a file path or None, got {path!r:.40}")
     if path is None:
         text = resources.files("funcnet.data").joinpath("tiny_text.txt").read_text("utf-8")
     else:

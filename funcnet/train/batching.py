@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnet._checks import check_int
+from funcnet._keys import typed_key
 from funcnet._trees import leading_size, path_name
 
 __all__ = [
@@ -31,14 +33,14 @@ Array = jax.Array
 PyTree = Any
 
 
-def num_batches(n: int, batch_size: int) -> int:
+def num_batches(n: int, batch_size: int, *, owner: str = "num_batches") -> int:
     """``⌈n / batch_size⌉``, the number of steps in an epoch over `n` examples.
 
     `steps_per_epoch` counts them from the data set; this count from `n` is for callers
     that know only the number of rows (`batch_plan`, or a process holding a share).
+    `owner`: the public function a bad `batch_size` is reported for.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = check_int(owner, "batch_size", batch_size)
     if n < 1:
         raise ValueError("the data set is empty")
     return -(-n // batch_size)
@@ -48,7 +50,7 @@ def steps_per_epoch(data: tuple[PyTree, Array], batch_size: int) -> int:
     """The number of optimizer steps `fit` takes per epoch over ``data = (x, y)``:
     ``⌈n / batch_size⌉`` for `n` examples, the last batch ragged when `batch_size` does
     not divide `n`."""
-    return num_batches(data_size(data), batch_size)
+    return num_batches(data_size(data), batch_size, owner="steps_per_epoch")
 
 
 def shuffle(key: Array, n: int) -> Array:
@@ -58,6 +60,8 @@ def shuffle(key: Array, n: int) -> Array:
     stable sort, where `jax.random.permutation` sorts once per round of 32 bits. Two rows tie
     with probability below ``n² / 2⁶⁵``, and then keep their order.
     """
+    key = typed_key(key, caller="shuffle")
+    n = check_int("shuffle", "n", n, minimum=0)
     high, low = jax.random.bits(key, (2, n), jnp.uint32)
     return lax.sort((high, low, jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
 
@@ -69,7 +73,7 @@ def batch_plan(n: int, batch_size: int, key: Array | None = None) -> tuple[Array
     (int32) and ``weights`` (float32, 1 for real rows, 0 for the filler rows of the last
     batch), both of shape ``(B, batch_size)``.
     """
-    steps = num_batches(n, batch_size)
+    steps = num_batches(n, batch_size, owner="batch_plan")
     order = jnp.arange(n) if key is None else shuffle(key, n)
     slots = jnp.arange(steps * batch_size)
     indices = order[slots % n].astype(jnp.int32)

@@ -336,6 +336,8 @@ def constrain(state: PyTree, mesh: Mesh, rules: Rules | None, *, members: bool =
 def shard_state(state: PyTree, mesh: Mesh, rules: Rules | None = None) -> PyTree:
     """`state` (a `TrainState`, the same values in every process) put on `mesh` in the
     layout `state_shardings` gives: what `fit` does before training, for `make_step`."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"shard_state: mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     return place(state, state_shardings(state, mesh, rules))
 
 

@@ -50,7 +50,12 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
             raise ValueError(f"data_mesh: asked for {devices} devices, {len(everything)} exist")
         chosen = everything[:devices]
     else:
-        chosen = list(devices)
+        chosen = list(devices) if isinstance(devices, list | tuple) else []
+        if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+            raise TypeError(
+                f"data_mesh: devices must be None, a number of devices or a list of jax devices, "
+                f"got {devices!r:.60}"
+            )
     return Mesh(np.array(chosen), (DATA_AXIS,))
 
 

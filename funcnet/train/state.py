@@ -11,6 +11,7 @@ from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes
 from funcnet.nn.core import Layer
 from funcnet.optim import GradientTransformation
+from funcnet.optim.base import check_transformation
 from funcnet.train.ema import ParamsEma, params_ema
 from funcnet.train.loss_scale import DynamicLossScale
 
@@ -89,6 +90,16 @@ def init_train_state(
     `ema` (a decay in [0, 1)) starts a moving average of the params (`params_ema`, with
     `ema_warmup`); `loss_scale` (e.g. `dynamic_loss_scale()`) turns on loss scaling.
     """
+    if not isinstance(model, Layer):
+        raise TypeError(
+            f"init_train_state: model must be a funcnet.nn.Layer, got {type(model).__name__}"
+        )
+    check_transformation("init_train_state", "optimizer", optimizer)
+    if not isinstance(in_shape, tuple | list):
+        raise TypeError(
+            "init_train_state: in_shape must be the input's shape, batch axis first (e.g. "
+            f"(128, 64)), got {in_shape!r:.40}"
+        )
     init_key, state_key = jax.random.split(typed_key(key, caller="init_train_state"))
     _, params, model_state = model.init(init_key, tuple(in_shape))
     return TrainState(

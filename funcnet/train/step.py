@@ -346,6 +346,9 @@ def train_step(
     other optimizer is called as ``update(g, opt_state, θ)``, and its step is the same program
     as without this feature.
     """
+    check_optimizer("train_step", optimizer)
+    check_function("train_step", "loss_fn", loss_fn)
+    check_metrics("train_step", metrics)
     extra_args = accepts_extra_args(optimizer)
     accumulate = check_accumulate(accumulate)
 
@@ -642,6 +645,8 @@ def eval_step(
 
     The model runs with ``train=False`` (deterministic); metrics are ``{"loss", **metrics}``.
     """
+    check_function("eval_step", "loss_fn", loss_fn)
+    check_metrics("eval_step", metrics)
 
     def evaluate(params: PyTree, model_state: PyTree, batch: Batch) -> dict[str, Array]:
         x, y, w = unpack(batch)
