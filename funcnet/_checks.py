@@ -148,7 +148,7 @@ def check_float_dtype(owner: str, dtype: Any, *, name: str = "dtype") -> None:
 
 def check_float_tree(owner: str, name: str, tree: Any) -> None:
     """Refuses a pytree that holds no arrays, or a leaf that is not floating point (a string,
-    a bool, an integer array, None-less garbage), in one line naming the dtypes found."""
+    a bool, an integer array), in one line naming the dtypes found."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError(f"{owner}: {name} has no arrays")

@@ -416,12 +416,11 @@ def fit(
     transformation; `loss_fn`, each metric, `on_epoch_end` and `stop` functions (metrics not
     named ``loss``, ``grad_norm``, ``finite`` or ``fatal``, which the step reports itself);
     flags (`progress`, `grad_norm`, ...) bools; sizes (`epochs`, `batch_size`, `patience`,
-    ...) integers in range; the
-    data sets arrays of numbers (nested lists of numbers are turned into arrays), with no NaN
-    or ±inf; and the labels of both data sets what `loss_fn` takes, against the model's output
-    shape (`funcnet.losses.label_check`: integer classes in ``[0, classes)`` or one-hot
-    vectors for the class losses, 0/1 or ±1 for the binary ones). Inside the compiled epoch
-    nothing is checked per step.
+    ...) integers in range; the data sets arrays of numbers (nested lists of numbers are
+    turned into arrays), with no NaN or ±inf; and the labels of both data sets what `loss_fn`
+    takes, against the model's output shape (`funcnet.losses.label_check`: integer classes
+    in ``[0, classes)`` or one-hot vectors for the class losses, 0/1 or ±1 for the binary
+    ones). Inside the compiled epoch nothing is checked per step.
 
     Args:
       model: a `funcnet.nn.Layer`.
