@@ -76,9 +76,14 @@ def differences(expected: PyTree, found: PyTree, *, source: str) -> list[str]:
     return lines
 
 
-def check_same_shapes(expected: PyTree, found: PyTree, *, what: str, source: str) -> None:
-    """Raises a ValueError starting with `what` and listing every `differences` line."""
+def check_same_shapes(
+    expected: PyTree, found: PyTree, *, what: str, source: str, one_line: bool = False
+) -> None:
+    """Raises a ValueError starting with `what` and listing every `differences` line, each
+    on a line of its own, or with `one_line` after a colon, separated by semicolons."""
     lines = differences(expected, found, source=source)
+    if lines and one_line:
+        raise ValueError(f"{what}: {'; '.join(lines)}")
     if lines:
         raise ValueError("\n  ".join([what, *lines]))
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_function
-from funcnet._trees import differences
+from funcnet._trees import check_same_shapes
 
 PyTree = Any
 JacobianMode = Literal["auto", "fwd", "rev"]
@@ -188,7 +188,9 @@ def hvp(
       H·v, a pytree shaped like `x`.
     """
     check_function("hvp", "f", f)
-    _check_direction("hvp", "x", x, v)
+    check_same_shapes(
+        x, v, what="hvp: v must have the structure and shapes of x", source="v", one_line=True
+    )
     if mode == "fwd_rev":
         return jax.jvp(jax.grad(f), (x,), (v,))[1]
     if mode == "rev_rev":
@@ -196,15 +198,6 @@ def hvp(
     if mode == "rev_fwd":
         return jax.grad(lambda y: jax.jvp(f, (y,), (v,))[1])(x)
     raise ValueError(f"mode must be 'fwd_rev', 'rev_rev' or 'rev_fwd', got {mode!r}")
-
-
-def _check_direction(owner: str, name: str, point: PyTree, v: PyTree) -> None:
-    """Refuses, in one line, a direction `v` whose structure or shapes are not `point`'s."""
-    lines = differences(point, v, source="v")
-    if lines:
-        raise ValueError(
-            f"{owner}: v must have the structure and shapes of {name}: {'; '.join(lines)}"
-        )
 
 
 def gnvp(
@@ -237,7 +230,13 @@ def gnvp(
     """
     check_function("gnvp", "model_fn", model_fn)
     check_function("gnvp", "loss_fn", loss_fn)
-    _check_direction("gnvp", "params", params, v)
+    check_same_shapes(
+        params,
+        v,
+        what="gnvp: v must have the structure and shapes of params",
+        source="v",
+        one_line=True,
+    )
     z, model_jvp = jax.linearize(model_fn, params)
     hu = hvp(loss_fn, z, model_jvp(v))
     (gv,) = jax.linear_transpose(model_jvp, params)(hu)

@@ -19,7 +19,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from funcnet._checks import check_positive
-from funcnet._trees import differences
+from funcnet._trees import check_same_shapes
 
 PyTree = Any
 DifferenceMethod = Literal["central", "forward"]
@@ -135,12 +135,13 @@ def complex_step_grad(
         step = float(jnp.finfo(flat.dtype).eps) ** 2
     check_positive("complex_step_grad", "step", step)
     if direction is not None:
-        lines = differences(x, direction, source="direction")
-        if lines:
-            raise ValueError(
-                "complex_step_grad: direction must have the structure and shapes of x: "
-                + "; ".join(lines)
-            )
+        check_same_shapes(
+            x,
+            direction,
+            what="complex_step_grad: direction must have the structure and shapes of x",
+            source="direction",
+            one_line=True,
+        )
     complex_dtype = jnp.result_type(flat.dtype, jnp.complex64)
 
     def along(d: PyTree) -> jax.Array:

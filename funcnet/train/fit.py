@@ -34,7 +34,7 @@ from funcnet.train.loop import EpochCallback, History, Members, StopFn, run_loop
 from funcnet.train.loss_scale import DynamicLossScale, dynamic_loss_scale
 from funcnet.train.partition import Rules, as_rules, place, state_shardings
 from funcnet.train.sharding import check_mesh, place_data
-from funcnet.train.state import TrainState, check_train_state, init_train_state
+from funcnet.train.state import TrainState, check_model, check_train_state, init_train_state
 from funcnet.train.step import (
     LossFn,
     MetricFn,
@@ -42,7 +42,6 @@ from funcnet.train.step import (
     check_accumulate,
     check_labels,
     check_metrics,
-    check_model,
     check_not_empty,
     check_optimizer,
     frozen_shape,

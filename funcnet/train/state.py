@@ -73,6 +73,20 @@ def shuffle_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(state.key, 2 * state.step.astype(jnp.uint32) + 1)
 
 
+def check_model(where: str, model: Any) -> None:
+    """Refuses a `model` that is not a `funcnet.nn.Layer`, in one line naming `where`."""
+    if isinstance(model, Layer):
+        return
+    wanted = f"{where}: model must be a funcnet.nn.Layer (init, apply)"
+    if callable(model):
+        name = getattr(model, "__name__", type(model).__name__)
+        raise TypeError(
+            f"{wanted}, got the function {name}; a plain function x -> y becomes one with "
+            "funcnet.nn.from_function(fn)"
+        )
+    raise TypeError(f"{wanted}, got {type(model).__name__} {model!r:.40}")
+
+
 def init_train_state(
     model: Layer,
     optimizer: GradientTransformation,
@@ -90,10 +104,7 @@ def init_train_state(
     `ema` (a decay in [0, 1)) starts a moving average of the params (`params_ema`, with
     `ema_warmup`); `loss_scale` (e.g. `dynamic_loss_scale()`) turns on loss scaling.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(
-            f"init_train_state: model must be a funcnet.nn.Layer, got {type(model).__name__}"
-        )
+    check_model("init_train_state", model)
     check_transformation("init_train_state", "optimizer", optimizer)
     if not isinstance(in_shape, tuple | list):
         raise TypeError(

@@ -41,7 +41,7 @@ from funcnet.train.ema import update_ema
 from funcnet.train.loss_scale import adjust, all_finite, scale_loss, unscale_grads
 from funcnet.train.partition import Rules, as_rules, constrain
 from funcnet.train.sharding import batch_sharding, check_mesh
-from funcnet.train.state import TrainState, check_opt_state, step_key
+from funcnet.train.state import TrainState, check_model, check_opt_state, step_key
 
 __all__ = [
     "eval_step",
@@ -112,20 +112,6 @@ def batch_metrics(
         return jnp.sum(w * values) / jnp.where(total > 0, total, 1)
 
     return weighted_mean(loss_fn), {name: weighted_mean(fn) for name, fn in fns.items()}
-
-
-def check_model(where: str, model: Any) -> None:
-    """Refuses a `model` that is not a `funcnet.nn.Layer`, in one line naming `where`."""
-    if isinstance(model, Layer):
-        return
-    wanted = f"{where}: model must be a funcnet.nn.Layer (init, apply)"
-    if callable(model):
-        name = getattr(model, "__name__", type(model).__name__)
-        raise TypeError(
-            f"{wanted}, got the function {name}; a plain function x -> y becomes one with "
-            "funcnet.nn.from_function(fn)"
-        )
-    raise TypeError(f"{wanted}, got {type(model).__name__} {model!r:.40}")
 
 
 def check_metrics(where: str, metrics: Any) -> None:
