@@ -40,8 +40,6 @@ BAD_VALUES = ("a", -1, 0, 1.5, None, float("nan"), True, (2, -1))
 
 # (function, argument): why its raw outcome stays.
 KNOWN_RAW = {
-    ("batch_norm", "axis_name"): "a name no vmap or shard_map binds is JAX's NameError at apply",
-    ("muon", "muon_mask"): "a mask of another structure is JAX's pytree error at init",
     ("per_example_grads", "batch"): "the loss, the caller's function, reads the batch",
 }
 # Arguments the sweep's own functions read: a bad value breaks the caller's code, not

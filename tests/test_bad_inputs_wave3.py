@@ -355,6 +355,18 @@ CASES = {
         ),
         ["masked: the mask", "True or False", "int 1", "['a']"],
     ),
+    "masked with a mask of another structure": (
+        lambda: optim.masked(optim.adam(1e-3), {"a": True}).init(
+            {"a": jnp.ones(2), "b": jnp.ones(2)}
+        ),
+        ["masked: the mask", "prefix", "{'a': *}", "{'a': *, 'b': *}"],
+    ),
+    "muon with a mask of another structure": (
+        lambda: optim.muon(1e-3, muon_mask=[True, False]).init(
+            {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+        ),
+        ["muon: muon_mask", "prefix", "[*, *]", "{'b': *, 'w': *}"],
+    ),
     "masked of a number": (
         lambda: optim.masked(5, {"a": True}),
         ["masked: inner", "gradient transformation", "int 5"],
@@ -420,6 +432,12 @@ CASES = {
     "batch_norm with a numbered axis": (
         lambda: nn.batch_norm(axis_name=0),
         ["batch_norm: axis_name", "mapped axis", "0"],
+    ),
+    "batch_norm applied with its axis unbound": (
+        lambda: (
+            lambda layer: layer.apply(*layer.init(KEY, (4, 3))[1:], jnp.ones((4, 3)), train=True)
+        )(nn.batch_norm(axis_name="batch")),
+        ["batch_norm", "axis_name 'batch'", "no enclosing vmap", "axis_name=None"],
     ),
     "dropout with rate None": (lambda: nn.dropout(None), ["dropout: rate", "[0, 1)", "None"]),
     "lstm with a dropout string": (

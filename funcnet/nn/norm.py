@@ -215,7 +215,15 @@ def batch_norm(
         count = x.size // x.shape[-1]
         mean = jnp.mean(wide, axes)
         if axis_name is not None:
-            mean = lax.pmean(mean, axis_name)
+            try:
+                mean = lax.pmean(mean, axis_name)
+            except NameError:
+                raise LayerError(
+                    "batch_norm",
+                    f"axis_name {axis_name!r} is bound by no enclosing vmap, pmap or shard_map: "
+                    "apply the layer under one that names this axis, or build it with "
+                    "axis_name=None",
+                ) from None
             count = count * lax.psum(1, axis_name)
         if isinstance(count, int) and count < 2:
             what = "training" if train else "normalising with batch statistics"

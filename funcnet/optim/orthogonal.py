@@ -36,6 +36,7 @@ from funcnet.optim.transforms import (
     MomentsState,
     _adam_moments,
     add_decayed_weights,
+    checked_mask,
     masked,
     scale_by_learning_rate,
 )
@@ -303,7 +304,7 @@ def muon(
             else:
                 chosen = jax.tree.map(lambda x: jnp.ndim(x) == 2, tree)
         else:
-            mask = muon_mask(tree) if callable(muon_mask) else muon_mask
+            mask = checked_mask("muon", "muon_mask", muon_mask, tree)
             chosen = jax.tree.map(lambda m, sub: jax.tree.map(lambda x: bool(m), sub), mask, tree)
         picked = jax.tree.map(lambda m, x: x if m else None, chosen, tree)
         _refuse_non_matrices("muon", picked, advice)

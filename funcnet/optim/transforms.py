@@ -892,6 +892,33 @@ class MaskedState(NamedTuple):
     inner_state: OptState
 
 
+def checked_mask(
+    owner: str, name: str, mask: PyTree | Callable[[Params], PyTree], tree: PyTree
+) -> PyTree:
+    """`mask`, or ``mask(tree)`` for a function, checked against `tree`: a tree of static
+    bools with `tree`'s structure or a prefix of it, else a ValueError naming `owner`, `name`
+    and where it is wrong."""
+    selected = mask(tree) if callable(mask) else mask
+    if selected is None:
+        raise ValueError(f"{owner}: {name} is None; give a tree of True/False or a function")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(selected):
+        if not _is_static_bool(leaf):
+            where = jax.tree_util.keystr(path) or "its root"
+            raise ValueError(
+                f"{owner}: {name} must hold True or False at every leaf, got "
+                f"{type(leaf).__name__} {leaf!r:.40} at {where}"
+            )
+    structure = jax.tree.structure(selected)
+    try:
+        structure.flatten_up_to(tree)
+    except ValueError:
+        raise ValueError(
+            f"{owner}: {name} must have the params' structure or a prefix of it, got "
+            f"{structure!s:.200} for params {jax.tree.structure(tree)!s:.200}"
+        ) from None
+    return selected
+
+
 def masked(
     inner: GradientTransformation, mask: PyTree | Callable[[Params], PyTree]
 ) -> GradientTransformation:
@@ -919,17 +946,7 @@ def masked(
     check_transformation("masked", "inner", inner)
 
     def mask_tree(tree: PyTree) -> PyTree:
-        selected = mask(tree) if callable(mask) else mask
-        if selected is None:
-            raise ValueError("masked: the mask is None; give a tree of True/False or a function")
-        for path, leaf in jax.tree_util.tree_leaves_with_path(selected):
-            if not _is_static_bool(leaf):
-                where = jax.tree_util.keystr(path) or "its root"
-                raise ValueError(
-                    f"masked: the mask must hold True or False at every leaf, got "
-                    f"{type(leaf).__name__} {leaf!r:.40} at {where}"
-                )
-        return selected
+        return checked_mask("masked", "the mask", mask, tree)
 
     def keep_selected(tree: PyTree, selected: PyTree) -> PyTree:
         return jax.tree.map(lambda m, x: x if m else MaskedNode(), selected, tree)
