@@ -123,6 +123,15 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
+def check_probability(owner: str, name: str, value: Any, *, of: str) -> None:
+    """Refuses a probability (of `of`: dropping a unit, say) that is not a number in [0, 1):
+    a Python or NumPy number, since the layers branch on it before tracing."""
+    if not is_real(value) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"{owner}: {name} is the probability of {of} and must lie in [0, 1), got {value!r:.40}"
+        )
+
+
 def check_finite(owner: str, name: str, value: Any) -> None:
     """Refuses a value that is not a finite real number or array of them (any sign)."""
     values = _real_values(owner, name, value, "a finite number")

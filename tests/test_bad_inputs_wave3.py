@@ -439,6 +439,14 @@ CASES = {
         )(nn.batch_norm(axis_name="batch")),
         ["batch_norm", "axis_name 'batch'", "no enclosing vmap", "axis_name=None"],
     ),
+    "transformer_block with a dropout rate of 2": (
+        lambda: nn.transformer_block(2, 8, dropout_rate=2.0),
+        ["transformer_block: dropout_rate", "[0, 1)", "2.0"],
+    ),
+    "transformer_block with a string attention dropout rate": (
+        lambda: nn.transformer_block(2, 8, attention_dropout_rate="0.1"),
+        ["transformer_block: attention_dropout_rate", "[0, 1)", "'0.1'"],
+    ),
     "dropout with rate None": (lambda: nn.dropout(None), ["dropout: rate", "[0, 1)", "None"]),
     "lstm with a dropout string": (
         lambda: nn.lstm(4, num_layers=2, dropout="0.1"),

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnet._checks import check_float_dtype, check_int, is_real
+from funcnet._checks import check_float_dtype, check_int, check_probability
 from funcnet._trees import is_shape
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu, softmax
@@ -56,6 +56,7 @@ __all__ = ["cross_attention", "multi_head_attention", "transformer_block"]
 Array = jax.Array
 
 _SELF_FORM = "x, (x, mask) or (x, mask, attention_mask)"
+_DROPPING_WEIGHT = "dropping an attention weight"
 _CROSS_FORM = (
     "(x, context), (x, context, context_mask) or (x, context, context_mask, attention_mask)"
 )
@@ -161,14 +162,6 @@ def _output(parts: list, y, weights=None):
     with `weights` (the attention weights, or their shape) the pair ``(output, weights)``."""
     out = y if len(parts) == 1 else (y, *parts[1:])
     return out if weights is None else (out, weights)
-
-
-def _check_rate(kind: str, rate: float) -> None:
-    if not is_real(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(
-            f"{kind}: dropout_rate is the probability of dropping an attention weight and must "
-            f"lie in [0, 1), got {rate}"
-        )
 
 
 def _check_heads(kind: str, num_heads: int, head_dim: int | None) -> tuple[int, int | None]:
@@ -309,7 +302,7 @@ def multi_head_attention(
     """
     kind = "multi_head_attention"
     num_heads, head_dim = _check_heads(kind, num_heads, head_dim)
-    _check_rate(kind, dropout_rate)
+    check_probability(kind, "dropout_rate", dropout_rate, of=_DROPPING_WEIGHT)
     if cache_length is not None:
         cache_length = check_int(kind, "cache_length", cache_length)
         if not causal:
@@ -429,7 +422,7 @@ def cross_attention(
     """
     kind = "cross_attention"
     num_heads, head_dim = _check_heads(kind, num_heads, head_dim)
-    _check_rate(kind, dropout_rate)
+    check_probability(kind, "dropout_rate", dropout_rate, of=_DROPPING_WEIGHT)
     w_init, b_init = initializers.named(kind, w_init=w_init, b_init=b_init)
     check_float_dtype(kind, dtype)
 
@@ -510,6 +503,10 @@ def transformer_block(
     """
     num_heads = check_int("transformer_block", "num_heads", num_heads)
     mlp_dim = check_int("transformer_block", "mlp_dim", mlp_dim)
+    check_probability("transformer_block", "dropout_rate", dropout_rate, of="dropping a unit")
+    check_probability(
+        "transformer_block", "attention_dropout_rate", attention_dropout_rate, of=_DROPPING_WEIGHT
+    )
     norm_1, norm_2 = layer_norm(eps=eps), layer_norm(eps=eps)
     attention = multi_head_attention(
         num_heads,

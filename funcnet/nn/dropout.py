@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import is_real
+from funcnet._checks import check_probability
 from funcnet.nn.activations import SELU_ALPHA, SELU_SCALE
 from funcnet.nn.core import Layer, LayerError, check_floating
 
@@ -18,13 +18,6 @@ Array = jax.Array
 
 # The value SELU saturates to for large negative inputs, -λα: alpha dropout's "dropped" value.
 _SELU_FLOOR = -SELU_SCALE * SELU_ALPHA
-
-
-def _check_rate(kind: str, rate: float) -> None:
-    if not is_real(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(
-            f"{kind}: rate is the probability of dropping and must lie in [0, 1), got {rate}"
-        )
 
 
 def _random_mask(kind: str, rate: float, drop: Callable[[Array, Array], Array]) -> Layer:
@@ -58,7 +51,7 @@ def dropout(rate: float) -> Layer:
     element from `key`, so ``E[y] = x``. ``train=False``: ``y = x``. Any input shape; output
     the same. No params. A key is required in training unless ``rate = 0``.
     """
-    _check_rate("dropout", rate)
+    check_probability("dropout", "rate", rate, of="dropping")
 
     def drop(x, keep):
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
@@ -78,7 +71,7 @@ def alpha_dropout(rate: float) -> Layer:
     so an input with mean 0 and variance 1 keeps them. ``train=False``: ``y = x``. Any input
     shape; output the same. No params. A key is required in training unless ``rate = 0``.
     """
-    _check_rate("alpha_dropout", rate)
+    check_probability("alpha_dropout", "rate", rate, of="dropping")
     q = 1.0 - rate
     a = 1.0 / math.sqrt(q + _SELU_FLOOR**2 * q * (1.0 - q))
     b = -a * _SELU_FLOOR * (1.0 - q)

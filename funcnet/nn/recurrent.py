@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-from funcnet._checks import check_float_dtype, check_int, is_real
+from funcnet._checks import check_float_dtype, check_int, check_probability, is_real
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
 
@@ -138,11 +138,7 @@ def _recurrent(
     num_layers = check_int(kind, "num_layers", num_layers)
     if unroll is not None:
         unroll = check_int(kind, "unroll", unroll)
-    if not is_real(dropout) or not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            f"{kind}: dropout is the probability of dropping a unit between layers and must "
-            f"lie in [0, 1), got {dropout}"
-        )
+    check_probability(kind, "dropout", dropout, of="dropping a unit between layers")
     if dropout > 0 and num_layers == 1:
         warnings.warn(
             f"{kind}: dropout acts between stacked layers and has no effect with num_layers=1",
