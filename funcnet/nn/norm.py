@@ -321,8 +321,6 @@ def rms_norm(
     ``elementwise_affine=False``.
     """
     axes = _norm_axes("rms_norm", axes)
-    if eps is not None and (not is_real(eps) or not eps >= 0):
-        raise ValueError(f"rms_norm: eps must be >= 0 (or None), got {eps!r:.40}")
     scale_init, bias_init = _affine_inits("rms_norm", scale_init, bias_init, dtype, eps)
 
     init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)

@@ -364,7 +364,7 @@ def test_bad_axes_are_refused_by_name(make, axes):
 
 
 def test_norm_shape_and_setting_errors_name_the_layer_and_the_shapes():
-    with pytest.raises(ValueError, match=r"rms_norm: eps must be >= 0"):
+    with pytest.raises(ValueError, match=r"rms_norm: eps must be a finite number >= 0"):
         rms_norm(eps=-1e-6)
     with pytest.raises(nn.LayerError, match=r"^rms_norm: expected .*axes \(-3, -1\).*\(4, 5\)"):
         rms_norm(axes=(-3, -1)).init(_key(), (4, 5))
