@@ -69,7 +69,7 @@ SOAK_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensiv
 soak: $(STAMP_TEST)
 	XLA_FLAGS="$(SOAK_XLA_FLAGS)" $(BIN)/python tests/soak.py --count $(SOAK_COUNT) --seed $(SOAK_SEED) --start $(SOAK_START)
 
-# Every argument of every layer, optimizer and curvature tool given bad values (tests/sweep.py);
+# Every argument of every layer, optimizer, curvature tool and loss given bad values (tests/sweep.py);
 # an error raised anywhere but in funcnet's own checks is printed and the run exits non-zero.
 sweep: $(STAMP_TEST)
 	$(BIN)/python tests/sweep.py

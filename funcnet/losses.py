@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet._checks import check_positive
+from funcnet._checks import check_finite, check_flag, check_positive, is_real
 from funcnet._precision import at_least_float32
 from funcnet.nn.activations import log_softmax, softplus
 
@@ -50,14 +50,17 @@ Array = jax.Array
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _reduce(values: Array, reduction: str) -> Array:
-    """Reduces per-element losses `values`, shape ``(batch, ...)``, by the module's rule.
+def _reduce(owner: str, values: Array, reduction: str) -> Array:
+    """Reduces per-element losses `values` of the loss `owner`, shape ``(batch, ...)``, by the
+    module's rule.
 
     ``ℓ_i = mean_j values[i, j…]``, then ``mean_i ℓ_i`` ("mean"), ``Σ_i ℓ_i`` ("sum") or ``ℓ``
     of shape ``(batch,)`` ("none"). A 0-d `values` is one unbatched example, returned as is.
     """
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(
+            f"{owner}: reduction must be 'mean', 'sum' or 'none', got {reduction!r:.40}"
+        )
     if values.ndim == 0:
         return values
     per_example = jnp.mean(values, axis=tuple(range(1, values.ndim)))
@@ -66,6 +69,13 @@ def _reduce(values: Array, reduction: str) -> Array:
     if reduction == "sum":
         return jnp.sum(per_example)
     return per_example
+
+
+def _check_array(name: str, what: str, x: Any) -> None:
+    """Refuses an input that is neither an array (JAX's or NumPy's) nor a real number: a
+    string, None, a bool, a list or a tuple, in one line naming the loss and the argument."""
+    if not (isinstance(x, jax.Array | np.ndarray) or is_real(x)):
+        raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__} {x!r:.40}")
 
 
 def _check_not_empty(name: str, what: str, x: Array) -> None:
@@ -80,6 +90,8 @@ def _check_not_empty(name: str, what: str, x: Array) -> None:
 def _check_same_shape(
     name: str, predictions: Array, targets: Array, what: str = "predictions"
 ) -> None:
+    _check_array(name, what, predictions)
+    _check_array(name, "targets" if what == "predictions" else "labels", targets)
     if jnp.shape(predictions) != jnp.shape(targets):
         raise ValueError(
             f"{name}: predictions of shape {jnp.shape(predictions)} and targets of shape "
@@ -101,7 +113,7 @@ def mse(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array
     """
     _check_same_shape("mse", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
-    return _reduce(jnp.square(predictions - targets), reduction)
+    return _reduce("mse", jnp.square(predictions - targets), reduction)
 
 
 def mae(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array:
@@ -112,7 +124,7 @@ def mae(predictions: Array, targets: Array, *, reduction: str = "mean") -> Array
     """
     _check_same_shape("mae", predictions, targets)
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
-    return _reduce(jnp.abs(predictions - targets), reduction)
+    return _reduce("mae", jnp.abs(predictions - targets), reduction)
 
 
 def huber(
@@ -128,7 +140,7 @@ def huber(
     predictions, targets = at_least_float32(predictions), at_least_float32(targets)
     r = jnp.abs(predictions - targets)
     quadratic = jnp.minimum(r, delta)
-    return _reduce(0.5 * quadratic**2 + delta * (r - quadratic), reduction)
+    return _reduce("huber", 0.5 * quadratic**2 + delta * (r - quadratic), reduction)
 
 
 def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
@@ -145,7 +157,7 @@ def binary_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean
     _check_probability_labels("binary_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
     labels = labels.astype(logits.dtype)
-    return _reduce(softplus(logits) - labels * logits, reduction)
+    return _reduce("binary_cross_entropy", softplus(logits) - labels * logits, reduction)
 
 
 def logistic_loss(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
@@ -159,7 +171,7 @@ def logistic_loss(logits: Array, labels: Array, *, reduction: str = "mean") -> A
     """
     _check_margin_labels("logistic_loss", logits, labels, "logits")
     logits, labels = at_least_float32(logits), at_least_float32(labels)
-    return _reduce(softplus(-labels.astype(logits.dtype) * logits), reduction)
+    return _reduce("logistic_loss", softplus(-labels.astype(logits.dtype) * logits), reduction)
 
 
 def _check_label_range(name: str, labels: Array, bounds: tuple[float, float], hint: str) -> None:
@@ -202,8 +214,11 @@ def _check_labels(
 ) -> None:
     """Refuses labels that are neither integer classes of shape ``logits.shape[:-1]`` nor (where
     `one_hot`) vectors of the logits' shape."""
+    _check_array(name, what, logits)
+    _check_array(name, "labels", labels)
+    logits, labels = _with_shape(logits), _with_shape(labels)
     if logits.ndim == 0:
-        raise ValueError(f"{name}: logits need a class axis, got a scalar")
+        raise ValueError(f"{name}: {what} need a class axis, got a scalar")
     _check_not_empty(name, what, logits)
     if labels.ndim == logits.ndim:
         if not one_hot:
@@ -233,6 +248,11 @@ def _check_labels(
                 f"{name}: labels must lie in [0, {logits.shape[-1]}) for logits with "
                 f"{logits.shape[-1]} classes; got values in [{values.min()}, {values.max()}]"
             )
+
+
+def _with_shape(x: Any) -> Any:
+    """`x`, or a Python number as a NumPy array (which has a shape and a dtype)."""
+    return x if isinstance(x, jax.Array | np.ndarray) else np.asarray(x)
 
 
 def _pick(values: Array, labels: Array) -> Array:
@@ -272,7 +292,9 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, reduction: str = "mea
     """
     _check_labels("softmax_cross_entropy", logits, labels)
     logits, labels = at_least_float32(logits), at_least_float32(labels)
-    return _reduce(-_log_probs_of_labels(log_softmax(logits), labels), reduction)
+    return _reduce(
+        "softmax_cross_entropy", -_log_probs_of_labels(log_softmax(logits), labels), reduction
+    )
 
 
 def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
@@ -285,7 +307,7 @@ def nll(log_probs: Array, labels: Array, *, reduction: str = "mean") -> Array:
     """
     _check_labels("nll", log_probs, labels, what="log_probs")
     log_probs, labels = at_least_float32(log_probs), at_least_float32(labels)
-    return _reduce(-_log_probs_of_labels(log_probs, labels), reduction)
+    return _reduce("nll", -_log_probs_of_labels(log_probs, labels), reduction)
 
 
 def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
@@ -296,7 +318,7 @@ def hinge(scores: Array, labels: Array, *, reduction: str = "mean") -> Array:
     """
     _check_margin_labels("hinge", scores, labels, "scores")
     scores, labels = at_least_float32(scores), at_least_float32(labels)
-    return _reduce(_positive_part(1.0 - labels.astype(scores.dtype) * scores), reduction)
+    return _reduce("hinge", _positive_part(1.0 - labels.astype(scores.dtype) * scores), reduction)
 
 
 def multiclass_hinge(
@@ -310,18 +332,21 @@ def multiclass_hinge(
     NaN loss for a label out of range under `jit`). Returns a scalar, or shape ``(batch,)`` for
     "none".
     """
+    check_finite("multiclass_hinge", "margin", margin)
     _check_labels("multiclass_hinge", scores, labels, one_hot=False, what="scores")
     scores = at_least_float32(scores)
     true = _pick(scores, labels)[..., None]
     margins = _positive_part(margin - true + scores)
     margins = jnp.where(jax.nn.one_hot(labels, scores.shape[-1], dtype=bool), 0.0, margins)
-    return _reduce(jnp.mean(margins, axis=-1), reduction)
+    return _reduce("multiclass_hinge", jnp.mean(margins, axis=-1), reduction)
 
 
 def l1_penalty(params: Any, *, biases: bool = True) -> Array:
     """``‖θ‖₁ = Σ |θ_i|`` over the leaves of a params pytree; ``biases=False`` leaves out
     the leaves with fewer than two dimensions, as `l2_penalty`."""
-    return sum((jnp.sum(jnp.abs(leaf)) for leaf in _penalised(params, biases)), jnp.zeros(()))
+    return sum(
+        (jnp.sum(jnp.abs(leaf)) for leaf in _penalised("l1_penalty", params, biases)), jnp.zeros(())
+    )
 
 
 def l2_penalty(params: Any, *, biases: bool = True) -> Array:
@@ -334,13 +359,18 @@ def l2_penalty(params: Any, *, biases: bool = True) -> Array:
     do not multiply the input, so shrinking them does not make the function smoother.
     """
     return 0.5 * sum(
-        (jnp.sum(jnp.square(leaf)) for leaf in _penalised(params, biases)), jnp.zeros(())
+        (jnp.sum(jnp.square(leaf)) for leaf in _penalised("l2_penalty", params, biases)),
+        jnp.zeros(()),
     )
 
 
-def _penalised(params: Any, biases: bool) -> list[Array]:
-    """The leaves a penalty counts: all, or (``biases=False``) those of two dimensions or more;
-    half precision in float32, where the sum of squares does not overflow."""
+def _penalised(owner: str, params: Any, biases: bool) -> list[Array]:
+    """The leaves the penalty `owner` counts: all, or (``biases=False``) those of two
+    dimensions or more; half precision in float32, where the sum of squares does not
+    overflow."""
+    biases = check_flag(owner, "biases", biases)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        _check_array(owner, f"params{jax.tree_util.keystr(path)}", leaf)
     return [
         at_least_float32(leaf) for leaf in jax.tree.leaves(params) if biases or jnp.ndim(leaf) >= 2
     ]
@@ -348,6 +378,9 @@ def _penalised(params: Any, biases: bool) -> list[Array]:
 
 def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of examples whose arg-max class equals the label (integer or one-hot)."""
+    _check_array("accuracy", "logits", logits)
+    _check_array("accuracy", "labels", labels)
+    logits, labels = _with_shape(logits), _with_shape(labels)
     _check_not_empty("accuracy", "logits", logits)
     if labels.ndim == logits.ndim:
         labels = jnp.argmax(labels, axis=-1)

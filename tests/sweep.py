@@ -1,10 +1,10 @@
-"""Sweep: every argument of every layer, optimizer and curvature tool, given bad values.
+"""Sweep: every argument of every layer, optimizer, curvature tool and loss, given bad values.
 
 Run with ``make sweep`` or ``python tests/sweep.py [--only NAME ...]``. Each argument of each
 public function is replaced, one at a time, by each of `BAD_VALUES` (a string, -1, 0, 1.5,
 None, NaN, True and a tuple) in an otherwise valid call, and the result is carried through
 ``init`` and ``apply`` (layers), ``init`` and ``update`` (optimizers) or the call itself
-(curvature tools). Every call ends one of three ways:
+(curvature tools and losses). Every call ends one of three ways:
 
 - ``accepted``: the value worked (many arguments take some of these values: 0 for a
   decay, None for a default, True for a flag);
@@ -216,7 +216,42 @@ def curvature_cases(only: set[str] | None = None) -> Iterator[Case]:
             yield Case(name, fn, args, lambda result: None, CALLERS_OWN)
 
 
-FAMILIES = {"layers": layer_cases, "optimizers": optimizer_cases, "curvature": curvature_cases}
+def loss_cases(only: set[str] | None = None) -> Iterator[Case]:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 3)).astype(np.float32)
+    classes, signs = np.array([0, 1, 2, 0]), np.array([1.0, -1.0, 1.0, -1.0], np.float32)
+    bits = (rng.uniform(size=(4, 3)) > 0.5).astype(np.float32)
+    calls = {
+        "mse": (losses.mse, dict(predictions=scores, targets=scores[::-1])),
+        "mae": (losses.mae, dict(predictions=scores, targets=scores[::-1])),
+        "huber": (losses.huber, dict(predictions=scores, targets=scores[::-1])),
+        "binary_cross_entropy": (losses.binary_cross_entropy, dict(logits=scores, labels=bits)),
+        "logistic_loss": (losses.logistic_loss, dict(logits=scores[:, 0], labels=signs)),
+        "hinge": (losses.hinge, dict(scores=scores[:, 0], labels=signs)),
+        "softmax_cross_entropy": (
+            losses.softmax_cross_entropy,
+            dict(logits=scores, labels=classes),
+        ),
+        "nll": (
+            losses.nll,
+            dict(log_probs=np.log(np.full((4, 3), 1 / 3, np.float32)), labels=classes),
+        ),
+        "multiclass_hinge": (losses.multiclass_hinge, dict(scores=scores, labels=classes)),
+        "accuracy": (losses.accuracy, dict(logits=scores, labels=classes)),
+        "l1_penalty": (losses.l1_penalty, dict(params=PARAMS)),
+        "l2_penalty": (losses.l2_penalty, dict(params=PARAMS)),
+    }
+    for name, (fn, args) in calls.items():
+        if not only or name in only:
+            yield Case(name, fn, args, jax.block_until_ready)
+
+
+FAMILIES = {
+    "layers": layer_cases,
+    "optimizers": optimizer_cases,
+    "curvature": curvature_cases,
+    "losses": loss_cases,
+}
 
 
 def outcome(case: Case, args: dict[str, Any]) -> tuple[str, str]:

@@ -439,6 +439,26 @@ CASES = {
         )(nn.batch_norm(axis_name="batch")),
         ["batch_norm", "axis_name 'batch'", "no enclosing vmap", "axis_name=None"],
     ),
+    "softmax_cross_entropy on lists": (
+        lambda: losses.softmax_cross_entropy([[0.0, 1.0]], [1]),
+        ["softmax_cross_entropy: logits", "must be an array", "list"],
+    ),
+    "multiclass_hinge with a string margin": (
+        lambda: losses.multiclass_hinge(jnp.ones((2, 3)), jnp.array([0, 1]), margin="1"),
+        ["multiclass_hinge: margin", "finite number", "'1'"],
+    ),
+    "multiclass_hinge with a NaN margin": (
+        lambda: losses.multiclass_hinge(jnp.ones((2, 3)), jnp.array([0, 1]), margin=float("nan")),
+        ["multiclass_hinge: margin", "finite number", "nan"],
+    ),
+    "l2_penalty with biases as a string": (
+        lambda: losses.l2_penalty({"w": jnp.ones((2, 2))}, biases="False"),
+        ["l2_penalty: biases", "'False'"],
+    ),
+    "mse with an unknown reduction": (
+        lambda: losses.mse(jnp.ones(2), jnp.ones(2), reduction="avg"),
+        ["mse: reduction", "'mean', 'sum' or 'none'", "'avg'"],
+    ),
     "transformer_block with a dropout rate of 2": (
         lambda: nn.transformer_block(2, 8, dropout_rate=2.0),
         ["transformer_block: dropout_rate", "[0, 1)", "2.0"],

@@ -386,7 +386,9 @@ def test_an_unbatched_example_gives_its_value_under_every_reduction(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_loss_refuses_an_unknown_reduction(name):
     loss, a, b, _ = _case(name, ())
-    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'avg'"):
+    owner = name.removesuffix("_probabilities")
+    message = f"{owner}: reduction must be 'mean', 'sum' or 'none', got 'avg'"
+    with pytest.raises(ValueError, match=message):
         loss(_jax(a), _jax(b), reduction="avg")
 
 
@@ -417,8 +419,13 @@ def test_multiclass_hinge_refuses_one_hot_labels(batch, dtype):
 
 
 @pytest.mark.parametrize(
-    "loss", [losses.softmax_cross_entropy, losses.nll, losses.multiclass_hinge]
+    "loss, what",
+    [
+        (losses.softmax_cross_entropy, "logits"),
+        (losses.nll, "log_probs"),
+        (losses.multiclass_hinge, "scores"),
+    ],
 )
-def test_class_losses_refuse_logits_without_a_class_axis(loss):
-    with pytest.raises(ValueError, match="logits need a class axis"):
+def test_class_losses_refuse_logits_without_a_class_axis(loss, what):
+    with pytest.raises(ValueError, match=f"{loss.__name__}: {what} need a class axis"):
         loss(jnp.float32(1.0), jnp.int32(0))

@@ -4,9 +4,11 @@ from funcnet import nn
 from tests import sweep
 
 
-def test_the_sweep_of_a_layer_an_optimizer_and_a_curvature_tool_finds_nothing_raw(capsys):
-    assert sweep.main(["--only", "dense", "sgd", "hvp"]) == 0
-    curvature, layers, optimizers = capsys.readouterr().out.splitlines()
+def test_the_sweep_of_a_layer_an_optimizer_a_curvature_tool_and_a_loss_finds_nothing_raw(capsys):
+    assert sweep.main(["--only", "dense", "sgd", "hvp", "softmax_cross_entropy"]) == 0
+    curvature, layers, loss, optimizers = capsys.readouterr().out.splitlines()
+    # logits, labels and reduction, 8 bad values each, every one refused.
+    assert loss == "losses: 1 functions, 24 calls: 0 accepted, 24 refused, 0 raw, known, 0 raw"
     # hvp's three arguments and its mode, 8 bad values each.
     assert (
         curvature == "curvature: 1 functions, 32 calls: 0 accepted, 32 refused, 0 raw, known, 0 raw"
