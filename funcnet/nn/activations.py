@@ -32,7 +32,7 @@ from jax.scipy.special import erfc
 from funcnet._checks import check_float_dtype, is_real
 from funcnet._precision import half_in_float32
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+from funcnet.nn.core import Layer, LayerError, check_floating, check_params, check_shape
 
 __all__ = [
     "ACTIVATIONS",
@@ -417,6 +417,7 @@ def prelu(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
+        check_params("prelu", params, "slope")
         slope = params["slope"]
         check_floating("prelu", x)
         if slope.ndim == 1:

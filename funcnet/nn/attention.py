@@ -46,7 +46,16 @@ from funcnet._checks import check_float_dtype, check_int, check_probability
 from funcnet._trees import is_shape
 from funcnet.nn import initializers
 from funcnet.nn.activations import gelu, softmax
-from funcnet.nn.core import Layer, LayerError, check_floating, check_shape, scope, serial
+from funcnet.nn.core import (
+    Layer,
+    LayerError,
+    check_floating,
+    check_params,
+    check_shape,
+    input_shape,
+    scope,
+    serial,
+)
 from funcnet.nn.dropout import dropout
 from funcnet.nn.linear import dense
 from funcnet.nn.norm import layer_norm
@@ -133,7 +142,11 @@ def _split_input(kind: str, inputs, *, cross: bool = False) -> list:
     sequences = parts[:2] if cross else parts[:1]
     for name, z in zip(["x", "context"], sequences, strict=False):
         check_shape(
-            kind, z.shape, f"{name} of shape (batch, time, features)", min_rank=3, max_rank=3
+            kind,
+            input_shape(kind, z, name),
+            f"{name} of shape (batch, time, features)",
+            min_rank=3,
+            max_rank=3,
         )
         check_floating(kind, z)
     keys = parts[1] if cross else parts[0]
@@ -340,6 +353,7 @@ def multi_head_attention(
         x = parts[0]
         mask = parts[1] if len(parts) > 1 else None
         attention_mask = parts[2] if len(parts) > 2 else None
+        check_params(kind, params, "q", "k", "v", "o")
         features = params["q"]["w"].shape[0]
         check_shape(kind, x.shape, f"{features} features on the last axis", last=features)
         batch, time, _ = x.shape
@@ -447,6 +461,7 @@ def cross_attention(
         x, context = parts[0], parts[1]
         context_mask = parts[2] if len(parts) > 2 else None
         attention_mask = parts[3] if len(parts) > 3 else None
+        check_params(kind, params, "q", "k", "v", "o")
         features, context_features = params["q"]["w"].shape[0], params["k"]["w"].shape[0]
         check_shape(kind, x.shape, f"x with {features} features on the last axis", last=features)
         check_shape(
@@ -541,6 +556,7 @@ def transformer_block(
         return _output(parts, x_shape), params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
+        check_params("transformer_block", params, "norm_1", "attention", "norm_2", "mlp")
         parts = _split_input("transformer_block", inputs)
         x = parts[0]
         attention_key, mlp_key = (None, None) if key is None else jax.random.split(key)

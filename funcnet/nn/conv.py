@@ -30,7 +30,14 @@ from jax import lax
 
 from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+from funcnet.nn.core import (
+    Layer,
+    LayerError,
+    check_floating,
+    check_params,
+    check_shape,
+    input_shape,
+)
 
 __all__ = [
     "adaptive_avg_pool",
@@ -302,9 +309,10 @@ def conv(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
+        check_params("conv", params, "w")
         w = params["w"]
         ndim = w.ndim - 2
-        _check_spatial("conv", tuple(x.shape), ndim)
+        _check_spatial("conv", input_shape("conv", x), ndim)
         check_floating("conv", x)
         window, stride, dil, pads = settings(ndim)
         bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
@@ -461,9 +469,10 @@ def conv_transpose(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(kind, params, "w")
         w = params["w"]
         ndim = w.ndim - 2
-        _check_spatial(kind, tuple(x.shape), ndim)
+        _check_spatial(kind, input_shape(kind, x), ndim)
         check_floating(kind, x)
         window, stride, dil, pads, extra = settings(ndim)
         bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
@@ -574,7 +583,7 @@ def _pool(
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        out, win, stride, pairs, reach = geometry(tuple(x.shape))
+        out, win, stride, pairs, reach = geometry(input_shape(kind, x))
         dims, steps, pads = (1, *win, 1), (1, *stride, 1), ((0, 0), *reach, (0, 0))
         # numpy scalars as init values, so that lax picks its differentiable max/sum windows
         if kind == "max_pool":
@@ -685,7 +694,7 @@ def _adaptive_pool(kind: str, output_size: int | Sequence[int | None]) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        out = out_spatial(tuple(x.shape))
+        out = out_spatial(input_shape(kind, x))
         if kind == "adaptive_max_pool":
             if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
                 raise LayerError(kind, f"expected a float or integer input, got dtype {x.dtype}")
@@ -764,7 +773,7 @@ def _global_pool(kind: str, reduce) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        check(tuple(x.shape))
+        check(input_shape(kind, x))
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
     return Layer(init, apply, kind=kind)
@@ -790,7 +799,7 @@ def flatten() -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        check_shape("flatten", x.shape, "an input with a batch axis", min_rank=1)
+        check_shape("flatten", input_shape("flatten", x), "an input with a batch axis", min_rank=1)
         return x.reshape(x.shape[0], -1), state
 
     return Layer(init, apply, kind="flatten")

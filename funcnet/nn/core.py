@@ -39,11 +39,13 @@ __all__ = [
     "LayerError",
     "as_layer",
     "check_floating",
+    "check_params",
     "check_shape",
     "concat",
     "fanout",
     "from_function",
     "init_child",
+    "input_shape",
     "layer_name",
     "observe_inits",
     "parallel",
@@ -200,11 +202,35 @@ def check_shape(
     return shape
 
 
+def input_shape(kind: str, x: Any, what: str = "the input") -> Shape:
+    """The shape of `x`, an input of a layer of `kind`, once `x` is an array (JAX's, a tracer,
+    or NumPy's). Anything else (None, a string, a Python number, a list) raises a `LayerError`
+    naming the layer: its apply reads the shape before anything else."""
+    if isinstance(x, jax.Array | np.ndarray):
+        return tuple(x.shape)
+    hint = "; convert it first, e.g. jnp.asarray(x)" if isinstance(x, list | tuple) else ""
+    raise LayerError(kind, f"{what} must be an array, got {type(x).__name__} {x!r:.40}{hint}")
+
+
+def check_params(kind: str, params: Any, *names: str, what: str = "params") -> None:
+    """Refuses `params` (or, with `what`, the state) of a layer of `kind` that are not the dict
+    its init returns, holding at least the entries `names`, in one `LayerError` line."""
+    if isinstance(params, dict) and all(name in params for name in names):
+        return
+    wanted = f"the dict init returns, with {', '.join(names)}" if names else "the dict init returns"
+    got = sorted(params) if isinstance(params, dict) else f"{type(params).__name__} {params!r:.40}"
+    raise LayerError(
+        kind, f"{what} must be {wanted}; got {got} (were they made by another model's init?)"
+    )
+
+
 def check_floating(kind: str, x: Array) -> None:
-    """Raises a `LayerError` naming `kind`, the dtype and the shape unless `x` is floating point.
+    """Raises a `LayerError` naming `kind`, the dtype and the shape unless `x` is a floating
+    point array.
 
     Integer, bool and complex inputs are refused rather than silently promoted.
     """
+    input_shape(kind, x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise LayerError(
             kind,
@@ -339,6 +365,7 @@ def serial(*layers: Layer | Callable[[Array], Array]) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         _check_not_numbers("serial", x)
+        check_params("serial", state, what="state")
         new_state = {}
         for i, (name, child) in enumerate(zip(names, children, strict=True)):
             with scope(name):
@@ -383,6 +410,7 @@ def parallel(*layers: Layer | Callable[[Array], Array]) -> Layer:
 
     def apply(params, state, xs, *, key=None, train=False):
         check(xs, "a tuple of inputs")
+        check_params("parallel", state, what="state")
         ys, new_state = [], {}
         for i, (name, child, x) in enumerate(zip(names, children, xs, strict=True)):
             with scope(name):
@@ -466,7 +494,9 @@ def concat(*, axis: int = -1) -> Layer:
 
     def apply(params, state, xs, *, key=None, train=False):
         del params, key, train
-        _check_fan_in("concat", tuple(xs))
+        _check_fan_in("concat", xs)
+        for i, x in enumerate(xs):
+            input_shape("concat", x, f"input {i}")
         return jnp.concatenate(xs, axis=axis), state
 
     return Layer(init, apply, kind="concat")
@@ -487,7 +517,8 @@ def sum() -> Layer:
 
     def apply(params, state, xs, *, key=None, train=False):
         del params, key, train
-        check([x.shape for x in xs])
+        _check_fan_in("sum", xs)
+        check([input_shape("sum", x, f"input {i}") for i, x in enumerate(xs)])
         return functools.reduce(jnp.add, xs), state
 
     return Layer(init, apply, kind="sum")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_shape
+from funcnet.nn.core import Layer, LayerError, check_params, check_shape, input_shape
 
 __all__ = ["dense"]
 
@@ -42,6 +42,7 @@ def dense(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
+        check_params("dense", params, "w")
         w = params["w"]
         bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
         if w.ndim != 2 or w.shape[1] != features or bias_shape != (features,):
@@ -54,7 +55,7 @@ def dense(
             )
         check_shape(
             "dense",
-            x.shape,
+            input_shape("dense", x),
             f"an input with {w.shape[0]} features on the last axis (kernel w has shape "
             f"{tuple(w.shape)})",
             min_rank=1,

@@ -28,7 +28,15 @@ from jax import lax
 
 from funcnet._checks import check_float_dtype, check_int, check_positive, is_real
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, as_layer, check_floating, check_shape
+from funcnet.nn.core import (
+    Layer,
+    LayerError,
+    as_layer,
+    check_floating,
+    check_params,
+    check_shape,
+    input_shape,
+)
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "weight_norm"]
 
@@ -36,11 +44,10 @@ Array = jax.Array
 
 
 def _affine_inits(kind: str, scale_init, bias_init, dtype, eps) -> tuple:
-    """The scale and bias initializers (by name or as given), once `dtype` and `eps` (None
-    passes) are checked for the layer `kind`."""
+    """The scale and bias initializers (by name or as given), once `dtype` and `eps` are
+    checked for the layer `kind`."""
     check_float_dtype(kind, dtype)
-    if eps is not None:
-        check_positive(kind, "eps", eps, allow_zero=True)
+    check_positive(kind, "eps", eps, allow_zero=True)
     return initializers.named(kind, scale_init=scale_init, bias_init=bias_init)
 
 
@@ -69,8 +76,11 @@ def _widened(x: Array) -> Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _sizes(*trees) -> tuple[int, ...] | None:
-    """The shape of the first of ``scale``, ``bias``, ``mean`` in `trees`; None if none has one."""
+def _sizes(kind: str, *trees) -> tuple[int, ...] | None:
+    """The shape of the first of ``scale``, ``bias``, ``mean`` in `trees` (the params, then
+    the state), once they are dicts; None if none has one."""
+    for tree, what in zip(trees, ("params", "state"), strict=False):
+        check_params(kind, tree, what=what)
     for tree in trees:
         for name in ("scale", "bias", "mean"):
             if name in tree:
@@ -94,7 +104,7 @@ def _check_input(
         expected = f"an input of rank >= {min_rank} with {sizes[0]} channels on the last axis"
     else:
         expected = f"an input of rank >= {min_rank} with sizes {sizes} on axes {axes}"
-    shape = check_shape(kind, x.shape, expected, min_rank=min_rank)
+    shape = check_shape(kind, input_shape(kind, x), expected, min_rank=min_rank)
     if sizes is not None and tuple(shape[a] for a in axes) != sizes:
         raise LayerError(kind, f"expected {expected}, got shape {shape}")
     check_floating(kind, x)
@@ -200,7 +210,8 @@ def batch_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key
-        _check_input("batch_norm", x, _sizes(params, state), min_rank=2 - bool(axis_name))
+        sizes = _sizes("batch_norm", params, state)
+        _check_input("batch_norm", x, sizes, min_rank=2 - bool(axis_name))
         if track_running_stats and not {"mean", "var"} <= set(state):
             raise LayerError(
                 "batch_norm",
@@ -279,7 +290,7 @@ def layer_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input("layer_norm", x, _sizes(params), axes)
+        _check_input("layer_norm", x, _sizes("layer_norm", params), axes)
         wide = _widened(x)
         mean = jnp.mean(wide, axes, keepdims=True)
         var = jnp.mean(jnp.square(wide - mean), axes, keepdims=True)
@@ -321,13 +332,14 @@ def rms_norm(
     ``elementwise_affine=False``.
     """
     axes = _norm_axes("rms_norm", axes)
-    scale_init, bias_init = _affine_inits("rms_norm", scale_init, bias_init, dtype, eps)
+    checked_eps = 0.0 if eps is None else eps  # None: the dtype's machine epsilon, at apply
+    scale_init, bias_init = _affine_inits("rms_norm", scale_init, bias_init, dtype, checked_eps)
 
     init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input("rms_norm", x, _sizes(params), axes)
+        _check_input("rms_norm", x, _sizes("rms_norm", params), axes)
         wide = _widened(x)
         epsilon = jnp.finfo(wide.dtype).eps if eps is None else eps
         mean_square = jnp.mean(jnp.square(wide), axes, keepdims=True)
@@ -359,7 +371,7 @@ def _group_norm(kind: str, num_groups: int | None, eps, scale_init, bias_init, d
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input(kind, x, _sizes(params))
+        _check_input(kind, x, _sizes(kind, params))
         groups = check(tuple(x.shape))
         grouped = _widened(x).reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # spatial axes and channels within a group

@@ -56,7 +56,14 @@ from jax.ad_checkpoint import checkpoint_name
 
 from funcnet._checks import check_float_dtype, check_int, check_probability, is_real
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_floating, check_shape
+from funcnet.nn.core import (
+    Layer,
+    LayerError,
+    check_floating,
+    check_params,
+    check_shape,
+    input_shape,
+)
 
 __all__ = ["gru", "lstm"]
 
@@ -232,7 +239,7 @@ def _recurrent(
         else:
             x = inputs
         expected = f"an input (batch, time, {features})"
-        check_shape(kind, x.shape, expected, min_rank=3, max_rank=3, last=features)
+        check_shape(kind, input_shape(kind, x), expected, min_rank=3, max_rank=3, last=features)
         check_floating(kind, x)
         batch, time, _ = x.shape
         if mask is not None and (mask.shape != (batch, time) or mask.dtype != jnp.bool_):
@@ -284,7 +291,13 @@ def _recurrent(
         carry, hs = lax.scan(scan_step, carry, sequence, reverse=reverse, unroll=steps)
         return hs, carry
 
+    if num_layers > 1:
+        top_names = tuple(f"layer_{i}" for i in range(num_layers))
+    else:
+        top_names = directions if bidirectional else ("w_ih", "w_hh")
+
     def apply(params, state, x, *, key=None, train=False):
+        check_params(kind, params, *top_names)
         layers = [params] if num_layers == 1 else [params[f"layer_{i}"] for i in range(num_layers)]
         first = layers[0]["forward"] if bidirectional else layers[0]
         x, mask, initial = split_input(x, first["w_ih"].shape[0])
