@@ -333,6 +333,8 @@ def multiclass_hinge(
     "none".
     """
     check_finite("multiclass_hinge", "margin", margin)
+    if np.ndim(margin) != 0:
+        raise ValueError(f"multiclass_hinge: margin must be one number, got {margin!r:.40}")
     _check_labels("multiclass_hinge", scores, labels, one_hot=False, what="scores")
     scores = at_least_float32(scores)
     true = _pick(scores, labels)[..., None]

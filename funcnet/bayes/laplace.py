@@ -229,6 +229,28 @@ def _prior_per_leaf(post: LaplacePosterior, prior: Array) -> Array:
     return jnp.broadcast_to(jnp.asarray(prior), (len(post.subset),))
 
 
+def _check_posterior(owner: str, post: Any) -> None:
+    """Refuses a `post` that is not a `LaplacePosterior`, in one line naming `owner`."""
+    if not isinstance(post, LaplacePosterior):
+        raise TypeError(
+            f"{owner}: post must be the LaplacePosterior that laplace(...) returns, got "
+            f"{type(post).__name__} {post!r:.40}"
+        )
+
+
+def _check_inputs(owner: str, x: Any) -> None:
+    """Refuses inputs `x` with a leaf that is not an array (a string, None, a number)."""
+    leaves = jax.tree_util.tree_leaves_with_path(x)
+    for path, leaf in leaves:
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            where = jax.tree_util.keystr(path)
+            raise TypeError(
+                f"{owner}: x{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}"
+            )
+    if not leaves:
+        raise TypeError(f"{owner}: x holds no arrays, got {x!r:.40}")
+
+
 def _check_prior(owner: str, prior: Any, n_leaves: int) -> Array:
     check_positive(owner, "prior_precision", prior)
     array = jnp.asarray(prior)
@@ -512,6 +534,7 @@ def _compiled(*static_names: str) -> Callable:
 
         @functools.wraps(fn)
         def call(post: LaplacePosterior, *args, **kwargs):
+            _check_posterior(fn.__name__.lstrip("_"), post)
             static = tuple(getattr(post, name) for name in _STATIC)
             arrays = tuple(getattr(post, name) for name in _ARRAYS)
             return run(static, arrays, *args, **kwargs)
@@ -595,9 +618,16 @@ def log_marginal_likelihood(
     Differentiable in `prior_precision` (δ, default the posterior's) and `sigma_noise`
     (σ, default the posterior's; regression only). Returns a scalar.
     """
+    _check_posterior("log_marginal_likelihood", post)
+    owner = "log_marginal_likelihood"
     if sigma_noise is not None and post.likelihood != "regression":
-        raise ValueError("log_marginal_likelihood: sigma_noise is for regression only")
-    prior = post.prior_precision if prior_precision is None else jnp.asarray(prior_precision)
+        raise ValueError(f"{owner}: sigma_noise is for regression only")
+    if prior_precision is None:
+        prior = post.prior_precision
+    else:
+        prior = _check_prior(owner, prior_precision, len(post.subset))
+    if sigma_noise is not None:
+        check_positive(owner, "sigma_noise", sigma_noise)
     sigma = post.sigma_noise if sigma_noise is None else jnp.asarray(sigma_noise)
     return _evidence_compiled(post, prior, sigma)
 
@@ -638,6 +668,7 @@ def optimize_prior_precision(
     leaf. The evidence of "full", "diag" and "kron" is a closed form in δ, so every step is
     exact; all steps run in one compiled `lax.scan`.
     """
+    _check_posterior("optimize_prior_precision", post)
     owner = "optimize_prior_precision"
     n_steps = check_int(owner, "n_steps", n_steps, minimum=0)
     check_positive(owner, "learning_rate", learning_rate)
@@ -696,6 +727,8 @@ def functional_moments(post: LaplacePosterior, x: Array) -> tuple[Array, Array]:
     """The linearised model's (GLM's) output distribution at inputs `x` ``(B, …)``:
     f ~ N(f(x; θ̂), J P⁻¹ Jᵀ). Returns the mean ``(B, K)`` and covariance ``(B, K, K)``.
     """
+    _check_posterior("functional_moments", post)
+    _check_inputs("functional_moments", x)
     return _moments_compiled(post, x)
 
 
@@ -711,6 +744,7 @@ _draws_compiled = _compiled("n_samples")(_draws)
 def sample(post: LaplacePosterior, key: Array, n_samples: int) -> PyTree:
     """Draws of the weights θ ~ N(θ̂, P⁻¹): the params pytree with a leading axis of
     `n_samples` on every leaf (the leaves outside the subset repeated)."""
+    _check_posterior("sample", post)
     n_samples = check_int("sample", "n_samples", n_samples)
     return _draws_compiled(post, typed_key(key, caller="sample"), n_samples=n_samples)
 
@@ -760,6 +794,8 @@ def predictive(
 
     laplace-torch's regression variance is the model's alone: subtract σ² to compare.
     """
+    _check_posterior("predictive", post)
+    _check_inputs("predictive", x)
     if pred_type not in ("glm", "nn"):
         raise ValueError(f"predictive: pred_type must be 'glm' or 'nn', got {pred_type!r:.80}")
     if link_approx not in ("probit", "mc"):

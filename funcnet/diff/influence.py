@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from funcnet._checks import check_float_tree, check_int, check_positive
+from funcnet._checks import check_float_tree, check_function, check_int, check_positive
 from funcnet._trees import leading_size
 from funcnet.diff._linear_solve import conjugate_gradient
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
@@ -351,10 +351,31 @@ def inverse_hvp(
     Returns:
       A pytree shaped like `vectors`.
     """
+    check_function("inverse_hvp", "model", model)
+    check_function("inverse_hvp", "loss", loss)
     choice, static = _checked("inverse_hvp", params, train, (method, curvature, damping), solver)
+    _check_vectors(params, vectors)
     return _inverse_hvp(
         model, loss, choice, static, damping, params, tuple(train), vectors, solver.get("key")
     )
+
+
+def _check_vectors(params: PyTree, vectors: PyTree) -> None:
+    """Refuses `vectors` that are not params-shaped leaves with one shared leading axis."""
+    p_leaves, p_def = jax.tree.flatten(params)
+    v_leaves, v_def = jax.tree.flatten(vectors)
+    k = {jnp.shape(v)[0] if jnp.ndim(v) else None for v in v_leaves}
+    if (
+        v_def != p_def
+        or len(k) != 1
+        or None in k
+        or any(jnp.shape(v)[1:] != jnp.shape(p) for v, p in zip(v_leaves, p_leaves, strict=True))
+    ):
+        shapes = jax.tree.map(jnp.shape, vectors)
+        raise ValueError(
+            "inverse_hvp: vectors must be shaped like params with a leading axis of k "
+            f"vectors, got {shapes!s:.200}"
+        )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -390,6 +411,8 @@ def influence(
     Returns:
       ``(n_test, n_train)`` array.
     """
+    check_function("influence", "model", model)
+    check_function("influence", "loss", loss)
     choice, static = _checked("influence", params, train, (method, curvature, damping), solver)
     _check_pair("influence", test)
     return _influence(
@@ -428,6 +451,8 @@ def self_influence(
     Returns:
       ``(n_train,)`` array.
     """
+    check_function("self_influence", "model", model)
+    check_function("self_influence", "loss", loss)
     choice, static = _checked("self_influence", params, train, (method, curvature, damping), solver)
     return _self_influence(
         model, loss, choice, static, damping, params, tuple(train), solver.get("key")

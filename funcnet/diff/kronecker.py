@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
+from funcnet._checks import check_function
 from funcnet._keys import typed_key
 from funcnet._trees import entry_name
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
@@ -429,6 +430,7 @@ def kronecker_layers(
     Returns:
       ``{kernel path: KroneckerLayer}``, paths '/'-joined (``"dense_3/w"``).
     """
+    check_function("kronecker_layers", "outputs_fn", outputs_fn)
     return _Plan(outputs_fn, params).layers
 
 
@@ -437,6 +439,7 @@ def kronecker_unmatched(
 ) -> tuple[str, ...]:
     """The '/'-joined paths of the param leaves that are neither the kernel nor the bias of a
     layer `kronecker_layers` finds, in the params' flattening order."""
+    check_function("kronecker_unmatched", "outputs_fn", outputs_fn)
     return _Plan(outputs_fn, params).unmatched
 
 
@@ -501,6 +504,8 @@ def kronecker_factors(
       ``{kernel path: KroneckerFactors(a, g)}`` for every layer of `kronecker_layers`, in
       float32 (float64 for float64 params).
     """
+    check_function("kronecker_factors", "outputs_fn", outputs_fn)
+    check_function("kronecker_factors", "loss_of_outputs", loss_of_outputs, optional=True)
     _check_curvature_args(curvature, likelihood, loss_of_outputs, key)
     plan = _Plan(outputs_fn, params)
     return _factors(plan, params, tuple(plan.layers), curvature, likelihood, loss_of_outputs, key)

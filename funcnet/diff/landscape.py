@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet._checks import check_float_tree
+from funcnet._checks import check_flag, check_float_tree, check_function
 from funcnet._keys import typed_key
 from funcnet._trees import check_same_shapes, leading_size
 
@@ -221,6 +221,7 @@ def linear_interpolation(
       `LossLine(alphas, losses, accuracy)`, each of shape `(g,)` (accuracy None without
       `has_aux`).
     """
+    check_function("linear_interpolation", "f", f)
     check_same_shapes(
         params0,
         params1,
@@ -265,6 +266,7 @@ def loss_line(
       `LossLine(alphas, losses, accuracy)`, each of shape `(g,)` (accuracy None without
       `has_aux`).
     """
+    check_function("loss_line", "f", f)
     _check_directions(params, [direction], caller="loss_line")
     alphas = _grid(alphas, _float_dtype(params), name="alphas", caller="loss_line")
     weights = jnp.stack([jnp.ones_like(alphas), alphas], axis=1)
@@ -303,6 +305,7 @@ def loss_surface(
       `LossSurface(alphas, betas, losses, accuracy)`: losses (and accuracy, None without
       `has_aux`) of shape `(g₁, g₂)`, ``losses[i, j]`` at (αᵢ, βⱼ).
     """
+    check_function("loss_surface", "f", f)
     if not isinstance(directions, (tuple, list)) or len(directions) != 2:
         raise ValueError(
             "loss_surface: directions must be a pair (d1, d2) of params-shaped trees, "
@@ -328,14 +331,15 @@ def loss_surface(
 
 
 def _on_grid(caller, f, trees, weights, batch, batches, has_aux, chunk_size):
-    """Checks the batches and `chunk_size`, then evaluates `_grid_losses`."""
+    """Checks the batches, `has_aux` and `chunk_size`, then evaluates `_grid_losses`."""
+    has_aux = check_flag(caller, "has_aux", has_aux)
     groups = _batch_groups(batch, batches, caller=caller)
     _check_chunk_size(chunk_size, caller=caller)
-    return _grid_losses(f, trees, weights, groups, has_aux=has_aux, chunk_size=chunk_size)
+    return _grid_losses(caller, f, trees, weights, groups, has_aux=has_aux, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "has_aux", "chunk_size"))
-def _grid_losses(f, trees, weights, groups, *, has_aux, chunk_size):
+@functools.partial(jax.jit, static_argnames=("caller", "f", "has_aux", "chunk_size"))
+def _grid_losses(caller, f, trees, weights, groups, *, has_aux, chunk_size):
     """Mean loss (and metric) at every point Σᵢ wᵢ Tᵢ, one point per row of `weights`."""
     total = None if groups is None else sum(n * count for n, count in _group_sizes(groups))
 
@@ -350,6 +354,11 @@ def _grid_losses(f, trees, weights, groups, *, has_aux, chunk_size):
 
     def evaluate(params: PyTree, *batch: PyTree) -> tuple[jax.Array, jax.Array]:
         out = f(params, *batch)
+        if has_aux and not (isinstance(out, tuple | list) and len(out) == 2):
+            raise ValueError(
+                f"{caller}: has_aux=True needs f to return a pair (loss, metric), got "
+                f"{type(out).__name__} of shape {jnp.shape(out)}"
+            )
         loss, metric = out if has_aux else (out, jnp.zeros(()))
         loss, metric = jnp.asarray(loss), jnp.asarray(metric)
         # A metric such as the mean of a bool comes in the default float; sum it in the
@@ -358,7 +367,7 @@ def _grid_losses(f, trees, weights, groups, *, has_aux, chunk_size):
         if loss.shape != () or metric.shape != ():
             got = f"{loss.shape} and {metric.shape}" if has_aux else f"{loss.shape}"
             want = "(loss, metric), both scalars" if has_aux else "a scalar loss"
-            raise ValueError(f"f must return {want}; got shapes {got}")
+            raise ValueError(f"{caller}: f must return {want}; got shapes {got}")
         return loss, metric
 
     def point(w: jax.Array) -> tuple[jax.Array, jax.Array]:

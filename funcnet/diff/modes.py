@@ -108,6 +108,7 @@ def jacobian(f: Callable[[PyTree], PyTree], x: PyTree, *, mode: JacobianMode = "
       array of shape `out + in`. For array in and out, an array of shape
       `f(x).shape + x.shape`.
     """
+    check_function("jacobian", "f", f)
     x = jax.tree.map(jnp.asarray, x)
     if mode == "auto":
         n_in = _tree_size(x)
@@ -135,6 +136,7 @@ def hessian(f: Callable[[PyTree], jax.Array], x: PyTree) -> PyTree:
       block for leaves of shapes `a` and `b` of shape `a + b`. For an array `x` of shape
       `s`, an array of shape `s + s`.
     """
+    check_function("hessian", "f", f)
     return jacobian(jax.grad(f), x, mode="fwd")
 
 
@@ -154,6 +156,7 @@ def flat_hessian(
       `(matrix, unravel)`: the symmetric `(n, n)` Hessian, and the function mapping a vector
       of shape `(n,)` (a column of `matrix`, an eigenvector) back to a params-shaped pytree.
     """
+    check_function("flat_hessian", "f", f)
     flat, unravel = ravel_pytree(params)
     matrix = hessian(lambda theta: f(unravel(theta)), flat)
     return matrix, unravel

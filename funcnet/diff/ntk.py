@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core
 
-from funcnet._checks import check_float_tree
+from funcnet._checks import check_float_tree, check_function
 from funcnet.diff._taps import eval_tapped, find_eqn, find_uses, is_plain_dot
 from funcnet.diff.modes import jacobian
+from funcnet.nn.core import as_layer
 
 PyTree = Any
 NtkMethod = Literal["jacobian", "ntvp", "structured"]
@@ -76,6 +77,7 @@ def empirical_ntk(
       Shape (n₁, n₂, out, out); (n₁, n₂) with `trace`; (n₁, out, out) with `diagonal`; (n₁,)
       with both.
     """
+    check_function("empirical_ntk", "f", f)
     check_float_tree("empirical_ntk", "params", params)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -123,6 +125,7 @@ def layer_ntk(
     have shape (batch, out); `state` is held fixed. The keyword arguments (`method`, `trace`,
     `diagonal`, `batch_size`) and the shapes are those of `empirical_ntk`.
     """
+    layer = as_layer(layer, owner="layer_ntk")
     return empirical_ntk(lambda p, x: layer.apply(p, state, x)[0], params, x1, x2, **kwargs)
 
 

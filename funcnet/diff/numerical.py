@@ -18,7 +18,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from funcnet._checks import check_positive
+from funcnet._checks import check_function, check_positive
 from funcnet._trees import check_same_shapes
 
 PyTree = Any
@@ -71,6 +71,7 @@ def numerical_grad(
     Returns:
       The approximate gradient, a pytree shaped like `x`.
     """
+    check_function("numerical_grad", "f", f)
     flat, unravel = _float_flat(x, "numerical_grad")
     _scalar_output(f, x, "numerical_grad")
     if method not in ("central", "forward"):
@@ -130,6 +131,7 @@ def complex_step_grad(
     Returns:
       The gradient, a pytree shaped like `x`; or the scalar ∇f·d when `direction` is given.
     """
+    check_function("complex_step_grad", "f", f)
     flat, unravel = _float_flat(x, "complex_step_grad")
     if step is None:
         step = float(jnp.finfo(flat.dtype).eps) ** 2
@@ -228,6 +230,7 @@ def check_grads(
       AssertionError: if any coordinate is out of tolerance, naming the worst one by its
         pytree path and index, with both values and the errors.
     """
+    check_function("check_grads", "f", f)
     for name, tolerance in (("rtol", rtol), ("atol", atol)):
         if tolerance is not None:
             check_positive("check_grads", name, tolerance, allow_zero=True)

@@ -42,7 +42,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
-from funcnet._checks import check_float_tree
+from funcnet._checks import check_float_tree, check_function
 from funcnet.diff._taps import CALLS
 
 PyTree = Any
@@ -88,6 +88,7 @@ def per_example_grads(
       A params-shaped pytree whose leaves have an extra leading axis of size B: a kernel
       of shape (in, out) gives per-example gradients of shape (B, in, out).
     """
+    check_function("per_example_grads", "loss", loss)
     check_float_tree("per_example_grads", "params", params)
     if method == "vmap":
         return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)

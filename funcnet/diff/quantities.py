@@ -64,7 +64,7 @@ import numpy as np
 from jax.extend import core
 from jax.flatten_util import ravel_pytree
 
-from funcnet._checks import check_int
+from funcnet._checks import check_function, check_int
 from funcnet._keys import typed_key
 from funcnet.diff._output_hessian import eigen_factors, output_hessian_blocks
 from funcnet.diff._taps import CALLS, eval_tapped, find_eqn, find_uses, is_plain_dot
@@ -142,6 +142,8 @@ def batch_quantities(
     Returns:
       A `BatchQuantities`: `loss`, `grad` and the quantities asked for.
     """
+    check_function("batch_quantities", "f", f)
+    check_function("batch_quantities", "loss_of_outputs", loss_of_outputs)
     wanted = _check_quantities(quantities)
     if likelihood not in _LIKELIHOODS:
         raise ValueError(
@@ -157,6 +159,11 @@ def batch_quantities(
 
 
 def _check_quantities(quantities: str | Sequence[str]) -> frozenset[str]:
+    if not isinstance(quantities, str | tuple | list):
+        raise TypeError(
+            f"{_OWNER}: quantities must be a name or a sequence of names from "
+            f"{', '.join(QUANTITIES)}, got {type(quantities).__name__} {quantities!r:.40}"
+        )
     names = (quantities,) if isinstance(quantities, str) else tuple(quantities)
     for name in names:
         if name not in QUANTITIES:

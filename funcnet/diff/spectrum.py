@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from funcnet._checks import check_float_tree, check_int, check_positive
+from funcnet._checks import check_float_tree, check_function, check_int, check_positive
 from funcnet._keys import typed_key
 from funcnet._trees import leading_size
 
@@ -281,6 +281,7 @@ def hessian_eigs(
       order for Lanczos and in the order found for power iteration; eigenvectors a
       params-shaped pytree with a leading axis of size k.
     """
+    check_function("hessian_eigs", "f", f)
     check_float_tree("hessian_eigs", "params", params)
     n = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     k = check_int("hessian_eigs", "k", k)
@@ -337,6 +338,7 @@ def hessian_trace(
     Returns:
       `HessianTrace(estimate, stderr)`, two scalars.
     """
+    check_function("hessian_trace", "f", f)
     check_float_tree("hessian_trace", "params", params)
     num_samples = check_int("hessian_trace", "num_samples", num_samples, minimum=2)
     _check_batches(batches)
@@ -391,6 +393,7 @@ def hessian_density(
     Returns:
       `HessianDensity(nodes, weights)`, each of shape `(num_probes, m)`.
     """
+    check_function("hessian_density", "f", f)
     check_float_tree("hessian_density", "params", params)
     n = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     num_iters = check_int("hessian_density", "num_iters", num_iters)
@@ -419,11 +422,25 @@ def density_on_grid(
     Returns:
       φ_σ on the grid, shape `(g,)`.
     """
+    owner = "density_on_grid"
+    if not isinstance(density, HessianDensity):
+        raise TypeError(
+            f"{owner}: density must be the HessianDensity that hessian_density returns, got "
+            f"{type(density).__name__} {density!r:.40}"
+        )
+    if sigma is not None:
+        check_positive(owner, "sigma", sigma)
     nodes, weights = density.nodes, density.weights
+    try:
+        grid = jnp.asarray(grid, nodes.dtype)
+    except (TypeError, ValueError):
+        grid = None
+    if grid is None or grid.ndim != 1:
+        shown = "no numbers" if grid is None else f"shape {grid.shape}"
+        raise ValueError(f"{owner}: grid must be a 1-D array of points, got {shown}")
     if sigma is None:
         spread = jnp.maximum(jnp.max(nodes) - jnp.min(nodes), jnp.max(jnp.abs(nodes)))
         sigma = 0.01 * spread
-    grid = jnp.asarray(grid, nodes.dtype)
     z = (grid[:, None, None] - nodes[None]) / sigma
     kernel = jnp.exp(-0.5 * z**2) / (sigma * jnp.sqrt(2 * jnp.pi))
     return jnp.sum(weights[None] * kernel, axis=(1, 2)) / nodes.shape[0]

@@ -56,9 +56,12 @@ def _coeff_steps(
     triple per iteration, those."""
     check_int(owner, "ns_steps", ns_steps)
     try:
-        rows = [tuple(float(c) for c in row) for row in ns_coeffs]  # type: ignore[union-attr]
-    except TypeError:
-        rows = [tuple(float(c) for c in ns_coeffs)] * ns_steps  # type: ignore[union-attr]
+        try:
+            rows = [tuple(float(c) for c in row) for row in ns_coeffs]  # type: ignore[union-attr]
+        except TypeError:
+            rows = [tuple(float(c) for c in ns_coeffs)] * ns_steps  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        rows = []
     if not rows or any(len(row) != 3 for row in rows):
         raise ValueError(
             f"{owner}: ns_coeffs must be a triple (a, b, c) or a sequence of triples, "

@@ -85,6 +85,8 @@ def prodigy(
       safeguard_warmup: leave `γ_t` out of `s`, for a warm-up from small rates.
     """
     check_rate("prodigy", learning_rate)
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise ValueError(f"prodigy: betas must be a pair (β₁, β₂), got {betas!r:.40}")
     beta1, beta2 = betas
     check_decay("prodigy", "betas[0]", beta1)
     check_decay("prodigy", "betas[1]", beta2)
