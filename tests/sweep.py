@@ -4,14 +4,17 @@ Run with ``make sweep`` or ``python tests/sweep.py [--only NAME ...]``. Each arg
 public function is replaced, one at a time, by each of `BAD_VALUES` (a string, -1, 0, 1.5,
 None, NaN, True and a tuple) in an otherwise valid call, and the result is carried through
 ``init`` and ``apply`` (layers), ``init`` and ``update`` (optimizers) or the call itself
-(curvature tools and losses). Every call ends one of three ways:
+(curvature tools and losses). The "inputs" family gives each layer's ``apply`` bad params,
+states and inputs in place of its own. Every call ends one of three ways:
 
 - ``accepted``: the value worked (many arguments take some of these values: 0 for a
-  decay, None for a default, True for a flag);
+  decay, None for a default, True for a flag, any state to a layer that keeps none);
 - ``refused``: a ValueError or TypeError (a LayerError or CheckpointError among them) raised
-  by funcnet's own code: one line, or for trees of another structure a first line naming the
-  function and the argument, then one line per leaf at fault;
-- ``raw``: anything else, an error raised inside JAX or NumPy, an AttributeError or KeyError.
+  by a ``raise`` statement of funcnet's own code: one line, or for trees of another
+  structure a first line naming the function and the argument, then one line per leaf at
+  fault;
+- ``raw``: anything else: an error raised inside JAX or NumPy, an AttributeError or
+  KeyError, or a TypeError that a line of funcnet met (``params["w"]`` of a string).
 
 `KNOWN_RAW` lists the raw outcomes left as they are, each with the reason. Any other raw
 outcome is printed with the call that gives it, and the exit status is 1. This file is not
@@ -40,6 +43,8 @@ BAD_VALUES = ("a", -1, 0, 1.5, None, float("nan"), True, (2, -1))
 
 # (function, argument): why its raw outcome stays.
 KNOWN_RAW = {
+    ("check_grads", "rtol"): "a tolerance of 0 fails the check, whose failure is an AssertionError",
+    ("check_grads", "step"): "a step of 1.5 fails the check, whose failure is an AssertionError",
     ("per_example_grads", "batch"): "the loss, the caller's function, reads the batch",
 }
 # Arguments the sweep's own functions read: a bad value breaks the caller's code, not
@@ -147,6 +152,27 @@ def layer_cases(only: set[str] | None = None) -> Iterator[Case]:
         yield case
 
 
+def _applying(layer: Layer) -> Callable:
+    def apply(params, state, x):
+        return layer.apply(params, state, x, key=KEY, train=True)
+
+    return apply
+
+
+def input_cases(only: set[str] | None = None) -> Iterator[Case]:
+    """The layers of `layer_cases` applied to bad params, states and inputs."""
+    for case in layer_cases(only):
+        layer = case.fn(**case.args)
+        for shape in LAYER_INPUTS:
+            try:
+                _, params, state = layer.init(KEY, shape)
+            except nn.LayerError:
+                continue
+            args = {"params": params, "state": state, "x": jnp.ones(shape)}
+            yield Case(case.name, _applying(layer), args, jax.block_until_ready)
+            break
+
+
 def optimizer_cases(only: set[str] | None = None) -> Iterator[Case]:
     for name in sorted(optim.__all__):
         fn = getattr(optim, name)
@@ -210,10 +236,64 @@ def curvature_cases(only: set[str] | None = None) -> Iterator[Case]:
             dict(model=outputs, loss=ce, params=params, train=train),
         ),
         "laplace": (bayes.laplace, dict(outputs_fn=outputs, params=params, data=train)),
+        "inverse_hvp": (
+            diff.inverse_hvp,
+            dict(
+                model=outputs,
+                loss=ce,
+                params=params,
+                train=train,
+                vectors=jax.tree.map(lambda a: a[None], params),
+            ),
+        ),
+        "batch_quantities": (
+            diff.batch_quantities,
+            dict(
+                f=outputs,
+                params=params,
+                inputs=x,
+                loss_of_outputs=lambda out: ce(out, y),
+                quantities="batch_l2",
+            ),
+        ),
+        "check_grads": (diff.check_grads, dict(f=f, x=p)),
+        "kronecker_factors": (
+            diff.kronecker_factors,
+            dict(outputs_fn=lambda q: outputs(q, x), params=params),
+        ),
+        "kronecker_layers": (
+            diff.kronecker_layers,
+            dict(outputs_fn=lambda q: outputs(q, x), params=params),
+        ),
+        "layer_ntk": (diff.layer_ntk, dict(layer=model, params=params, state=state, x1=x)),
+        "loss_surface": (
+            diff.loss_surface,
+            dict(f=f, params=p, directions=(p, p), alphas=[0.0, 1.0]),
+        ),
     }
     for name, (fn, args) in calls.items():
         if not only or name in only:
             yield Case(name, fn, args, lambda result: None, CALLERS_OWN)
+    density = diff.hessian_density(f, p, key=KEY)
+    posterior = bayes.laplace(outputs, params, train)
+    calls = {
+        "density_on_grid": (
+            diff.density_on_grid,
+            dict(density=density, grid=jnp.linspace(0, 1, 5)),
+        ),
+        "predictive": (bayes.predictive, dict(post=posterior, x=x)),
+        "sample": (bayes.sample, dict(post=posterior, key=KEY, n_samples=2)),
+        "log_marginal_likelihood": (bayes.log_marginal_likelihood, dict(post=posterior)),
+        "optimize_prior_precision": (
+            bayes.optimize_prior_precision,
+            dict(post=posterior, n_steps=2),
+        ),
+        "posterior_precision": (bayes.posterior_precision, dict(post=posterior)),
+        "functional_moments": (bayes.functional_moments, dict(post=posterior, x=x)),
+    }
+    for name, (fn, args) in calls.items():
+        if not only or name in only:
+            yield Case(name, fn, args, jax.block_until_ready, CALLERS_OWN - {"x"})
 
 
 def loss_cases(only: set[str] | None = None) -> Iterator[Case]:
@@ -251,6 +331,7 @@ FAMILIES = {
     "optimizers": optimizer_cases,
     "curvature": curvature_cases,
     "losses": loss_cases,
+    "inputs": input_cases,
 }
 
 
@@ -261,7 +342,7 @@ def outcome(case: Case, args: dict[str, Any]) -> tuple[str, str]:
     except (ValueError, TypeError) as err:
         frames = traceback.extract_tb(err.__traceback__)
         message = str(err).strip()
-        if "/funcnet/" in frames[-1].filename:
+        if "/funcnet/" in frames[-1].filename and (frames[-1].line or "").startswith("raise "):
             return "refused", message
         where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}"
         return "raw", f"{type(err).__name__} at {where}: {message.splitlines()[0][:120]}"

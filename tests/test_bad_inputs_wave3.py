@@ -57,6 +57,17 @@ def apply_to(inputs):
     return lambda: MLP.apply(params, state, inputs)
 
 
+def posterior():
+    _, params, state = MLP.init(KEY, (1, 5))
+    outputs = lambda p, x: MLP.apply(p, state, x)[0]
+    return fn.bayes.laplace(outputs, params, (X, Y))
+
+
+def parts_of(layer, shape):
+    _, params, state = layer.init(KEY, shape)
+    return params, state
+
+
 CASES = {
     # Labels, checked on the host against the loss and the model's output shape.
     "labels at the number of classes": (
@@ -438,6 +449,90 @@ CASES = {
             lambda layer: layer.apply(*layer.init(KEY, (4, 3))[1:], jnp.ones((4, 3)), train=True)
         )(nn.batch_norm(axis_name="batch")),
         ["batch_norm", "axis_name 'batch'", "no enclosing vmap", "axis_name=None"],
+    ),
+    "a model applied to None": (apply_to(None), ["dense_0", "the input", "array", "None"]),
+    "dense applied with string params": (
+        lambda: nn.dense(3).apply("w", {}, jnp.ones((2, 4))),
+        ["dense: params", "the dict init returns, with w", "str 'w'"],
+    ),
+    "layer_norm applied with params None": (
+        lambda: nn.layer_norm().apply(None, {}, jnp.ones((2, 4))),
+        ["layer_norm: params", "dict init returns", "None"],
+    ),
+    "a model applied with a list as its state": (
+        lambda: MLP.apply(parts_of(MLP, (1, 5))[0], [], jnp.ones((2, 5))),
+        ["serial: state", "dict init returns", "list []"],
+    ),
+    "layer_norm with eps None": (
+        lambda: nn.layer_norm(eps=None),
+        ["layer_norm: eps", ">= 0", "None"],
+    ),
+    "layer_ntk of a string": (
+        lambda: fn.diff.layer_ntk("mlp", {}, {}, X),
+        ["layer_ntk", "a Layer or a function", "'mlp'"],
+    ),
+    "hessian of a string": (
+        lambda: fn.diff.hessian("loss", {"w": jnp.ones(2)}),
+        ["hessian: f", "a function", "'loss'"],
+    ),
+    "loss_line with has_aux but a scalar loss": (
+        lambda: fn.diff.loss_line(
+            lambda p: jnp.sum(p["w"] ** 2),
+            {"w": jnp.ones(2)},
+            {"w": jnp.ones(2)},
+            alphas=[0.0, 1.0],
+            has_aux=True,
+        ),
+        ["loss_line: has_aux=True", "a pair (loss, metric)"],
+    ),
+    "density_on_grid of eigenvalues": (
+        lambda: fn.diff.density_on_grid(jnp.ones(3), jnp.linspace(0, 1, 5)),
+        ["density_on_grid: density", "HessianDensity", "ArrayImpl"],
+    ),
+    "inverse_hvp of one params-shaped vector": (
+        lambda: fn.diff.inverse_hvp(
+            lambda p, x: MLP.apply(p, {}, x)[0],
+            CE,
+            parts_of(MLP, (1, 5))[0],
+            (X, Y),
+            parts_of(MLP, (1, 5))[0],
+            method="exact",
+        ),
+        ["inverse_hvp: vectors", "leading axis of k vectors"],
+    ),
+    "batch_quantities of a number": (
+        lambda: fn.diff.batch_quantities(
+            lambda p, x: MLP.apply(p, {}, x)[0],
+            parts_of(MLP, (1, 5))[0],
+            X,
+            loss_of_outputs=lambda out: CE(out, Y),
+            quantities=5,
+        ),
+        ["batch_quantities: quantities", "a name or a sequence", "int 5"],
+    ),
+    "predictive on a string": (
+        lambda: fn.bayes.predictive(posterior(), "x"),
+        ["predictive: x", "must be an array", "str 'x'"],
+    ),
+    "sample of a dict": (
+        lambda: fn.bayes.sample({"mean": 0}, KEY, 3),
+        ["sample: post", "LaplacePosterior", "dict"],
+    ),
+    "log_marginal_likelihood with a string prior": (
+        lambda: fn.bayes.log_marginal_likelihood(posterior(), prior_precision="1"),
+        ["log_marginal_likelihood: prior_precision", "'1'"],
+    ),
+    "prodigy with one beta": (
+        lambda: optim.prodigy(1.0, betas=0.9),
+        ["prodigy: betas", "a pair", "0.9"],
+    ),
+    "muon with a number of coefficients": (
+        lambda: optim.muon(1e-3, ns_coeffs=1.5).init({"w": jnp.ones((2, 2))}),
+        ["muon: ns_coeffs", "triple", "1.5"],
+    ),
+    "multiclass_hinge with a margin per class": (
+        lambda: losses.multiclass_hinge(jnp.ones((2, 3)), jnp.array([0, 1]), margin=(1.0, 2.0)),
+        ["multiclass_hinge: margin", "one number", "(1.0, 2.0)"],
     ),
     "softmax_cross_entropy on lists": (
         lambda: losses.softmax_cross_entropy([[0.0, 1.0]], [1]),

@@ -6,7 +6,7 @@ from tests import sweep
 
 def test_the_sweep_of_a_layer_an_optimizer_a_curvature_tool_and_a_loss_finds_nothing_raw(capsys):
     assert sweep.main(["--only", "dense", "sgd", "hvp", "softmax_cross_entropy"]) == 0
-    curvature, layers, loss, optimizers = capsys.readouterr().out.splitlines()
+    curvature, inputs, layers, loss, optimizers = capsys.readouterr().out.splitlines()
     # logits, labels and reduction, 8 bad values each, every one refused.
     assert loss == "losses: 1 functions, 24 calls: 0 accepted, 24 refused, 0 raw, known, 0 raw"
     # hvp's three arguments and its mode, 8 bad values each.
@@ -14,6 +14,8 @@ def test_the_sweep_of_a_layer_an_optimizer_a_curvature_tool_and_a_loss_finds_not
         curvature == "curvature: 1 functions, 32 calls: 0 accepted, 32 refused, 0 raw, known, 0 raw"
     )
     assert layers.startswith("layers: 1 functions, ") and layers.endswith(", 0 raw")
+    # dense's params, state and input, 8 bad values each; a state it does not read passes.
+    assert inputs == "inputs: 1 functions, 24 calls: 8 accepted, 16 refused, 0 raw, known, 0 raw"
     assert optimizers.startswith("optimizers: 1 functions, ") and optimizers.endswith(", 0 raw")
 
 
