@@ -534,7 +534,7 @@ def _compiled(*static_names: str) -> Callable:
 
         @functools.wraps(fn)
         def call(post: LaplacePosterior, *args, **kwargs):
-            _check_posterior(fn.__name__.lstrip("_"), post)
+            _check_posterior(fn.__name__, post)
             static = tuple(getattr(post, name) for name in _STATIC)
             arrays = tuple(getattr(post, name) for name in _ARRAYS)
             return run(static, arrays, *args, **kwargs)

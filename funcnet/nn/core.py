@@ -215,13 +215,20 @@ def input_shape(kind: str, x: Any, what: str = "the input") -> Shape:
 def check_params(kind: str, params: Any, *names: str, what: str = "params") -> None:
     """Refuses `params` (or, with `what`, the state) of a layer of `kind` that are not the dict
     its init returns, holding at least the entries `names`, in one `LayerError` line."""
-    if isinstance(params, dict) and all(name in params for name in names):
-        return
-    wanted = f"the dict init returns, with {', '.join(names)}" if names else "the dict init returns"
-    got = sorted(params) if isinstance(params, dict) else f"{type(params).__name__} {params!r:.40}"
-    raise LayerError(
-        kind, f"{what} must be {wanted}; got {got} (were they made by another model's init?)"
-    )
+    if not isinstance(params, dict):
+        wanted = "the dict init returns" + (f", with {', '.join(names)}" if names else "")
+        raise LayerError(
+            kind,
+            f"{what} must be {wanted}; got {type(params).__name__} {params!r:.40} (were they "
+            "made by another model's init?)",
+        )
+    for name in names:
+        if name not in params:
+            raise LayerError(
+                kind,
+                f"{what} has no entry {name!r} (it has {sorted(params)}); were they made by "
+                "another model's init?",
+            )
 
 
 def check_floating(kind: str, x: Array) -> None:
@@ -314,14 +321,7 @@ def _child_key(key: Array | None, i: int) -> Array | None:
 
 
 def _lookup(tree: dict, name: str, what: str, kind: str) -> Any:
-    if not isinstance(tree, dict):
-        raise LayerError(kind, f"{what} must be a dict, got {type(tree).__name__}")
-    if name not in tree:
-        raise LayerError(
-            kind,
-            f"{what} has no entry {name!r} (it has {sorted(tree)}); "
-            f"were they made by another model's init?",
-        )
+    check_params(kind, tree, name, what=what)
     return tree[name]
 
 
