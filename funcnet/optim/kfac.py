@@ -20,7 +20,7 @@ only when due. State shapes are fixed by `init`, so the state jits, scans and ch
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -79,6 +79,21 @@ class _Structure(NamedTuple):
     unmatched: tuple[str, ...]
 
 
+class _Settings(NamedTuple):
+    """The settings `scale_by_kfac` and `kfac` share, checked by `_settings`: `owner` names
+    the optimizer in errors, `needs` the extra args every update requires."""
+
+    owner: str
+    layers: Mapping[str, KroneckerLayer] | None
+    max_factor_dim: int
+    factor_decay: float
+    curvature_update_frequency: int
+    inverse_update_frequency: int
+    curvature: str
+    likelihood: str
+    needs: tuple[str, ...]
+
+
 def _by_convention(named: dict[str, jax.Array]) -> dict[str, KroneckerLayer]:
     """funcnet's naming: a leaf ``…/w`` of 2 axes ``(in, out)`` (dense) or 4 ``(h, w, in,
     out)`` (conv), with its sibling ``…/b`` of shape ``(out,)`` as bias when there is one."""
@@ -97,12 +112,8 @@ def _by_convention(named: dict[str, jax.Array]) -> dict[str, KroneckerLayer]:
     return layers
 
 
-def _structure(
-    owner: str,
-    params: Params,
-    layers: Mapping[str, KroneckerLayer] | None,
-    max_factor_dim: int,
-) -> _Structure:
+def _structure(settings: _Settings, params: Params) -> _Structure:
+    owner, layers, max_factor_dim = settings.owner, settings.layers, settings.max_factor_dim
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     named = {leaf_name(path): leaf for path, leaf in flat}
     chosen = _by_convention(named) if layers is None else dict(layers)
@@ -205,17 +216,12 @@ def _named(tree: Any) -> tuple[dict[str, jax.Array], Any]:
 
 
 def _precondition(
-    structure: _Structure,
-    grads: dict[str, jax.Array],
-    state: KfacState,
-    a_inv: tuple,
-    g_inv: tuple,
-    diagonal: tuple,
-    gamma: jax.Array,
+    structure: _Structure, grads: dict[str, jax.Array], state: KfacState, gamma: jax.Array
 ) -> dict[str, jax.Array]:
-    """`F̆⁻¹ ∇h` leaf by leaf: `A⁻¹ ∇_W̄ G⁻¹` per layer, `∇h / (v + γ)` for the rest."""
+    """`F̆⁻¹ ∇h` leaf by leaf with the state's inverses: `A⁻¹ ∇_W̄ G⁻¹` per layer,
+    `∇h / (v + γ)` for the rest."""
     out = {}
-    for layer, ai, gi in zip(structure.layers.values(), a_inv, g_inv, strict=True):
+    for layer, ai, gi in zip(structure.layers.values(), state.a_inv, state.g_inv, strict=True):
         bias = None if layer.bias is None else grads[layer.bias]
         mat = kernel_matrix(layer, grads[layer.kernel].astype(ai.dtype), bias)
         mat = jnp.matmul(jnp.matmul(ai, mat, precision=_HIGHEST), gi, precision=_HIGHEST)
@@ -223,37 +229,36 @@ def _precondition(
         out[layer.kernel] = w
         if layer.bias is not None:
             out[layer.bias] = b
-    for name, v in zip(structure.unmatched, diagonal, strict=True):
+    for name, v in zip(structure.unmatched, state.diagonal, strict=True):
         out[name] = grads[name].astype(v.dtype) / (v + gamma)
     return out
 
 
 def _refresh(
-    owner: str,
+    settings: _Settings,
     structure: _Structure,
     state: KfacState,
     params: Params,
     grads: dict[str, jax.Array],
     extra_args: dict[str, Any],
     gamma: jax.Array,
-    settings: dict[str, Any],
-) -> tuple[tuple, tuple, tuple, tuple, tuple]:
-    """The new factors (every `curvature_update_frequency` steps), diagonal and inverses
-    (every `inverse_update_frequency` steps, from the new factors and `γ`)."""
+) -> KfacState:
+    """The state with new factors (every `curvature_update_frequency` steps), diagonal and
+    inverses (every `inverse_update_frequency` steps, from the new factors and `γ`)."""
     count, first = state.count, state.count == 0
-    decay = settings["factor_decay"]
+    decay = settings.factor_decay
     names = tuple(structure.layers)
     if names:
         plan = _Plan(extra_args["outputs_fn"], params)
-        _check_against_jaxpr(owner, structure, plan)
+        _check_against_jaxpr(settings.owner, structure, plan)
 
         def refreshed():
             fresh = _factors(
                 plan,
                 params,
                 names,
-                settings["curvature"],
-                settings["likelihood"],
+                settings.curvature,
+                settings.likelihood,
                 extra_args.get("loss_of_outputs"),
                 extra_args.get("key"),
             )
@@ -267,9 +272,9 @@ def _refresh(
             )
             return a, g
 
-        due = count % settings["curvature_update_frequency"] == 0
+        due = count % settings.curvature_update_frequency == 0
         a, g = lax.cond(due, refreshed, lambda: (state.a, state.g))
-        due = count % settings["inverse_update_frequency"] == 0
+        due = count % settings.inverse_update_frequency == 0
         a_inv, g_inv = lax.cond(
             due, lambda: _damped_inverses(a, g, gamma), lambda: (state.a_inv, state.g_inv)
         )
@@ -279,38 +284,70 @@ def _refresh(
         _ema(v, jnp.square(grads[n].astype(v.dtype)), decay, first)
         for n, v in zip(structure.unmatched, state.diagonal, strict=True)
     )
-    return a, g, a_inv, g_inv, diagonal
+    return state._replace(a=a, g=g, a_inv=a_inv, g_inv=g_inv, diagonal=diagonal)
 
 
-def _check_common(
+def _settings(
     owner: str,
+    layers: Mapping[str, KroneckerLayer] | None,
+    max_factor_dim: int,
     factor_decay: float,
     curvature_update_frequency: int,
     inverse_update_frequency: int,
     curvature: str,
     likelihood: str,
-    max_factor_dim: int,
-) -> dict[str, Any]:
-    """Checks the settings `scale_by_kfac` and `kfac` share; returns those the update reads."""
+    *more_needs: str,
+) -> _Settings:
+    """Checks the settings `scale_by_kfac` and `kfac` share. Every update needs `outputs_fn`,
+    and `key` for the Fisher or `loss_of_outputs` otherwise, then `more_needs`."""
     check_decay(owner, "factor_decay", factor_decay)
     check_int(owner, "curvature_update_frequency", curvature_update_frequency)
     check_int(owner, "inverse_update_frequency", inverse_update_frequency)
     check_choice(owner, "curvature", curvature, ("ggn", "fisher", "empirical"))
     check_choice(owner, "likelihood", likelihood, ("categorical", "gaussian"))
     check_int(owner, "max_factor_dim", max_factor_dim)
-    return {
-        "factor_decay": factor_decay,
-        "curvature_update_frequency": curvature_update_frequency,
-        "inverse_update_frequency": inverse_update_frequency,
-        "curvature": curvature,
-        "likelihood": likelihood,
-    }
+    needs = ("outputs_fn", "key" if curvature == "fisher" else "loss_of_outputs")
+    needs += tuple(name for name in more_needs if name not in needs)
+    return _Settings(
+        owner,
+        layers,
+        max_factor_dim,
+        factor_decay,
+        curvature_update_frequency,
+        inverse_update_frequency,
+        curvature,
+        likelihood,
+        needs,
+    )
 
 
-def _needs(curvature: str, *more: str) -> tuple[str, ...]:
-    needs = ("outputs_fn",)
-    needs += ("key",) if curvature == "fisher" else ("loss_of_outputs",)
-    return needs + tuple(m for m in more if m not in needs)
+_Rule = Callable[
+    [_Structure, dict[str, jax.Array], Any, KfacState, Params, dict[str, Any]],
+    tuple[dict[str, jax.Array], KfacState],
+]
+
+
+def _transformation(
+    settings: _Settings, damping: float, keep_update: bool, rule: _Rule
+) -> GradientTransformationExtraArgs:
+    """K-FAC's `init` (the layers found in the params, zero factors, identity inverses; the
+    previous step kept with `keep_update`) and its `update`: the extra args checked, the
+    layers found again, then ``rule(structure, grads, treedef, state, params, extra_args)``
+    on the gradients by leaf path, which returns the updates by leaf path and the new state."""
+
+    def init_fn(params: Params) -> KfacState:
+        return _init_state(_structure(settings, params), params, damping, keep_update)
+
+    def update_fn(
+        updates: Updates, state: KfacState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, KfacState]:
+        _require(settings.owner, params, extra_args, settings.needs)
+        structure = _structure(settings, params)
+        grads, treedef = _named(updates)
+        out, state = rule(structure, grads, treedef, state, params, extra_args)
+        return treedef.unflatten([out[name].astype(grads[name].dtype) for name in grads]), state
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_kfac(
@@ -365,39 +402,24 @@ def scale_by_kfac(
     """
     owner = "scale_by_kfac"
     check_positive(owner, "damping", damping)
-    settings = _check_common(
+    settings = _settings(
         owner,
+        layers,
+        max_factor_dim,
         factor_decay,
         curvature_update_frequency,
         inverse_update_frequency,
         curvature,
         likelihood,
-        max_factor_dim,
     )
-    needs = _needs(curvature)
 
-    def init_fn(params: Params) -> KfacState:
-        structure = _structure(owner, params, layers, max_factor_dim)
-        return _init_state(structure, params, damping, update=False)
+    def rule(structure, grads, treedef, state, params, extra_args):
+        del treedef
+        state = _refresh(settings, structure, state, params, grads, extra_args, state.damping)
+        out = _precondition(structure, grads, state, state.damping)
+        return out, state._replace(count=increment(state.count))
 
-    def update_fn(
-        updates: Updates, state: KfacState, params: Params | None = None, **extra_args: Any
-    ) -> tuple[Updates, KfacState]:
-        _require(owner, params, extra_args, needs)
-        structure = _structure(owner, params, layers, max_factor_dim)
-        grads, treedef = _named(updates)
-        gamma = state.damping
-        a, g, a_inv, g_inv, diagonal = _refresh(
-            owner, structure, state, params, grads, extra_args, gamma, settings
-        )
-        out = _precondition(structure, grads, state, a_inv, g_inv, diagonal, gamma)
-        leaves = [out[name].astype(grads[name].dtype) for name in grads]
-        new_state = state._replace(
-            count=increment(state.count), a=a, g=g, a_inv=a_inv, g_inv=g_inv, diagonal=diagonal
-        )
-        return treedef.unflatten(leaves), new_state
-
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return _transformation(settings, damping, keep_update=False, rule=rule)
 
 
 def _vdot(x: dict[str, jax.Array], y: dict[str, jax.Array]) -> jax.Array:
@@ -491,41 +513,30 @@ def kfac(
                 f"{owner}: norm_constraint acts with a fixed learning_rate and momentum only "
                 "(the quadratic model rescales the step itself); set both or drop it"
             )
-    settings = _check_common(
+    quadratic = learning_rate is None or momentum is None
+    more_needs = ("loss_of_outputs",) if quadratic or adapt_damping else ()
+    more_needs += ("value", "value_fn") if adapt_damping else ()
+    settings = _settings(
         owner,
+        layers,
+        max_factor_dim,
         factor_decay,
         curvature_update_frequency,
         inverse_update_frequency,
         curvature,
         likelihood,
-        max_factor_dim,
+        *more_needs,
     )
-    quadratic = learning_rate is None or momentum is None
-    needs = (
-        _needs(curvature, "loss_of_outputs") if quadratic or adapt_damping else _needs(curvature)
-    )
-    needs += ("value", "value_fn") if adapt_damping else ()
     omega = (19 / 20) ** damping_adaptation_interval
 
-    def init_fn(params: Params) -> KfacState:
-        structure = _structure(owner, params, layers, max_factor_dim)
-        return _init_state(structure, params, damping, update=True)
-
-    def update_fn(
-        updates: Updates, state: KfacState, params: Params | None = None, **extra_args: Any
-    ) -> tuple[Updates, KfacState]:
-        _require(owner, params, extra_args, needs)
-        structure = _structure(owner, params, layers, max_factor_dim)
-        grads, treedef = _named(updates)
+    def rule(structure, grads, treedef, state, params, extra_args):
         theta, _ = _named(params)
         dtype = state.damping.dtype
         lam, count = state.damping, state.count
         gamma = lam + l2_reg
-        a, g, a_inv, g_inv, diagonal = _refresh(
-            owner, structure, state, params, grads, extra_args, gamma, settings
-        )
+        state = _refresh(settings, structure, state, params, grads, extra_args, gamma)
         grad_h = {n: grads[n].astype(dtype) + l2_reg * theta[n].astype(dtype) for n in grads}
-        precond = _precondition(structure, grad_h, state, a_inv, g_inv, diagonal, gamma)
+        precond = _precondition(structure, grad_h, state, gamma)
         delta = {n: -precond[n] for n in grads}
         previous = {n: v.astype(dtype) for n, v in _named(state.update)[0].items()}
         b1, b2 = _vdot(grad_h, delta), _vdot(grad_h, previous)
@@ -601,17 +612,12 @@ def kfac(
             due = count % damping_adaptation_interval == 0
             lam, rho = lax.cond(due, adapted, lambda: (lam, rho))
 
-        new_state = KfacState(
+        new_state = state._replace(
             count=increment(count),
-            a=a,
-            g=g,
-            a_inv=a_inv,
-            g_inv=g_inv,
-            diagonal=diagonal,
             damping=lam,
             update=jax.tree.map(lambda s, u: s.astype(u.dtype), step_tree, state.update),
             rho=rho,
         )
-        return step_tree, new_state
+        return step, new_state
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return _transformation(settings, damping, keep_update=True, rule=rule)
