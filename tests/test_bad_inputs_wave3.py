@@ -459,6 +459,16 @@ CASES = {
         lambda: nn.layer_norm().apply(None, {}, jnp.ones((2, 4))),
         ["layer_norm: params", "dict init returns", "None"],
     ),
+    "layer_norm applied with empty params": (
+        lambda: nn.layer_norm().apply({}, {}, jnp.ones((2, 4))),
+        ["layer_norm: params", "no entry 'scale'", "it has []"],
+    ),
+    "batch_norm applied with the params of one without a bias": (
+        lambda: nn.batch_norm().apply(
+            {"scale": jnp.ones(4)}, {"mean": jnp.zeros(4), "var": jnp.ones(4)}, jnp.ones((2, 4))
+        ),
+        ["batch_norm: params", "no entry 'bias'", "it has ['scale']"],
+    ),
     "a model applied with a list as its state": (
         lambda: MLP.apply(parts_of(MLP, (1, 5))[0], [], jnp.ones((2, 5))),
         ["serial: state", "dict init returns", "list []"],

@@ -76,11 +76,17 @@ def _widened(x: Array) -> Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _sizes(kind: str, *trees) -> tuple[int, ...] | None:
-    """The shape of the first of ``scale``, ``bias``, ``mean`` in `trees` (the params, then
-    the state), once they are dicts; None if none has one."""
-    for tree, what in zip(trees, ("params", "state"), strict=False):
-        check_params(kind, tree, what=what)
+def _sizes(
+    kind: str, params, state=None, *, use_scale: bool = True, use_bias: bool = True
+) -> tuple[int, ...] | None:
+    """The shape of the first of ``scale``, ``bias``, ``mean`` in the params, then the state,
+    once the params are a dict holding ``scale`` (with `use_scale`) and ``bias`` (with
+    `use_bias`) and the state a dict; None if none has one."""
+    check_params(kind, params, *("scale",) * use_scale, *("bias",) * use_bias)
+    trees = (params,)
+    if state is not None:
+        check_params(kind, state, what="state")
+        trees += (state,)
     for tree in trees:
         for name in ("scale", "bias", "mean"):
             if name in tree:
@@ -210,7 +216,7 @@ def batch_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key
-        sizes = _sizes("batch_norm", params, state)
+        sizes = _sizes("batch_norm", params, state, use_scale=use_scale, use_bias=use_bias)
         _check_input("batch_norm", x, sizes, min_rank=2 - bool(axis_name))
         if track_running_stats and not {"mean", "var"} <= set(state):
             raise LayerError(
@@ -290,7 +296,8 @@ def layer_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input("layer_norm", x, _sizes("layer_norm", params), axes)
+        sizes = _sizes("layer_norm", params, use_scale=use_scale, use_bias=use_bias)
+        _check_input("layer_norm", x, sizes, axes)
         wide = _widened(x)
         mean = jnp.mean(wide, axes, keepdims=True)
         var = jnp.mean(jnp.square(wide - mean), axes, keepdims=True)
@@ -339,7 +346,8 @@ def rms_norm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        _check_input("rms_norm", x, _sizes("rms_norm", params), axes)
+        sizes = _sizes("rms_norm", params, use_scale=use_scale, use_bias=use_bias)
+        _check_input("rms_norm", x, sizes, axes)
         wide = _widened(x)
         epsilon = jnp.finfo(wide.dtype).eps if eps is None else eps
         mean_square = jnp.mean(jnp.square(wide), axes, keepdims=True)

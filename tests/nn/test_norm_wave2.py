@@ -385,4 +385,4 @@ def test_norm_shape_and_setting_errors_name_the_layer_and_the_shapes():
     with pytest.raises(nn.LayerError, match=r"^batch_norm: expected .*3 channels.*\(2, 4\)"):
         layer.apply(params, state, jnp.ones((2, 4)))
     with pytest.raises(nn.LayerError, match=r"^batch_norm: state must hold the running mean"):
-        batch_norm().apply(params, {}, jnp.ones((2, 3)))
+        layer.apply(params, {}, jnp.ones((2, 3)))
