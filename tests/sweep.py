@@ -95,8 +95,9 @@ SIZE_NAMES = {"kernel_size", "window", "window_shape", "strides"}
 
 class Case:
     """One public function, the valid call the sweep starts from, how to run a call to the
-    end (`finish`), and the arguments that the caller's own functions read (`caller_reads`),
-    where a bad value is the caller's function's error to raise."""
+    end (`finish`), the arguments that the caller's own functions read (`caller_reads`),
+    where a bad value is the caller's function's error to raise, and bad calls of its own
+    beyond the bad values (`more`: ``{label: args}``)."""
 
     def __init__(
         self,
@@ -105,9 +106,10 @@ class Case:
         args: dict[str, Any],
         finish: Callable,
         caller_reads: frozenset[str] = frozenset(),
+        more: dict[str, dict[str, Any]] | None = None,
     ):
         self.name, self.fn, self.args, self.finish = name, fn, args, finish
-        self.caller_reads = caller_reads
+        self.caller_reads, self.more = caller_reads, more or {}
 
     def run(self, args: dict[str, Any]) -> None:
         self.finish(self.fn(**args))
@@ -159,8 +161,18 @@ def _applying(layer: Layer) -> Callable:
     return apply
 
 
+def _without_each_entry(tree: dict, where: str = "params") -> Iterator[tuple[str, dict]]:
+    """`tree` with one entry removed, for each entry of it and of the dicts inside it."""
+    for name, value in tree.items():
+        yield f"{where}[{name!r}]", {k: v for k, v in tree.items() if k != name}
+        if isinstance(value, dict):
+            for label, inner in _without_each_entry(value, f"{where}[{name!r}]"):
+                yield label, {**tree, name: inner}
+
+
 def input_cases(only: set[str] | None = None) -> Iterator[Case]:
-    """The layers of `layer_cases` applied to bad params, states and inputs."""
+    """The layers of `layer_cases` applied to bad params, states and inputs, and to their
+    own params with an entry missing."""
     for case in layer_cases(only):
         layer = case.fn(**case.args)
         for shape in LAYER_INPUTS:
@@ -169,7 +181,11 @@ def input_cases(only: set[str] | None = None) -> Iterator[Case]:
             except nn.LayerError:
                 continue
             args = {"params": params, "state": state, "x": jnp.ones(shape)}
-            yield Case(case.name, _applying(layer), args, jax.block_until_ready)
+            more = {
+                f"{label} missing": {**args, "params": fewer}
+                for label, fewer in _without_each_entry(params)
+            }
+            yield Case(case.name, _applying(layer), args, jax.block_until_ready, more=more)
             break
 
 
@@ -370,6 +386,11 @@ def sweep(cases: list[Case]) -> tuple[collections.Counter, list[str]]:
                 counts[kind] += 1
                 if kind == "raw":
                     faults.append(f"{case.name}({arg}={bad!r}): {detail}")
+        for label, args in case.more.items():
+            kind, detail = outcome(case, args)
+            counts[kind] += 1
+            if kind == "raw":
+                faults.append(f"{case.name}({label}): {detail}")
     return counts, faults
 
 

@@ -469,6 +469,41 @@ CASES = {
         ),
         ["batch_norm: params", "no entry 'bias'", "it has ['scale']"],
     ),
+    "dense applied with params without its bias": (
+        lambda: nn.dense(3).apply({"w": jnp.ones((4, 3))}, {}, jnp.ones((2, 4))),
+        ["dense: params", "no entry 'b'", "it has ['w']"],
+    ),
+    "a stacked bidirectional GRU without one direction's bias": (
+        lambda: (
+            lambda layer, params: layer.apply(
+                {**params, "layer_1": {**params["layer_1"], "backward": {"w_ih": 0, "w_hh": 0}}},
+                {},
+                jnp.ones((2, 3, 5)),
+            )
+        )(
+            nn.gru(4, num_layers=2, bidirectional=True),
+            nn.gru(4, num_layers=2, bidirectional=True).init(KEY, (2, 3, 5))[1],
+        ),
+        ["gru: params['layer_1']['backward']", "no entry 'b_ih'"],
+    ),
+    "attention applied without a projection's bias": (
+        lambda: (
+            lambda params: nn.multi_head_attention(2).apply(
+                {**params, "k": {"w": params["k"]["w"]}}, {}, jnp.ones((2, 3, 8))
+            )
+        )(nn.multi_head_attention(2).init(KEY, (2, 3, 8))[1]),
+        ["multi_head_attention: params['k']", "no entry 'b'", "it has ['w']"],
+    ),
+    "embedding applied with a string as its params": (
+        lambda: nn.embedding(10, 4).apply("table", {}, jnp.array([[1, 2]])),
+        ["embedding: params", "dict init returns, with table", "str 'table'"],
+    ),
+    "weight_norm applied without its gain": (
+        lambda: nn.weight_norm(nn.dense(3)).apply(
+            {"v": jnp.ones((4, 3)), "b": jnp.zeros(3)}, {}, jnp.ones((2, 4))
+        ),
+        ["weight_norm: params", "no entry 'g'", "it has ['b', 'v']"],
+    ),
     "a model applied with a list as its state": (
         lambda: MLP.apply(parts_of(MLP, (1, 5))[0], [], jnp.ones((2, 5))),
         ["serial: state", "dict init returns", "list []"],

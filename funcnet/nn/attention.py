@@ -207,6 +207,14 @@ def _init_projections(
     return params
 
 
+def _check_projections(kind: str, params) -> None:
+    """Refuses params that are not the four projections ``q``, ``k``, ``v``, ``o`` of
+    init, each a dict holding ``w`` and ``b``."""
+    check_params(kind, params, "q", "k", "v", "o")
+    for name in "qkvo":
+        check_params(kind, params[name], "w", "b", what=f"params[{name!r}]")
+
+
 def _heads(params, name: str, z: Array, num_heads: int) -> Array:
     """``z W + b`` split into heads: ``(batch, time, ·) -> (batch, heads, time, d)``.
 
@@ -353,7 +361,7 @@ def multi_head_attention(
         x = parts[0]
         mask = parts[1] if len(parts) > 1 else None
         attention_mask = parts[2] if len(parts) > 2 else None
-        check_params(kind, params, "q", "k", "v", "o")
+        _check_projections(kind, params)
         features = params["q"]["w"].shape[0]
         check_shape(kind, x.shape, f"{features} features on the last axis", last=features)
         batch, time, _ = x.shape
@@ -461,7 +469,7 @@ def cross_attention(
         x, context = parts[0], parts[1]
         context_mask = parts[2] if len(parts) > 2 else None
         attention_mask = parts[3] if len(parts) > 3 else None
-        check_params(kind, params, "q", "k", "v", "o")
+        _check_projections(kind, params)
         features, context_features = params["q"]["w"].shape[0], params["k"]["w"].shape[0]
         check_shape(kind, x.shape, f"x with {features} features on the last axis", last=features)
         check_shape(

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet._checks import check_float_dtype, check_int
+from funcnet._checks import check_flag, check_float_dtype, check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import (
     Layer,
@@ -278,6 +278,7 @@ def conv(
     fixed = _fixed_ndim("conv", kernel_size, strides, dilation, padding)
     w_init, b_init = initializers.named("conv", w_init=w_init, b_init=b_init)
     check_float_dtype("conv", dtype)
+    check_flag("conv", "use_bias", use_bias)
 
     def settings(ndim):
         window = _per_axis("conv", "kernel_size", kernel_size, ndim)
@@ -309,7 +310,7 @@ def conv(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        check_params("conv", params, "w")
+        check_params("conv", params, "w", *("b",) * use_bias)
         w = params["w"]
         ndim = w.ndim - 2
         _check_spatial("conv", input_shape("conv", x), ndim)
@@ -403,6 +404,7 @@ def conv_transpose(
     fixed = _fixed_ndim(kind, kernel_size, strides, dilation, padding, output_padding)
     w_init, b_init = initializers.named(kind, w_init=w_init, b_init=b_init)
     check_float_dtype(kind, dtype)
+    check_flag(kind, "use_bias", use_bias)
 
     def settings(ndim):
         window = _per_axis(kind, "kernel_size", kernel_size, ndim)
@@ -469,7 +471,7 @@ def conv_transpose(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        check_params(kind, params, "w")
+        check_params(kind, params, "w", *("b",) * use_bias)
         w = params["w"]
         ndim = w.ndim - 2
         _check_spatial(kind, input_shape(kind, x), ndim)

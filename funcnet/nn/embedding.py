@@ -10,7 +10,7 @@ import numpy as np
 
 from funcnet._checks import check_float_dtype, check_int
 from funcnet.nn import initializers
-from funcnet.nn.core import Layer, LayerError, check_shape
+from funcnet.nn.core import Layer, LayerError, check_params, check_shape
 
 __all__ = ["embedding"]
 
@@ -67,6 +67,7 @@ def embedding(
 
     def apply(params, state, ids, *, key=None, train=False):
         del key, train
+        check_params("embedding", params, "table")
         table = params["table"]
         if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
             raise LayerError(

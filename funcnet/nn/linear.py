@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnet._checks import check_float_dtype, check_int
+from funcnet._checks import check_flag, check_float_dtype, check_int
 from funcnet.nn import initializers
 from funcnet.nn.core import Layer, LayerError, check_params, check_shape, input_shape
 
@@ -31,6 +31,7 @@ def dense(
     features = check_int("dense", "features", features)
     w_init, b_init = initializers.named("dense", w_init=w_init, b_init=b_init)
     check_float_dtype("dense", dtype)
+    check_flag("dense", "use_bias", use_bias)
 
     def init(key, in_shape):
         in_shape = check_shape("dense", in_shape, "an input (..., features)", min_rank=1)
@@ -42,7 +43,7 @@ def dense(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
-        check_params("dense", params, "w")
+        check_params("dense", params, "w", *("b",) * use_bias)
         w = params["w"]
         bias_shape = tuple(params["b"].shape) if "b" in params else (features,)
         if w.ndim != 2 or w.shape[1] != features or bias_shape != (features,):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnet._checks import check_float_dtype, check_int, check_positive, is_real
+from funcnet._checks import check_flag, check_float_dtype, check_int, check_positive, is_real
 from funcnet.nn import initializers
 from funcnet.nn.core import (
     Layer,
@@ -43,11 +43,15 @@ __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"
 Array = jax.Array
 
 
-def _affine_inits(kind: str, scale_init, bias_init, dtype, eps) -> tuple:
-    """The scale and bias initializers (by name or as given), once `dtype` and `eps` are
-    checked for the layer `kind`."""
+def _affine_inits(
+    kind: str, scale_init, bias_init, dtype, eps, use_scale=True, use_bias=True
+) -> tuple:
+    """The scale and bias initializers (by name or as given), once `dtype`, `eps` and the
+    flags are checked for the layer `kind`."""
     check_float_dtype(kind, dtype)
     check_positive(kind, "eps", eps, allow_zero=True)
+    check_flag(kind, "use_scale", use_scale)
+    check_flag(kind, "use_bias", use_bias)
     return initializers.named(kind, scale_init=scale_init, bias_init=bias_init)
 
 
@@ -77,16 +81,15 @@ def _widened(x: Array) -> Array:
 
 
 def _sizes(
-    kind: str, params, state=None, *, use_scale: bool = True, use_bias: bool = True
+    kind: str, params, *states, use_scale: bool = True, use_bias: bool = True
 ) -> tuple[int, ...] | None:
-    """The shape of the first of ``scale``, ``bias``, ``mean`` in the params, then the state,
-    once the params are a dict holding ``scale`` (with `use_scale`) and ``bias`` (with
-    `use_bias`) and the state a dict; None if none has one."""
+    """The shape of the first of ``scale``, ``bias``, ``mean`` in the params, then the
+    states, once the params are a dict holding ``scale`` (with `use_scale`) and ``bias``
+    (with `use_bias`) and the states are dicts; None if none has one."""
     check_params(kind, params, *("scale",) * use_scale, *("bias",) * use_bias)
-    trees = (params,)
-    if state is not None:
+    for state in states:
         check_params(kind, state, what="state")
-        trees += (state,)
+    trees = (params, *states)
     for tree in trees:
         for name in ("scale", "bias", "mean"):
             if name in tree:
@@ -200,7 +203,9 @@ def batch_norm(
             "batch_norm: axis_name must be the name of a mapped axis or None, got "
             f"{axis_name!r:.40}"
         )
-    scale_init, bias_init = _affine_inits("batch_norm", scale_init, bias_init, dtype, eps)
+    scale_init, bias_init = _affine_inits(
+        "batch_norm", scale_init, bias_init, dtype, eps, use_scale, use_bias
+    )
 
     def init(key, in_shape):
         in_shape = check_shape(
@@ -290,7 +295,9 @@ def layer_norm(
     params are ``{}`` and ``y = (x − μ)/√(σ² + ε)`` (PyTorch's ``elementwise_affine=False``).
     """
     axes = _norm_axes("layer_norm", axes)
-    scale_init, bias_init = _affine_inits("layer_norm", scale_init, bias_init, dtype, eps)
+    scale_init, bias_init = _affine_inits(
+        "layer_norm", scale_init, bias_init, dtype, eps, use_scale, use_bias
+    )
 
     init = _init_over_axes("layer_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
@@ -340,7 +347,9 @@ def rms_norm(
     """
     axes = _norm_axes("rms_norm", axes)
     checked_eps = 0.0 if eps is None else eps  # None: the dtype's machine epsilon, at apply
-    scale_init, bias_init = _affine_inits("rms_norm", scale_init, bias_init, dtype, checked_eps)
+    scale_init, bias_init = _affine_inits(
+        "rms_norm", scale_init, bias_init, dtype, checked_eps, use_scale, use_bias
+    )
 
     init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
@@ -452,6 +461,7 @@ def weight_norm(layer: Layer) -> Layer:
         return out_shape, {"v": v, "g": _norm_but_last(v), **params}, state
 
     def apply(params, state, x, *, key=None, train=False):
+        check_params("weight_norm", params, "v", "g")
         params = dict(params)
         v, g = params.pop("v"), params.pop("g")
         if g.shape != v.shape[-1:]:

@@ -94,6 +94,7 @@ def _recurrent(
     *,
     gates: int,
     make_biases: Callable[[Array], dict[str, Array]],
+    biases: tuple[str, ...],
     input_bias: Callable[[dict[str, Array]], Array],
     step: Callable[[dict[str, Array], tuple[Array, ...], Array], tuple[tuple[Array, ...], Array]],
     carry_size: int,
@@ -291,14 +292,26 @@ def _recurrent(
         carry, hs = lax.scan(scan_step, carry, sequence, reverse=reverse, unroll=steps)
         return hs, carry
 
-    if num_layers > 1:
-        top_names = tuple(f"layer_{i}" for i in range(num_layers))
-    else:
-        top_names = directions if bidirectional else ("w_ih", "w_hh")
+    def checked_layers(params):
+        """Each layer's params, once they and those of each of its directions are dicts
+        holding what init made: ``w_ih``, ``w_hh`` and the biases."""
+        if num_layers == 1:
+            layers = {"params": params}
+        else:
+            check_params(kind, params, *(f"layer_{i}" for i in range(num_layers)))
+            layers = {f"params['layer_{i}']": params[f"layer_{i}"] for i in range(num_layers)}
+        for where, layer_params in layers.items():
+            if bidirectional:
+                check_params(kind, layer_params, *directions, what=where)
+                cells = {f"{where}[{d!r}]": layer_params[d] for d in directions}
+            else:
+                cells = {where: layer_params}
+            for cell_where, cell in cells.items():
+                check_params(kind, cell, "w_ih", "w_hh", *biases, what=cell_where)
+        return list(layers.values())
 
     def apply(params, state, x, *, key=None, train=False):
-        check_params(kind, params, *top_names)
-        layers = [params] if num_layers == 1 else [params[f"layer_{i}"] for i in range(num_layers)]
+        layers = checked_layers(params)
         first = layers[0]["forward"] if bidirectional else layers[0]
         x, mask, initial = split_input(x, first["w_ih"].shape[0])
         drop = train and dropout > 0 and num_layers > 1
@@ -404,6 +417,7 @@ def gru(
         hidden,
         gates=3,
         make_biases=make_biases,
+        biases=("b_ih", "b_hh"),
         input_bias=lambda params: params["b_ih"],
         step=step,
         carry_size=1,
@@ -474,6 +488,7 @@ def lstm(
         hidden,
         gates=4,
         make_biases=make_biases,
+        biases=("b",),
         input_bias=lambda params: params["b"],
         step=step,
         carry_size=2,

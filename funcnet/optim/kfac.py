@@ -80,7 +80,7 @@ class _Structure(NamedTuple):
 
 
 class _Settings(NamedTuple):
-    """The settings `scale_by_kfac` and `kfac` share, checked by `_settings`: `owner` names
+    """The settings `scale_by_kfac` and `kfac` share (`_checked` checks them): `owner` names
     the optimizer in errors, `needs` the extra args every update requires."""
 
     owner: str
@@ -91,7 +91,7 @@ class _Settings(NamedTuple):
     inverse_update_frequency: int
     curvature: str
     likelihood: str
-    needs: tuple[str, ...]
+    needs: tuple[str, ...] = ()
 
 
 def _by_convention(named: dict[str, jax.Array]) -> dict[str, KroneckerLayer]:
@@ -287,38 +287,18 @@ def _refresh(
     return state._replace(a=a, g=g, a_inv=a_inv, g_inv=g_inv, diagonal=diagonal)
 
 
-def _settings(
-    owner: str,
-    layers: Mapping[str, KroneckerLayer] | None,
-    max_factor_dim: int,
-    factor_decay: float,
-    curvature_update_frequency: int,
-    inverse_update_frequency: int,
-    curvature: str,
-    likelihood: str,
-    *more_needs: str,
-) -> _Settings:
-    """Checks the settings `scale_by_kfac` and `kfac` share. Every update needs `outputs_fn`,
-    and `key` for the Fisher or `loss_of_outputs` otherwise, then `more_needs`."""
-    check_decay(owner, "factor_decay", factor_decay)
-    check_int(owner, "curvature_update_frequency", curvature_update_frequency)
-    check_int(owner, "inverse_update_frequency", inverse_update_frequency)
+def _checked(settings: _Settings, *more_needs: str) -> _Settings:
+    """`settings` once checked, with what every update needs: `outputs_fn`, `key` for the
+    Fisher or `loss_of_outputs` otherwise, then `more_needs`."""
+    owner, curvature = settings.owner, settings.curvature
+    check_decay(owner, "factor_decay", settings.factor_decay)
+    check_int(owner, "curvature_update_frequency", settings.curvature_update_frequency)
+    check_int(owner, "inverse_update_frequency", settings.inverse_update_frequency)
     check_choice(owner, "curvature", curvature, ("ggn", "fisher", "empirical"))
-    check_choice(owner, "likelihood", likelihood, ("categorical", "gaussian"))
-    check_int(owner, "max_factor_dim", max_factor_dim)
+    check_choice(owner, "likelihood", settings.likelihood, ("categorical", "gaussian"))
+    check_int(owner, "max_factor_dim", settings.max_factor_dim)
     needs = ("outputs_fn", "key" if curvature == "fisher" else "loss_of_outputs")
-    needs += tuple(name for name in more_needs if name not in needs)
-    return _Settings(
-        owner,
-        layers,
-        max_factor_dim,
-        factor_decay,
-        curvature_update_frequency,
-        inverse_update_frequency,
-        curvature,
-        likelihood,
-        needs,
-    )
+    return settings._replace(needs=needs + tuple(n for n in more_needs if n not in needs))
 
 
 _Rule = Callable[
@@ -402,7 +382,7 @@ def scale_by_kfac(
     """
     owner = "scale_by_kfac"
     check_positive(owner, "damping", damping)
-    settings = _settings(
+    settings = _Settings(
         owner,
         layers,
         max_factor_dim,
@@ -412,6 +392,7 @@ def scale_by_kfac(
         curvature,
         likelihood,
     )
+    settings = _checked(settings)
 
     def rule(structure, grads, treedef, state, params, extra_args):
         del treedef
@@ -516,7 +497,7 @@ def kfac(
     quadratic = learning_rate is None or momentum is None
     more_needs = ("loss_of_outputs",) if quadratic or adapt_damping else ()
     more_needs += ("value", "value_fn") if adapt_damping else ()
-    settings = _settings(
+    settings = _Settings(
         owner,
         layers,
         max_factor_dim,
@@ -525,8 +506,8 @@ def kfac(
         inverse_update_frequency,
         curvature,
         likelihood,
-        *more_needs,
     )
+    settings = _checked(settings, *more_needs)
     omega = (19 / 20) ** damping_adaptation_interval
 
     def rule(structure, grads, treedef, state, params, extra_args):
