@@ -182,8 +182,9 @@ def input_cases(only: set[str] | None = None) -> Iterator[Case]:
                 continue
             args = {"params": params, "state": state, "x": jnp.ones(shape)}
             more = {
-                f"{label} missing": {**args, "params": fewer}
-                for label, fewer in _without_each_entry(params)
+                f"{label} missing": {**args, name: fewer}
+                for name, tree in (("params", params), ("state", state))
+                for label, fewer in _without_each_entry(tree, name)
             }
             yield Case(case.name, _applying(layer), args, jax.block_until_ready, more=more)
             break

@@ -494,6 +494,19 @@ CASES = {
         )(nn.multi_head_attention(2).init(KEY, (2, 3, 8))[1]),
         ["multi_head_attention: params['k']", "no entry 'b'", "it has ['w']"],
     ),
+    "cached attention applied with a cache without its index": (
+        lambda: (
+            lambda layer, params, state: layer.apply(
+                params,
+                {"cache": {k: v for k, v in state["cache"].items() if k != "index"}},
+                jnp.ones((2, 1, 8)),
+            )
+        )(
+            nn.multi_head_attention(2, causal=True, cache_length=4),
+            *nn.multi_head_attention(2, causal=True, cache_length=4).init(KEY, (2, 1, 8))[1:],
+        ),
+        ["multi_head_attention: state['cache']", "no entry 'index'"],
+    ),
     "embedding applied with a string as its params": (
         lambda: nn.embedding(10, 4).apply("table", {}, jnp.array([[1, 2]])),
         ["embedding: params", "dict init returns, with table", "str 'table'"],

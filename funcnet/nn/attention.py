@@ -378,6 +378,7 @@ def multi_head_attention(
                     f"built with cache_length={cache_length}, it needs the state made by its "
                     "init, which holds the cache",
                 )
+            check_params(kind, cache, "k", "v", "valid", "index", what="state['cache']")
             if attention_mask is not None:
                 _check_attention_mask(
                     kind, attention_mask.shape, batch, num_heads, time, cache_length
