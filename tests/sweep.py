@@ -170,9 +170,25 @@ def _without_each_entry(tree: dict, where: str = "params") -> Iterator[tuple[str
                 yield label, {**tree, name: inner}
 
 
+def _each_leaf_misshapen(tree: dict, where: str = "params") -> Iterator[tuple[str, dict]]:
+    """`tree` with one array given an extra axis, or one more entry along each axis, for each
+    array in it."""
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            for label, inner in _each_leaf_misshapen(value, f"{where}[{name!r}]"):
+                yield label, {**tree, name: inner}
+            continue
+        shape = jnp.shape(value)
+        for label, new_shape in (
+            ("with an extra axis", (*shape, 2)),
+            ("one longer", (*(d + 1 for d in shape),) or (2,)),
+        ):
+            yield f"{where}[{name!r}] {label}", {**tree, name: jnp.ones(new_shape, value.dtype)}
+
+
 def input_cases(only: set[str] | None = None) -> Iterator[Case]:
     """The layers of `layer_cases` applied to bad params, states and inputs, and to their
-    own params with an entry missing."""
+    own params and state with an entry missing or an array of another shape."""
     for case in layer_cases(only):
         layer = case.fn(**case.args)
         for shape in LAYER_INPUTS:
@@ -181,11 +197,12 @@ def input_cases(only: set[str] | None = None) -> Iterator[Case]:
             except nn.LayerError:
                 continue
             args = {"params": params, "state": state, "x": jnp.ones(shape)}
-            more = {
-                f"{label} missing": {**args, name: fewer}
-                for name, tree in (("params", params), ("state", state))
-                for label, fewer in _without_each_entry(tree, name)
-            }
+            more = {}
+            for name, tree in (("params", params), ("state", state)):
+                for label, other in _without_each_entry(tree, name):
+                    more[f"{label} missing"] = {**args, name: other}
+                for label, other in _each_leaf_misshapen(tree, name):
+                    more[label] = {**args, name: other}
             yield Case(case.name, _applying(layer), args, jax.block_until_ready, more=more)
             break
 

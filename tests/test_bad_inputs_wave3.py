@@ -507,6 +507,32 @@ CASES = {
         ),
         ["multi_head_attention: state['cache']", "no entry 'index'"],
     ),
+    "a stacked GRU whose second layer's recurrent kernel is too narrow": (
+        lambda: (
+            lambda params: nn.gru(12, num_layers=2).apply(
+                {**params, "layer_1": {**params["layer_1"], "w_hh": jnp.ones((12, 30))}},
+                {},
+                jnp.ones((2, 3, 5)),
+            )
+        )(nn.gru(12, num_layers=2).init(KEY, (2, 3, 5))[1]),
+        ["gru: params['layer_1']['w_hh']", "(12, 30)", "expected (12, 36)", "hidden=12"],
+    ),
+    "cross-attention whose value kernel reads the queries' features": (
+        lambda: (
+            lambda params: nn.cross_attention(2).apply(
+                {**params, "v": {**params["v"], "w": jnp.ones((8, 8))}},
+                {},
+                (jnp.ones((2, 3, 8)), jnp.ones((2, 4, 6))),
+            )
+        )(nn.cross_attention(2).init(KEY, ((2, 3, 8), (2, 4, 6)))[1]),
+        ["cross_attention: params['v']['w']", "(8, 8)", "expected (6, 8)", "6 of the context"],
+    ),
+    "layer_norm whose bias is longer than its scale": (
+        lambda: nn.layer_norm().apply(
+            {"scale": jnp.ones(4), "bias": jnp.zeros(5)}, {}, jnp.ones((2, 4))
+        ),
+        ["layer_norm: params['bias']", "(5,)", "expected (4,) as params['scale']"],
+    ),
     "embedding applied with a string as its params": (
         lambda: nn.embedding(10, 4).apply("table", {}, jnp.array([[1, 2]])),
         ["embedding: params", "dict init returns, with table", "str 'table'"],

@@ -14,9 +14,9 @@ def test_the_sweep_of_a_layer_an_optimizer_a_curvature_tool_and_a_loss_finds_not
         curvature == "curvature: 1 functions, 32 calls: 0 accepted, 32 refused, 0 raw, known, 0 raw"
     )
     assert layers.startswith("layers: 1 functions, ") and layers.endswith(", 0 raw")
-    # dense's params, state and input, 8 bad values each (a state it does not read passes),
-    # and its params without w, then without b.
-    assert inputs == "inputs: 1 functions, 26 calls: 8 accepted, 18 refused, 0 raw, known, 0 raw"
+    # dense's params, state and input, 8 bad values each (a state it does not read passes);
+    # its params without w, then without b; w, then b, with an extra axis and one longer.
+    assert inputs == "inputs: 1 functions, 30 calls: 8 accepted, 22 refused, 0 raw, known, 0 raw"
     assert optimizers.startswith("optimizers: 1 functions, ") and optimizers.endswith(", 0 raw")
 
 

@@ -50,6 +50,7 @@ from funcnet.nn.core import (
     Layer,
     LayerError,
     check_floating,
+    check_param_shapes,
     check_params,
     check_shape,
     input_shape,
@@ -207,12 +208,25 @@ def _init_projections(
     return params
 
 
-def _check_projections(kind: str, params) -> None:
-    """Refuses params that are not the four projections ``q``, ``k``, ``v``, ``o`` of
-    init, each a dict holding ``w`` and ``b``."""
+def _check_projections(kind: str, params, num_heads: int, head_dim: int | None, cross: bool):
+    """Refuses params that are not the four projections ``q``, ``k``, ``v``, ``o`` of init,
+    each a dict holding ``w`` and ``b`` of init's shapes, the features those of ``q``'s
+    kernel and (`cross`) the context's those of ``k``'s."""
     check_params(kind, params, "q", "k", "v", "o")
-    for name in "qkvo":
-        check_params(kind, params[name], "w", "b", what=f"params[{name!r}]")
+    for name in "qk":
+        check_params(kind, params[name], "w", what=f"params[{name!r}]")
+    features = (*jnp.shape(params["q"]["w"]), 0)[0]
+    context = (*jnp.shape(params["k"]["w"]), 0)[0] if cross else features
+    width = num_heads * (head_dim or features // num_heads)
+    expected = {
+        "q": {"w": (features, width), "b": (width,)},
+        "k": {"w": (context, width), "b": (width,)},
+        "v": {"w": (context, width), "b": (width,)},
+        "o": {"w": (width, features), "b": (features,)},
+    }
+    why = f"for {features} features" + (f", {context} of the context" if cross else "")
+    why += f" and {num_heads} heads of {width // num_heads}"
+    check_param_shapes(kind, params, expected, why=why)
 
 
 def _heads(params, name: str, z: Array, num_heads: int) -> Array:
@@ -361,7 +375,7 @@ def multi_head_attention(
         x = parts[0]
         mask = parts[1] if len(parts) > 1 else None
         attention_mask = parts[2] if len(parts) > 2 else None
-        _check_projections(kind, params)
+        _check_projections(kind, params, num_heads, head_dim, cross=False)
         features = params["q"]["w"].shape[0]
         check_shape(kind, x.shape, f"{features} features on the last axis", last=features)
         batch, time, _ = x.shape
@@ -470,7 +484,7 @@ def cross_attention(
         x, context = parts[0], parts[1]
         context_mask = parts[2] if len(parts) > 2 else None
         attention_mask = parts[3] if len(parts) > 3 else None
-        _check_projections(kind, params)
+        _check_projections(kind, params, num_heads, head_dim, cross=True)
         features, context_features = params["q"]["w"].shape[0], params["k"]["w"].shape[0]
         check_shape(kind, x.shape, f"x with {features} features on the last axis", last=features)
         check_shape(

@@ -39,6 +39,7 @@ __all__ = [
     "LayerError",
     "as_layer",
     "check_floating",
+    "check_param_shapes",
     "check_params",
     "check_shape",
     "concat",
@@ -227,6 +228,25 @@ def check_params(kind: str, params: Any, *names: str, what: str = "params") -> N
             raise LayerError(
                 kind,
                 f"{what} has no entry {name!r} (it has {sorted(params)}); were they made by "
+                "another model's init?",
+            )
+
+
+def check_param_shapes(
+    kind: str, params: Any, expected: dict[str, Any], *, why: str, what: str = "params"
+) -> None:
+    """Refuses `params` of a layer of `kind` unless they hold the entries of `expected` (a dict
+    of the same nesting, with shapes as leaves), each of its shape, in one `LayerError` line
+    that names the first entry wrong and says `why` that shape (``"for hidden=16"``)."""
+    check_params(kind, params, *expected, what=what)
+    for name, shape in expected.items():
+        where = f"{what}[{name!r}]"
+        if isinstance(shape, dict):
+            check_param_shapes(kind, params[name], shape, why=why, what=where)
+        elif (got := tuple(jnp.shape(params[name]))) != tuple(shape):
+            raise LayerError(
+                kind,
+                f"{where} has shape {got}, expected {tuple(shape)} {why}; were they made by "
                 "another model's init?",
             )
 

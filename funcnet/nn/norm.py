@@ -83,18 +83,30 @@ def _widened(x: Array) -> Array:
 def _sizes(
     kind: str, params, *states, use_scale: bool = True, use_bias: bool = True
 ) -> tuple[int, ...] | None:
-    """The shape of the first of ``scale``, ``bias``, ``mean`` in the params, then the
+    """The one shape of ``scale`` and ``bias`` in the params and ``mean`` and ``var`` in the
     states, once the params are a dict holding ``scale`` (with `use_scale`) and ``bias``
-    (with `use_bias`) and the states are dicts; None if none has one."""
+    (with `use_bias`) and the states are dicts; None if none holds any."""
     check_params(kind, params, *("scale",) * use_scale, *("bias",) * use_bias)
     for state in states:
         check_params(kind, state, what="state")
-    trees = (params, *states)
-    for tree in trees:
-        for name in ("scale", "bias", "mean"):
-            if name in tree:
-                return tuple(tree[name].shape)
-    return None
+    trees = [("params", params), *(("state", state) for state in states)]
+    shapes = {
+        f"{what}[{name!r}]": tuple(jnp.shape(tree[name]))
+        for what, tree in trees
+        for name in ("scale", "bias", "mean", "var")
+        if name in tree
+    }
+    if not shapes:
+        return None
+    (first, sizes), *others = shapes.items()
+    for where, shape in others:
+        if shape != sizes:
+            raise LayerError(
+                kind,
+                f"{where} has shape {shape}, expected {sizes} as {first}; were they made by "
+                "another model's init?",
+            )
+    return sizes
 
 
 def _check_input(

@@ -60,6 +60,7 @@ from funcnet.nn.core import (
     Layer,
     LayerError,
     check_floating,
+    check_param_shapes,
     check_params,
     check_shape,
     input_shape,
@@ -293,21 +294,28 @@ def _recurrent(
         return hs, carry
 
     def checked_layers(params):
-        """Each layer's params, once they and those of each of its directions are dicts
-        holding what init made: ``w_ih``, ``w_hh`` and the biases."""
+        """Each layer's params, once they and those of each of its directions hold what init
+        made, of its shapes: ``w_ih`` ``(features, G·hidden)``, ``w_hh`` ``(hidden,
+        G·hidden)`` and the biases ``(G·hidden,)``, the features of the first layer those of
+        its own ``w_ih``."""
         if num_layers == 1:
             layers = {"params": params}
         else:
             check_params(kind, params, *(f"layer_{i}" for i in range(num_layers)))
             layers = {f"params['layer_{i}']": params[f"layer_{i}"] for i in range(num_layers)}
-        for where, layer_params in layers.items():
+        for i, (where, layer_params) in enumerate(layers.items()):
             if bidirectional:
                 check_params(kind, layer_params, *directions, what=where)
                 cells = {f"{where}[{d!r}]": layer_params[d] for d in directions}
             else:
                 cells = {where: layer_params}
             for cell_where, cell in cells.items():
-                check_params(kind, cell, "w_ih", "w_hh", *biases, what=cell_where)
+                check_params(kind, cell, "w_ih", what=cell_where)
+                features = (*jnp.shape(cell["w_ih"]), None)[0] if i == 0 else width
+                expected = {"w_ih": (features, gates * hidden), "w_hh": (hidden, gates * hidden)}
+                expected |= {name: (gates * hidden,) for name in biases}
+                why = f"for {features} input features and hidden={hidden}"
+                check_param_shapes(kind, cell, expected, why=why, what=cell_where)
         return list(layers.values())
 
     def apply(params, state, x, *, key=None, train=False):
