@@ -632,6 +632,7 @@ def scale_by_factored_rms(
         updates: Updates, state: ScaleByFactoredRmsState, params: Params | None = None
     ) -> tuple[Updates, ScaleByFactoredRmsState]:
         del params
+        check_fits(jax.eval_shape(init_fn, updates), state)  # the moments init makes for them
         beta = _adafactor_decay(state.count - step_offset, decay_rate)
 
         def one(g, row, col, full):

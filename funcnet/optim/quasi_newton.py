@@ -24,6 +24,7 @@ from funcnet.optim.base import (
     Params,
     PyTree,
     Updates,
+    check_fits,
     increment,
     zeros_like,
 )
@@ -152,6 +153,7 @@ def scale_by_lbfgs(
     ) -> tuple[Updates, ScaleByLbfgsState]:
         if params is None:
             raise ValueError("scale_by_lbfgs needs the params: call update(g, state, params).")
+        check_fits(updates, state.updates)
         newest = state.count % memory_size
         previous = (state.count - 1) % memory_size
         started = state.count > 0

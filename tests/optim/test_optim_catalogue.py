@@ -474,3 +474,23 @@ def test_states_share_no_buffers_so_they_can_be_donated():
         leaves = jax.tree.leaves(opt.init(params))
         assert len({id(x) for x in leaves}) == len(leaves)
     assert fo.noisy_sgd(0.1, key=KEY).init(params)[0].key is not KEY
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fo.adafactor(0.1, min_dim_size_to_factor=2),
+        lambda: fo.lbfgs(),
+        lambda: fo.sm3(0.1),
+        lambda: fo.yogi(0.1),
+        lambda: fo.novograd(0.1),
+        lambda: fo.rprop(0.1),
+    ],
+    ids=["adafactor", "lbfgs", "sm3", "yogi", "novograd", "rprop"],
+)
+def test_a_state_of_another_params_tree_is_refused_naming_the_leaf(make):
+    opt = make()
+    state = opt.init({"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)})
+    other = {"w": jnp.ones((4, 2)), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"state does not fit the gradients(.|\n)*w: the state"):
+        opt.update(other, state, other)
