@@ -151,8 +151,12 @@ def _broadcast_shape(shape, axes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[a] if a in axes else 1 for a in range(axes[0], 0))
 
 
-def _init_over_axes(kind: str, axes, scale_init, bias_init, dtype, use_scale, use_bias):
-    """The init of a per-position norm over `axes`: params of the input's shape on `axes`."""
+def _init_over_axes(kind: str, axes, scale_init, bias_init, dtype, eps, use_scale, use_bias):
+    """The init of a per-position norm over `axes`: params of the input's shape on `axes`,
+    once the settings are checked (`_affine_inits`)."""
+    scale_init, bias_init = _affine_inits(
+        kind, scale_init, bias_init, dtype, eps, use_scale, use_bias
+    )
 
     def init(key, in_shape):
         if axes == (-1,):
@@ -307,11 +311,9 @@ def layer_norm(
     params are ``{}`` and ``y = (x − μ)/√(σ² + ε)`` (PyTorch's ``elementwise_affine=False``).
     """
     axes = _norm_axes("layer_norm", axes)
-    scale_init, bias_init = _affine_inits(
-        "layer_norm", scale_init, bias_init, dtype, eps, use_scale, use_bias
+    init = _init_over_axes(
+        "layer_norm", axes, scale_init, bias_init, dtype, eps, use_scale, use_bias
     )
-
-    init = _init_over_axes("layer_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
@@ -359,11 +361,9 @@ def rms_norm(
     """
     axes = _norm_axes("rms_norm", axes)
     checked_eps = 0.0 if eps is None else eps  # None: the dtype's machine epsilon, at apply
-    scale_init, bias_init = _affine_inits(
-        "rms_norm", scale_init, bias_init, dtype, checked_eps, use_scale, use_bias
+    init = _init_over_axes(
+        "rms_norm", axes, scale_init, bias_init, dtype, checked_eps, use_scale, use_bias
     )
-
-    init = _init_over_axes("rms_norm", axes, scale_init, bias_init, dtype, use_scale, use_bias)
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train
