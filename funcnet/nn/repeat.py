@@ -106,10 +106,7 @@ def repeat(
             states.append(s)
         return out_shape, _stack(params), _stack(states)
 
-    def apply(params, state, x, *, key=None, train=False):
-        _check_stacked(block.kind, n, params, "params")
-        _check_stacked(block.kind, n, state, "state")
-
+    def scanned(params, state, x, key, train):
         def run(params, state, x, i, key):
             k = None if key is None else jax.random.fold_in(key, i)
             return block.apply(params, state, x, key=k, train=train)
@@ -124,8 +121,16 @@ def repeat(
             return y, s
 
         indices = jnp.arange(n, dtype=jnp.uint32)
-        y, new_state = lax.scan(body, x, (params, state, indices), unroll=unroll)
-        return y, new_state
+        return lax.scan(body, x, (params, state, indices), unroll=unroll)
+
+    # Compiled once per layer, shapes and `train`: called eagerly, the scan (its body a new
+    # closure at each call) was traced and compiled at every call; inside a jit it is inlined.
+    scanned = jax.jit(scanned, static_argnums=4)
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_stacked(block.kind, n, params, "params")
+        _check_stacked(block.kind, n, state, "state")
+        return scanned(params, state, x, key, train)
 
     return Layer(init, apply, kind="repeat")
 
