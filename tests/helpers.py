@@ -1,8 +1,11 @@
 """Helpers shared by test modules."""
 
+import contextlib
 import importlib.util
 import os
 import pathlib
+
+import jax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,6 +25,24 @@ def host_devices(count: int) -> str:
     child computes is what this process computes, to the bit."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     return " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
+
+
+@contextlib.contextmanager
+def backend_compiles():
+    """The list, filled as the block runs, of the seconds each XLA compilation inside it took
+    (JAX's ``backend_compile_duration`` events)."""
+    compiles = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        # jax 0.8.0, the floor, cannot unregister; the listener then only fills a dead list.
+        getattr(jax.monitoring, "unregister_event_duration_listener", lambda f: None)(listener)
 
 
 def nested_jaxprs(params):

@@ -13,6 +13,7 @@ import pytest
 
 import funcnet as fn
 from funcnet import nn
+from tests.helpers import backend_compiles
 
 HIDDEN, FEATURES, BATCH, TIME = 4, 3, 2, 5
 
@@ -252,21 +253,11 @@ def test_an_eager_apply_compiles_once_per_shape():
     """Outside `jit`, each direction's scan is compiled at the first call only: the scan's body
     is a new closure at each call, so JAX would trace and compile it every time (60–100 ms
     for a small GRU) if the layer did not run it under a `jit` of its own."""
-    compiles = []
-
-    def listener(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
     layer = nn.gru(4, num_layers=2, bidirectional=True)
     x = _normal(2, 3, 5)
     _, params, state = layer.init(_key(), x.shape)
     first = layer.apply(params, state, x)[0]
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compiles() as compiles:
         again = layer.apply(params, state, x)[0]
-    finally:
-        # jax 0.8.0, the floor, cannot unregister; the listener then only fills a dead list.
-        getattr(jax.monitoring, "unregister_event_duration_listener", lambda f: None)(listener)
     assert compiles == []
     np.testing.assert_array_equal(first, again)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from funcnet import nn
+from tests.helpers import backend_compiles
 
 
 def assert_trees_close(a, b, *, rtol, atol=0.0):
@@ -265,22 +266,12 @@ def test_unroll_is_passed_to_the_scan():
 def test_an_eager_apply_compiles_once_per_shape():
     """Outside `jit`, the scan over the blocks is compiled at the first call only (its body is
     a new closure at each call: JAX traced and compiled it again every time)."""
-    compiles = []
-
-    def listener(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
     layer = nn.repeat(mlp_block(), 3)
     _, params, state = layer.init(jax.random.key(0), (3, 6))
     x = jax.random.normal(jax.random.key(1), (3, 6))
     first = layer.apply(params, state, x)[0]
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compiles() as compiles:
         again = layer.apply(params, state, x)[0]
-    finally:
-        # jax 0.8.0, the floor, cannot unregister; the listener then only fills a dead list.
-        getattr(jax.monitoring, "unregister_event_duration_listener", lambda f: None)(listener)
     assert compiles == []
     np.testing.assert_array_equal(first, again)
 
