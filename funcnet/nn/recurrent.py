@@ -302,7 +302,7 @@ def _recurrent(
         """Each layer's params, once they and those of each of its directions hold what init
         made, of its shapes: ``w_ih`` ``(features, G·hidden)``, ``w_hh`` ``(hidden,
         G·hidden)`` and the biases ``(G·hidden,)``, the features of the first layer those of
-        its own ``w_ih``."""
+        its (forward) ``w_ih``."""
         if num_layers == 1:
             layers = {"params": params}
         else:
@@ -314,12 +314,13 @@ def _recurrent(
                 cells = {f"{where}[{d!r}]": layer_params[d] for d in directions}
             else:
                 cells = {where: layer_params}
+            first_where, first = next(iter(cells.items()))
+            check_params(kind, first, "w_ih", what=first_where)
+            features = (*jnp.shape(first["w_ih"]), None)[0] if i == 0 else width
+            expected = {"w_ih": (features, gates * hidden), "w_hh": (hidden, gates * hidden)}
+            expected |= {name: (gates * hidden,) for name in biases}
+            why = f"for {features} input features and hidden={hidden}"
             for cell_where, cell in cells.items():
-                check_params(kind, cell, "w_ih", what=cell_where)
-                features = (*jnp.shape(cell["w_ih"]), None)[0] if i == 0 else width
-                expected = {"w_ih": (features, gates * hidden), "w_hh": (hidden, gates * hidden)}
-                expected |= {name: (gates * hidden,) for name in biases}
-                why = f"for {features} input features and hidden={hidden}"
                 check_param_shapes(kind, cell, expected, why=why, what=cell_where)
         return list(layers.values())
 
