@@ -517,6 +517,16 @@ CASES = {
         )(nn.gru(12, num_layers=2).init(KEY, (2, 3, 5))[1]),
         ["gru: params['layer_1']['w_hh']", "(12, 30)", "expected (12, 36)", "hidden=12"],
     ),
+    "a bidirectional LSTM whose backward kernel reads other features": (
+        lambda: (
+            lambda params: nn.lstm(4, bidirectional=True).apply(
+                {**params, "backward": {**params["backward"], "w_ih": jnp.ones((6, 16))}},
+                {},
+                jnp.ones((2, 3, 5)),
+            )
+        )(nn.lstm(4, bidirectional=True).init(KEY, (2, 3, 5))[1]),
+        ["lstm: params['backward']['w_ih']", "(6, 16)", "expected (5, 16)", "5 input features"],
+    ),
     "cross-attention whose value kernel reads the queries' features": (
         lambda: (
             lambda params: nn.cross_attention(2).apply(
