@@ -618,8 +618,8 @@ def log_marginal_likelihood(
     Differentiable in `prior_precision` (δ, default the posterior's) and `sigma_noise`
     (σ, default the posterior's; regression only). Returns a scalar.
     """
-    _check_posterior("log_marginal_likelihood", post)
     owner = "log_marginal_likelihood"
+    _check_posterior(owner, post)
     if sigma_noise is not None and post.likelihood != "regression":
         raise ValueError(f"{owner}: sigma_noise is for regression only")
     if prior_precision is None:
@@ -668,8 +668,8 @@ def optimize_prior_precision(
     leaf. The evidence of "full", "diag" and "kron" is a closed form in δ, so every step is
     exact; all steps run in one compiled `lax.scan`.
     """
-    _check_posterior("optimize_prior_precision", post)
     owner = "optimize_prior_precision"
+    _check_posterior(owner, post)
     n_steps = check_int(owner, "n_steps", n_steps, minimum=0)
     check_positive(owner, "learning_rate", learning_rate)
     init = _check_prior(owner, init, len(post.subset))

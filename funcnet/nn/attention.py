@@ -208,10 +208,12 @@ def _init_projections(
     return params
 
 
-def _check_projections(kind: str, params, num_heads: int, head_dim: int | None, cross: bool):
-    """Refuses params that are not the four projections ``q``, ``k``, ``v``, ``o`` of init,
-    each a dict holding ``w`` and ``b`` of init's shapes, the features those of ``q``'s
-    kernel and (`cross`) the context's those of ``k``'s."""
+def _check_projections(
+    kind: str, params, num_heads: int, head_dim: int | None, cross: bool
+) -> tuple[int, int]:
+    """The features of the queries and of the context (``q``'s and, with `cross`, ``k``'s
+    kernel's), once the params are the four projections ``q``, ``k``, ``v``, ``o`` of init,
+    each a dict holding ``w`` and ``b`` of init's shapes."""
     check_params(kind, params, "q", "k", "v", "o")
     for name in "qk":
         check_params(kind, params[name], "w", what=f"params[{name!r}]")
@@ -227,6 +229,7 @@ def _check_projections(kind: str, params, num_heads: int, head_dim: int | None, 
     why = f"for {features} features" + (f", {context} of the context" if cross else "")
     why += f" and {num_heads} heads of {width // num_heads}"
     check_param_shapes(kind, params, expected, why=why)
+    return features, context
 
 
 def _heads(params, name: str, z: Array, num_heads: int) -> Array:
@@ -375,8 +378,7 @@ def multi_head_attention(
         x = parts[0]
         mask = parts[1] if len(parts) > 1 else None
         attention_mask = parts[2] if len(parts) > 2 else None
-        _check_projections(kind, params, num_heads, head_dim, cross=False)
-        features = params["q"]["w"].shape[0]
+        features, _ = _check_projections(kind, params, num_heads, head_dim, cross=False)
         check_shape(kind, x.shape, f"{features} features on the last axis", last=features)
         batch, time, _ = x.shape
         q, k, v = (_heads(params, name, x, num_heads) for name in "qkv")
@@ -484,8 +486,9 @@ def cross_attention(
         x, context = parts[0], parts[1]
         context_mask = parts[2] if len(parts) > 2 else None
         attention_mask = parts[3] if len(parts) > 3 else None
-        _check_projections(kind, params, num_heads, head_dim, cross=True)
-        features, context_features = params["q"]["w"].shape[0], params["k"]["w"].shape[0]
+        features, context_features = _check_projections(
+            kind, params, num_heads, head_dim, cross=True
+        )
         check_shape(kind, x.shape, f"x with {features} features on the last axis", last=features)
         check_shape(
             kind,

@@ -299,10 +299,10 @@ def _recurrent(
     run = jax.jit(run, static_argnums=4)
 
     def checked_layers(params):
-        """Each layer's params, once they and those of each of its directions hold what init
-        made, of its shapes: ``w_ih`` ``(features, G·hidden)``, ``w_hh`` ``(hidden,
-        G·hidden)`` and the biases ``(G·hidden,)``, the features of the first layer those of
-        its (forward) ``w_ih``."""
+        """Each layer's params and the input's features, once the params and those of each
+        direction hold what init made, of its shapes: ``w_ih`` ``(features, G·hidden)``,
+        ``w_hh`` ``(hidden, G·hidden)`` and the biases ``(G·hidden,)``, the features of the
+        first layer those of its (forward) ``w_ih``."""
         if num_layers == 1:
             layers = {"params": params}
         else:
@@ -322,12 +322,13 @@ def _recurrent(
             why = f"for {features} input features and hidden={hidden}"
             for cell_where, cell in cells.items():
                 check_param_shapes(kind, cell, expected, why=why, what=cell_where)
-        return list(layers.values())
+            if i == 0:
+                in_features = features
+        return list(layers.values()), in_features
 
     def apply(params, state, x, *, key=None, train=False):
-        layers = checked_layers(params)
-        first = layers[0]["forward"] if bidirectional else layers[0]
-        x, mask, initial = split_input(x, first["w_ih"].shape[0])
+        layers, features = checked_layers(params)
+        x, mask, initial = split_input(x, features)
         drop = train and dropout > 0 and num_layers > 1
         if drop and key is None:
             raise LayerError(
